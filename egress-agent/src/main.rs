@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("egress-agent: not yet wired");
+    std::process::exit(2);
+}

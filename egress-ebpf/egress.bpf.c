@@ -1,0 +1,633 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * egress.bpf.c — the kernel half of egress-agent. Attached to one container's
+ * cgroup v2 (one loaded copy per cgroup, maps pinned under
+ * <bpffs>/egress-agent/<cgroup id>/). See shared DESIGN.md §2.
+ *
+ * Every entry point is thin: it calls a worker that returns REASON_NONE (go on)
+ * or the REASON_* that forbids the operation; the entry point counts and reports
+ * the reason and turns it into SYS_REJECT, which the kernel returns as EPERM.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "egress_maps.h"
+#include "classify.h"
+
+#define SYS_REJECT  0
+#define SYS_PROCEED 1
+
+/* From <sys/socket.h>, which does not build for the bpf target. */
+#define AF_INET     2
+#define AF_INET6    10
+#define SOCK_STREAM 1
+#define SOCK_DGRAM  2
+#define SOL_IP      0
+#define SOL_IPV6    41
+
+#define DNS_PORT 53
+#define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egress_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} eg_sock SEC(".maps");
+
+/* Sized for the 9,000-idle-connection target with room for churn; LRU so a
+ * client that never completes its handshake cannot fill it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct orig_dst_key);
+	__type(value, struct orig_dst_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_orig_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_counters SEC(".maps");
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static __always_inline const struct egress_config *config_get(void)
+{
+	__u32 zero = 0;
+	const struct egress_config *cfg = bpf_map_lookup_elem(&eg_config, &zero);
+
+	/* Fail closed: until the agent has created its listeners and said so, there
+	 * is nowhere safe to send a connection. */
+	if (!cfg || !(cfg->flags & CFG_F_CONFIGURED))
+		return 0;
+	return cfg;
+}
+
+static __always_inline void count(__u8 hook, __u32 reason)
+{
+	__u32 slot = (__u32)hook * REASON_MAX + reason;
+	__u64 *c;
+
+	if (reason >= REASON_MAX)
+		return;
+	c = bpf_map_lookup_elem(&eg_counters, &slot);
+	if (c)
+		*c += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline void v4_to_mapped(__u8 *out, __be32 addr)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &addr, 4);
+}
+
+static __always_inline void read_user_ip6(const struct bpf_sock_addr *ctx, __u8 *out)
+{
+	/* The context only allows 4-byte accesses to user_ip6[]. */
+	__u32 w[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+	__builtin_memcpy(out, w, 16);
+}
+
+static __always_inline void write_user_ip6(struct bpf_sock_addr *ctx, const __u8 *in)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, in, 16);
+	ctx->user_ip6[0] = w[0];
+	ctx->user_ip6[1] = w[1];
+	ctx->user_ip6[2] = w[2];
+	ctx->user_ip6[3] = w[3];
+}
+
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	return !word(a, 0) && !word(a, 1) && word(a, 2) == 0x0000ffff;
+}
+
+/* Report a denial from a hook that runs in the calling task's context. */
+static __always_inline void report(__u8 hook, __u32 reason, __u16 family, const __u8 *addr,
+				   __u16 port, __u8 protocol)
+{
+	struct egress_event *e;
+	__u64 pid_tgid;
+
+	count(hook, reason);
+	e = bpf_ringbuf_reserve(&eg_events, sizeof(*e), 0);
+	if (!e)
+		return; /* ring full: the counter above still records it */
+	pid_tgid = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = (__u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (addr)
+		__builtin_memcpy(e->addr, addr, 16);
+	else
+		__builtin_memset(e->addr, 0, 16);
+	e->port = port;
+	e->family = family;
+	e->reason = reason;
+	e->hook = hook;
+	e->protocol = protocol;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Remember where the client wanted to go, in the socket's own storage (freed
+ * with the socket). Returns 0 when storage cannot be had: the caller refuses,
+ * since a connection the agent cannot attribute would be refused anyway. */
+static __always_inline int remember(struct bpf_sock_addr *ctx, const __u8 *orig, __u16 port,
+				    __u16 family, __u32 flag)
+{
+	struct sock_state *st;
+	__u64 pid_tgid;
+
+	if (!ctx->sk)
+		return 0;
+	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	__builtin_memcpy(st->orig.addr, orig, 16);
+	st->orig.port = port;
+	st->orig.family = family;
+	st->orig.pid = (__u32)pid_tgid;
+	st->orig.tgid = pid_tgid >> 32;
+	st->orig.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(st->orig.comm, sizeof(st->orig.comm));
+	st->netns_cookie = bpf_get_netns_cookie(ctx);
+	st->flags |= flag;
+	return 1;
+}
+
+/* ---- connect4 / connect6 -------------------------------------------------- */
+
+/*
+ * Connected sockets. Port 53 (UDP and TCP) goes to the agent's DNS handling
+ * before any classification: resolv.conf usually names a private or loopback
+ * resolver. Other TCP is classified against the deny set and, if not denied,
+ * rewritten to the agent's listener, which decides by name. Other UDP is refused
+ * (QUIC clients fall back to TCP at once).
+ */
+static __always_inline __u32 __egress_connect4(struct bpf_sock_addr *ctx)
+{
+	const struct egress_config *cfg = config_get();
+	__u16 dport = bpf_ntohs(ctx->user_port);
+	__be32 daddr = ctx->user_ip4;
+	__u8 orig[16];
+	__u32 flags = SOCK_F_REDIRECTED;
+	__u16 to;
+	__u32 reason;
+
+	if (!cfg)
+		return REASON_NO_AGENT;
+	if (ctx->type == SOCK_DGRAM) {
+		if (dport != DNS_PORT)
+			return REASON_UDP_NOT_DNS;
+		to = cfg->dns_port4;
+		flags |= SOCK_F_DNS;
+	} else if (ctx->type == SOCK_STREAM) {
+		if (dport != DNS_PORT) {
+			reason = classify4(daddr);
+			if (reason)
+				return reason;
+		}
+		to = cfg->tcp_port4;
+	} else {
+		return REASON_PROTOCOL;
+	}
+	if (!to)
+		return REASON_NO_AGENT;
+	v4_to_mapped(orig, daddr);
+	if (!remember(ctx, orig, dport, AF_INET, flags))
+		return REASON_NO_AGENT;
+	ctx->user_ip4 = bpf_htonl(LOOPBACK4);
+	ctx->user_port = bpf_htons(to);
+	return REASON_NONE;
+}
+
+SEC("cgroup/connect4")
+int egress_connect4(struct bpf_sock_addr *ctx)
+{
+	__u32 reason = __egress_connect4(ctx);
+	__u8 a[16];
+
+	if (reason == REASON_NONE)
+		return SYS_PROCEED;
+	v4_to_mapped(a, ctx->user_ip4);
+	report(HOOK_CONNECT4, reason, AF_INET, a, bpf_ntohs(ctx->user_port), ctx->protocol);
+	return SYS_REJECT;
+}
+
+/*
+ * Same shape as connect4 (see the commentary there). An AF_INET6 TCP socket
+ * connecting to ::ffff:a.b.c.d comes here, not to connect4: classify6 decodes it
+ * and it is redirected to the agent's IPv4 listener through ::ffff:127.0.0.1, so a
+ * container with IPv6 disabled still works.
+ */
+static __always_inline __u32 __egress_connect6(struct bpf_sock_addr *ctx, __u8 *daddr)
+{
+	const struct egress_config *cfg = config_get();
+	__u16 dport = bpf_ntohs(ctx->user_port);
+	__u32 flags = SOCK_F_REDIRECTED;
+	int mapped = is_v4_mapped(daddr);
+	__u8 target[16] = {};
+	__u16 to;
+	__u32 reason;
+
+	if (!cfg)
+		return REASON_NO_AGENT;
+	if (ctx->type == SOCK_DGRAM) {
+		if (dport != DNS_PORT)
+			return REASON_UDP_NOT_DNS;
+		to = mapped ? cfg->dns_port4 : cfg->dns_port6;
+		flags |= SOCK_F_DNS;
+	} else if (ctx->type == SOCK_STREAM) {
+		if (dport != DNS_PORT) {
+			reason = classify6(daddr);
+			if (reason)
+				return reason;
+		}
+		to = mapped ? cfg->tcp_port4 : cfg->tcp_port6;
+	} else {
+		return REASON_PROTOCOL;
+	}
+	if (!to)
+		return REASON_NO_AGENT;
+	if (!remember(ctx, daddr, dport, AF_INET6, flags))
+		return REASON_NO_AGENT;
+	if (mapped)
+		v4_to_mapped(target, bpf_htonl(LOOPBACK4));
+	else
+		target[15] = 1; /* ::1 */
+	write_user_ip6(ctx, target);
+	ctx->user_port = bpf_htons(to);
+	return REASON_NONE;
+}
+
+SEC("cgroup/connect6")
+int egress_connect6(struct bpf_sock_addr *ctx)
+{
+	__u8 daddr[16];
+	__u32 reason;
+
+	read_user_ip6(ctx, daddr);
+	reason = __egress_connect6(ctx, daddr);
+	if (reason == REASON_NONE)
+		return SYS_PROCEED;
+	report(HOOK_CONNECT6, reason, AF_INET6, daddr, bpf_ntohs(ctx->user_port), ctx->protocol);
+	return SYS_REJECT;
+}
+
+/* ---- sendmsg4 / sendmsg6: unconnected UDP ---------------------------------- */
+
+/*
+ * Only port 53 may leave, and only to the agent's DNS listener; recvmsg4/6 then
+ * restore the source address the client expects. An AF_INET6 socket sending to
+ * ::ffff:a.b.c.d is seen here (sendmsg4), not in sendmsg6.
+ */
+static __always_inline __u32 __egress_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	const struct egress_config *cfg = config_get();
+	__u8 orig[16];
+
+	if (bpf_ntohs(ctx->user_port) != DNS_PORT)
+		return REASON_UDP_NOT_DNS;
+	if (!cfg || !cfg->dns_port4)
+		return REASON_NO_AGENT;
+	v4_to_mapped(orig, ctx->user_ip4);
+	if (!remember(ctx, orig, DNS_PORT, AF_INET, SOCK_F_DNS))
+		return REASON_NO_AGENT;
+	ctx->user_ip4 = bpf_htonl(LOOPBACK4);
+	ctx->user_port = bpf_htons(cfg->dns_port4);
+	return REASON_NONE;
+}
+
+SEC("cgroup/sendmsg4")
+int egress_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u32 reason = __egress_sendmsg4(ctx);
+	__u8 a[16];
+
+	if (reason == REASON_NONE)
+		return SYS_PROCEED;
+	v4_to_mapped(a, ctx->user_ip4);
+	report(HOOK_SENDMSG4, reason, AF_INET, a, bpf_ntohs(ctx->user_port), IPPROTO_UDP);
+	return SYS_REJECT;
+}
+
+static __always_inline __u32 __egress_sendmsg6(struct bpf_sock_addr *ctx, const __u8 *daddr)
+{
+	const struct egress_config *cfg = config_get();
+	__u8 target[16] = {};
+
+	if (bpf_ntohs(ctx->user_port) != DNS_PORT)
+		return REASON_UDP_NOT_DNS;
+	if (!cfg || !cfg->dns_port6)
+		return REASON_NO_AGENT;
+	if (!remember(ctx, daddr, DNS_PORT, AF_INET6, SOCK_F_DNS))
+		return REASON_NO_AGENT;
+	target[15] = 1;
+	write_user_ip6(ctx, target);
+	ctx->user_port = bpf_htons(cfg->dns_port6);
+	return REASON_NONE;
+}
+
+SEC("cgroup/sendmsg6")
+int egress_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u8 daddr[16];
+	__u32 reason;
+
+	read_user_ip6(ctx, daddr);
+	reason = __egress_sendmsg6(ctx, daddr);
+	if (reason == REASON_NONE)
+		return SYS_PROCEED;
+	report(HOOK_SENDMSG6, reason, AF_INET6, daddr, bpf_ntohs(ctx->user_port), IPPROTO_UDP);
+	return SYS_REJECT;
+}
+
+/* ---- recvmsg4 / recvmsg6: make DNS replies come from the resolver asked ---- */
+
+static __always_inline struct sock_state *dns_state(struct bpf_sock_addr *ctx)
+{
+	struct sock_state *st;
+
+	if (!ctx->sk)
+		return 0;
+	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, 0);
+	if (!st || !(st->flags & SOCK_F_DNS))
+		return 0;
+	return st;
+}
+
+SEC("cgroup/recvmsg4")
+int egress_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	const struct egress_config *cfg = config_get();
+	struct sock_state *st = dns_state(ctx);
+	__be32 orig;
+
+	if (!cfg || !st)
+		return SYS_PROCEED;
+	if (ctx->user_ip4 != bpf_htonl(LOOPBACK4) || bpf_ntohs(ctx->user_port) != cfg->dns_port4)
+		return SYS_PROCEED;
+	__builtin_memcpy(&orig, st->orig.addr + 12, 4);
+	ctx->user_ip4 = orig;
+	ctx->user_port = bpf_htons(st->orig.port);
+	return SYS_PROCEED; /* recvmsg programs must not reject */
+}
+
+SEC("cgroup/recvmsg6")
+int egress_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	const struct egress_config *cfg = config_get();
+	struct sock_state *st = dns_state(ctx);
+	__u8 src[16], lo6[16] = {}, lo4[16];
+	__u16 sport = bpf_ntohs(ctx->user_port);
+
+	if (!cfg || !st)
+		return SYS_PROCEED;
+	read_user_ip6(ctx, src);
+	lo6[15] = 1;
+	v4_to_mapped(lo4, bpf_htonl(LOOPBACK4));
+	if (!((sport == cfg->dns_port6 && !__builtin_memcmp(src, lo6, 16)) ||
+	      (sport == cfg->dns_port4 && !__builtin_memcmp(src, lo4, 16))))
+		return SYS_PROCEED;
+	write_user_ip6(ctx, st->orig.addr);
+	ctx->user_port = bpf_htons(st->orig.port);
+	return SYS_PROCEED;
+}
+
+/* ---- getpeername4 / getpeername6: the redirect is invisible --------------- */
+
+SEC("cgroup/getpeername4")
+int egress_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct sock_state *st;
+	__be32 orig;
+
+	if (!ctx->sk)
+		return SYS_PROCEED;
+	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, 0);
+	if (!st || !(st->flags & SOCK_F_REDIRECTED))
+		return SYS_PROCEED;
+	__builtin_memcpy(&orig, st->orig.addr + 12, 4);
+	ctx->user_ip4 = orig;
+	ctx->user_port = bpf_htons(st->orig.port);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int egress_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct sock_state *st;
+
+	if (!ctx->sk)
+		return SYS_PROCEED;
+	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, 0);
+	if (!st || !(st->flags & SOCK_F_REDIRECTED))
+		return SYS_PROCEED;
+	write_user_ip6(ctx, st->orig.addr);
+	ctx->user_port = bpf_htons(st->orig.port);
+	return SYS_PROCEED;
+}
+
+/* ---- sockops: re-key the original destination by the client's 4-tuple ----- */
+
+static __always_inline void rekey(struct bpf_sock_ops *skops)
+{
+	struct orig_dst_key key = {};
+	struct sock_state *st;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&eg_sock, sk, 0, 0);
+	if (!st || !(st->flags & SOCK_F_REDIRECTED))
+		return;
+	key.netns_cookie = st->netns_cookie;
+	if (skops->family == AF_INET) {
+		v4_to_mapped(key.addr, skops->local_ip4);
+	} else {
+		__u32 w[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
+			       skops->local_ip6[3] };
+		__builtin_memcpy(key.addr, w, 16);
+	}
+	key.port = (__u16)skops->local_port; /* host order in bpf_sock_ops */
+	bpf_map_update_elem(&eg_orig_dst, &key, &st->orig, BPF_ANY);
+}
+
+static __always_inline void mark_passive(struct bpf_sock_ops *skops)
+{
+	struct sock_state *st;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&eg_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->flags |= SOCK_F_PASSIVE;
+}
+
+SEC("sockops")
+int egress_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		rekey(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		mark_passive(skops);
+		break;
+	}
+	return SYS_PROCEED;
+}
+
+/* ---- sock_create: plain TCP and UDP over IP only --------------------------- */
+
+SEC("cgroup/sock_create")
+int egress_sock_create(struct bpf_sock *sk)
+{
+	/* The hook runs for inet sockets only (AF_PACKET never comes here: the
+	 * sandbox must not hold CAP_NET_RAW). By now protocol 0 has been resolved. */
+	if (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP)
+		return SYS_PROCEED;
+	if (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)
+		return SYS_PROCEED;
+	report(HOOK_SOCK_CREATE, REASON_SOCKET_TYPE, sk->family, 0, 0, sk->protocol);
+	return SYS_REJECT;
+}
+
+/* ---- setsockopt: no source routing ---------------------------------------- */
+
+SEC("cgroup/setsockopt")
+int egress_setsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level, opt = ctx->optname;
+
+	/* IP_OPTIONS can carry LSRR/SSRR; IPV6_RTHDR (and its RFC 2292 forms) a
+	 * routing header: either sends a redirected connection somewhere else. */
+	if ((level == SOL_IP && opt == IP_OPTIONS) ||
+	    (level == SOL_IPV6 && (opt == IPV6_RTHDR || opt == IPV6_2292RTHDR ||
+				   opt == IPV6_2292PKTOPTIONS))) {
+		report(HOOK_SETSOCKOPT, REASON_SOCKOPT, level == SOL_IP ? AF_INET : AF_INET6, 0,
+		       (__u16)opt, (__u8)level);
+		return SYS_REJECT;
+	}
+	return SYS_PROCEED;
+}
+
+/* ---- cgroup_skb/egress: the backstop -------------------------------------- */
+
+static __always_inline int to_agent_port(const struct egress_config *cfg, __u16 dport)
+{
+	return dport == cfg->tcp_port4 || dport == cfg->tcp_port6 || dport == cfg->dns_port4 ||
+	       dport == cfg->dns_port6;
+}
+
+static __always_inline int skb_to_agent(struct __sk_buff *skb, const struct egress_config *cfg)
+{
+	__u16 dport;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr iph;
+
+		if (bpf_skb_load_bytes(skb, 0, &iph, sizeof(iph)))
+			return 0;
+		if (iph.daddr != bpf_htonl(LOOPBACK4))
+			return 0;
+		if (iph.protocol != IPPROTO_TCP && iph.protocol != IPPROTO_UDP)
+			return 0;
+		if (bpf_skb_load_bytes(skb, iph.ihl * 4 + 2, &dport, 2))
+			return 0;
+		return to_agent_port(cfg, bpf_ntohs(dport));
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		__u8 lo6[16] = {};
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return 0;
+		lo6[15] = 1;
+		if (__builtin_memcmp(&ip6.daddr, lo6, 16))
+			return 0;
+		/* No extension headers: a routing header is exactly what we refuse. */
+		if (ip6.nexthdr != IPPROTO_TCP && ip6.nexthdr != IPPROTO_UDP)
+			return 0;
+		if (bpf_skb_load_bytes(skb, sizeof(ip6) + 2, &dport, 2))
+			return 0;
+		return to_agent_port(cfg, bpf_ntohs(dport));
+	}
+	return 0;
+}
+
+/*
+ * Drop any packet that is not to the agent's listeners, whatever path put it
+ * here (source routes, a future kernel path around the socket hooks). Replies on
+ * connections the container accepted itself keep flowing.
+ */
+SEC("cgroup_skb/egress")
+int egress_skb(struct __sk_buff *skb)
+{
+	const struct egress_config *cfg = config_get();
+	struct bpf_sock *sk = skb->sk;
+	struct egress_event *e;
+
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk) {
+		struct sock_state *st;
+
+		if (sk->state == BPF_TCP_LISTEN)
+			return SYS_PROCEED; /* SYN-ACK of the container's own server */
+		st = bpf_sk_storage_get(&eg_sock, sk, 0, 0);
+		if (st && (st->flags & SOCK_F_PASSIVE))
+			return SYS_PROCEED;
+	}
+	if (cfg && skb_to_agent(skb, cfg))
+		return SYS_PROCEED;
+
+	count(HOOK_SKB_EGRESS, REASON_SKB_DROP);
+	e = bpf_ringbuf_reserve(&eg_events, sizeof(*e), 0);
+	if (e) {
+		/* Softirq context may not be the sender's task: no pid or comm here. */
+		__builtin_memset(e, 0, sizeof(*e));
+		e->ts_ns = bpf_ktime_get_ns();
+		e->cgroup_id = bpf_skb_cgroup_id(skb);
+		e->reason = REASON_SKB_DROP;
+		e->hook = HOOK_SKB_EGRESS;
+		e->family = skb->family;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return SYS_REJECT;
+}

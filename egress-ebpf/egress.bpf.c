@@ -109,10 +109,15 @@ static __always_inline void v4_to_mapped(__u8 *out, __be32 addr)
 	__builtin_memcpy(out + 12, &addr, 4);
 }
 
+/* The context only allows 4-byte accesses to address arrays, and clang likes to
+ * merge two adjacent 4-byte loads into one 8-byte load, which the verifier
+ * rejects ("invalid bpf_context access"): volatile keeps them apart. */
+#define CTX_READ32(field) (*(volatile __u32 *)&(field))
+
 static __always_inline void read_user_ip6(const struct bpf_sock_addr *ctx, __u8 *out)
 {
-	/* The context only allows 4-byte accesses to user_ip6[]. */
-	__u32 w[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+	__u32 w[4] = { CTX_READ32(ctx->user_ip6[0]), CTX_READ32(ctx->user_ip6[1]),
+		       CTX_READ32(ctx->user_ip6[2]), CTX_READ32(ctx->user_ip6[3]) };
 
 	__builtin_memcpy(out, w, 16);
 }
@@ -479,8 +484,8 @@ static __always_inline void rekey(struct bpf_sock_ops *skops)
 	if (skops->family == AF_INET) {
 		v4_to_mapped(key.addr, skops->local_ip4);
 	} else {
-		__u32 w[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
-			       skops->local_ip6[3] };
+		__u32 w[4] = { CTX_READ32(skops->local_ip6[0]), CTX_READ32(skops->local_ip6[1]),
+			       CTX_READ32(skops->local_ip6[2]), CTX_READ32(skops->local_ip6[3]) };
 		__builtin_memcpy(key.addr, w, 16);
 	}
 	key.port = (__u16)skops->local_port; /* host order in bpf_sock_ops */

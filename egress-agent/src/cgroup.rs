@@ -1,0 +1,187 @@
+//! cgroup v2 and bpffs discovery, and the rules for which cgroups may be enforced.
+//!
+//! Mount points are read from /proc/self/mountinfo: cgroup v2 is at
+//! `/sys/fs/cgroup` on unified hosts and `/sys/fs/cgroup/unified` on hybrid ones,
+//! so neither is ever assumed.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup v2 (cgroup2) filesystem is mounted: egress-agent needs the unified hierarchy"
+    )]
+    NoCgroup2,
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a cgroup v2 directory under {1}")]
+    NotUnderMount(PathBuf, PathBuf),
+    #[error("refusing to enforce the root cgroup {0}: that would govern the whole host")]
+    Root(PathBuf),
+    #[error("refusing to enforce {target}: it holds egress-agent itself ({own}); the agent must run outside every enforced cgroup")]
+    HoldsAgent { target: PathBuf, own: PathBuf },
+    #[error("process {0} has no cgroup v2 membership (0::/...) in /proc/{0}/cgroup")]
+    NoV2Membership(u32),
+    #[error("mounting bpffs at {path}: {source}")]
+    MountBpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Mount points of a filesystem type, from a mountinfo text (field 5 is the mount
+/// point, the type follows the " - " separator).
+fn mounts_of_type(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let ty = right.split_whitespace().next()?;
+            if ty != fstype {
+                return None;
+            }
+            let mount_point = left.split_whitespace().nth(4)?;
+            Some(PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The cgroup v2 mount point of this host.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let p = Path::new("/proc/self/mountinfo");
+    let info = fs::read_to_string(p).map_err(io_err(p))?;
+    mounts_of_type(&info, "cgroup2")
+        .into_iter()
+        .next()
+        .ok_or(CgroupError::NoCgroup2)
+}
+
+/// The bpffs mount point, mounting one at /sys/fs/bpf when none exists (as
+/// systemd would): pinned links must outlive the agent process.
+pub fn bpffs_mount() -> Result<PathBuf, CgroupError> {
+    let p = Path::new("/proc/self/mountinfo");
+    let info = fs::read_to_string(p).map_err(io_err(p))?;
+    if let Some(m) = mounts_of_type(&info, "bpf").into_iter().next() {
+        return Ok(m);
+    }
+    let target = PathBuf::from("/sys/fs/bpf");
+    crate::sys::mount_bpffs(&target).map_err(|source| CgroupError::MountBpffs {
+        path: target.clone(),
+        source,
+    })?;
+    Ok(target)
+}
+
+/// A cgroup v2 directory, with the id the kernel reports for it
+/// (`bpf_get_current_cgroup_id()` is the kernfs inode number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    pub id: u64,
+}
+
+impl Cgroup {
+    pub fn open(path: &Path) -> Result<Self, CgroupError> {
+        let mount = cgroup2_mount()?;
+        let path = fs::canonicalize(path).map_err(io_err(path))?;
+        if !path.starts_with(&mount) || !path.join("cgroup.procs").exists() {
+            return Err(CgroupError::NotUnderMount(path, mount));
+        }
+        let id = fs::metadata(&path).map_err(io_err(&path))?.ino();
+        Ok(Self { path, id })
+    }
+
+    /// The cgroup v2 of a process, from the `0::/…` line of /proc/PID/cgroup.
+    pub fn of_pid(pid: u32) -> Result<Self, CgroupError> {
+        let p = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or(CgroupError::NoV2Membership(pid))?;
+        let mount = cgroup2_mount()?;
+        Self::open(&mount.join(rel.trim_start_matches('/')))
+    }
+
+    /// Refuse the root cgroup and any cgroup that contains the agent itself:
+    /// enforcing either would redirect the agent's own connections to itself.
+    pub fn check_enforceable(&self) -> Result<(), CgroupError> {
+        let mount = cgroup2_mount()?;
+        if self.path == mount {
+            return Err(CgroupError::Root(self.path.clone()));
+        }
+        let own = Self::of_pid(std::process::id())?;
+        if own.path.starts_with(&self.path) {
+            return Err(CgroupError::HoldsAgent {
+                target: self.path.clone(),
+                own: own.path,
+            });
+        }
+        Ok(())
+    }
+
+    /// Processes currently in this cgroup (not its children).
+    pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
+        let p = self.path.join("cgroup.procs");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 22 0:44 / /sys/fs/bpf rw,relatime - bpf bpf rw
+60 22 0:45 / /mnt/with\\040space rw - cgroup2 cgroup2 rw";
+
+    #[test]
+    fn finds_cgroup2_on_a_hybrid_layout() {
+        let m = mounts_of_type(HYBRID, "cgroup2");
+        assert_eq!(m[0], PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(m[1], PathBuf::from("/mnt/with space"));
+        assert_eq!(
+            mounts_of_type(HYBRID, "bpf"),
+            vec![PathBuf::from("/sys/fs/bpf")]
+        );
+        assert!(mounts_of_type(HYBRID, "tmpfs").is_empty());
+    }
+}

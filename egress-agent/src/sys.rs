@@ -1,0 +1,280 @@
+//! The only module with `unsafe`: thin wrappers over Linux syscalls that neither
+//! std nor a well-kept crate exposes (bpf map lookup-and-delete, setns,
+//! SO_NETNS_COOKIE, bringing `lo` up, mounting bpffs, capabilities).
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps since 5.14): takes an entry
+/// atomically, so two accepts can never consume the same original destination.
+/// Returns Ok(false) when the key is absent.
+pub fn bpf_map_lookup_and_delete<K, V>(
+    map: BorrowedFd<'_>,
+    key: &K,
+    value: &mut V,
+) -> io::Result<bool> {
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value as *mut V as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points to valid key/value buffers of the map's sizes (the
+    // caller's types mirror egress_maps.h, checked against BTF by a test).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &attr as *const MapElemAttr,
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    match cvt(r) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The network namespace cookie of a socket (SO_NETNS_COOKIE, Linux 5.14): the
+/// same value `bpf_get_netns_cookie()` returns in the container's hooks.
+pub fn netns_cookie(fd: RawFd) -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of their sizes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut v as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    cvt(r as libc::c_long).map(|_| v)
+}
+
+/// Move the calling thread into the network namespace behind `fd`.
+pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } as libc::c_long).map(|_| ())
+}
+
+/// Bring the loopback interface up in the calling thread's network namespace
+/// (a fresh namespace has `lo` down, and the agent's listeners live on it).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a datagram socket used only for the ioctl; ifreq is zeroed and
+    // holds a NUL-terminated name.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, c) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *c as libc::c_char;
+        }
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+        if r == 0 && (ifr.ifr_ifru.ifru_flags & libc::IFF_UP as i16) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let err = io::Error::last_os_error();
+        libc::close(s);
+        if r < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+pub fn mount_bpffs(target: &Path) -> io::Result<()> {
+    let t = CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            t.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    cvt(r as libc::c_long).map(|_| ())
+}
+
+/// Drop CAP_NET_RAW (and CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) from the bounding
+/// set and every capability set of the calling process, so the sandboxed command
+/// cannot open AF_PACKET sockets, detach programs or re-enter other namespaces.
+/// Meant for the child between fork and exec: only async-signal-safe calls.
+pub fn drop_net_caps() -> io::Result<()> {
+    const CAPS: [u32; 4] = [
+        13, /* NET_RAW */
+        12, /* NET_ADMIN */
+        21, /* SYS_ADMIN */
+        39, /* BPF */
+    ];
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    // SAFETY: prctl/capget/capset with valid pointers to local structs.
+    unsafe {
+        for cap in CAPS {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e);
+                }
+            }
+            // Ambient capabilities would survive exec: clear them too.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_LOWER as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            );
+        }
+        let mut hdr = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for cap in CAPS {
+            let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+            data[word].effective &= !bit;
+            data[word].permitted &= !bit;
+            data[word].inheritable &= !bit;
+        }
+        if libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Copy a plain-old-data struct out of a byte record (a ring buffer entry).
+pub fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: T is Pod (every bit pattern valid) and the length was checked;
+    // read_unaligned copes with the record's alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// Register an owned fd-holding object with tokio's reactor for readiness.
+pub fn async_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd and moves into the AsyncFd, so the fd stays
+    // open (and is not reused) for as long as it is registered.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
+/// `BPF_LINK_CREATE` for a cgroup, then `BPF_OBJ_PIN` of the new link at `pin`.
+/// Used where aya has no `FdLink` conversion (cgroup sockopt links in 0.14).
+pub fn bpf_link_create_and_pin(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+    pin: &Path,
+) -> io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    #[repr(C)]
+    struct LinkCreateAttr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        _rest: [u64; 6],
+    }
+    #[repr(C)]
+    struct ObjPinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    let attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        _rest: [0; 6],
+    };
+    // SAFETY: attr is a valid, zero-padded bpf_attr prefix for BPF_LINK_CREATE.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreateAttr,
+            std::mem::size_of::<LinkCreateAttr>(),
+        )
+    })?;
+    // SAFETY: the syscall returned a new fd that we now own.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let path = CString::new(pin.as_os_str().as_bytes())?;
+    let attr = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: link.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: pathname is a live NUL-terminated string; bpf_fd is our link.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjPinAttr,
+            std::mem::size_of::<ObjPinAttr>(),
+        )
+    })?;
+    Ok(())
+}

@@ -221,7 +221,9 @@ static __always_inline __u32 __egress_connect4(struct bpf_sock_addr *ctx)
 		to = cfg->dns_port4;
 		flags |= SOCK_F_DNS;
 	} else if (ctx->type == SOCK_STREAM) {
-		if (dport != DNS_PORT) {
+		/* Port 53 (DNS over TCP) and the agent's own service address
+		 * (egress.internal: proxy + status page) skip classification. */
+		if (dport != DNS_PORT && !(cfg->svc_addr4 && daddr == cfg->svc_addr4)) {
 			reason = classify4(daddr);
 			if (reason)
 				return reason;

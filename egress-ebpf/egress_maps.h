@@ -85,7 +85,7 @@ struct egress_config {
 	__u16 dns_port4; /* agent's DNS (UDP) listener on 127.0.0.1 */
 	__u16 dns_port6; /* agent's DNS (UDP) listener on [::1] */
 	__u32 flags;     /* CFG_F_* */
-	__u32 _pad;
+	__be32 svc_addr4; /* egress.internal: redirected before classification (0 = none) */
 };
 
 /* ---- Original destination ------------------------------------------------

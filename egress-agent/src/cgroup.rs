@@ -155,12 +155,59 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Create `<cgroup2 mount>/<parent>/<name>` (parents included).
+    pub fn create(parent: &str, name: &str) -> Result<Self, CgroupError> {
+        let path = cgroup2_mount()?.join(parent).join(name);
+        fs::create_dir_all(&path).map_err(io_err(&path))?;
+        Self::open(&path)
+    }
+
+    /// Kill every process left in the cgroup (and its children), then remove it.
+    pub fn kill_and_remove(&self) -> Result<(), CgroupError> {
+        let kill = self.path.join("cgroup.kill");
+        if kill.exists() {
+            let _ = fs::write(&kill, "1");
+        } else {
+            for pid in self.pids().unwrap_or_default() {
+                let _ = crate::sys::kill(pid, libc::SIGKILL);
+            }
+        }
+        // Children first (a process may have made some), then this one; rmdir
+        // fails with EBUSY until the killed processes are reaped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let res = remove_tree(&self.path);
+            match res {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Processes currently in this cgroup (not its children).
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
         let p = self.path.join("cgroup.procs");
         let text = fs::read_to_string(&p).map_err(io_err(&p))?;
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
+}
+
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    fs::remove_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]

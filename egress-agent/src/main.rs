@@ -1,4 +1,18 @@
-fn main() {
-    eprintln!("egress-agent: not yet wired");
-    std::process::exit(2);
+//! The `egress-agent` command (DESIGN.md §9).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = egress_agent::cli::Cli::parse();
+    egress_agent::cli::init_logging(&cli);
+    match egress_agent::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, then exit 2: bad arguments, files or state, nothing half-applied.
+            eprintln!("egress-agent: {}", egress_agent::cli::one_line(&e));
+            ExitCode::from(2)
+        }
+    }
 }

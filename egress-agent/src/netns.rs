@@ -62,6 +62,28 @@ impl Netns {
         Self::open(Path::new("/proc/thread-self/ns/net"))
     }
 
+    /// A new, empty network namespace (only `lo`, brought up), held open by
+    /// this handle: it disappears when the handle and every process in it are gone.
+    pub fn create() -> Result<Self, NetnsError> {
+        let path = PathBuf::from("/proc/thread-self/ns/net");
+        let p = path.clone();
+        std::thread::spawn(move || {
+            crate::sys::unshare_net().map_err(|source| NetnsError::Enter { path: p.clone(), source })?;
+            crate::sys::loopback_up().map_err(|source| NetnsError::Socket {
+                path: p.clone(),
+                what: "bringing lo up".into(),
+                source,
+            })?;
+            Self::open(&p)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(NetnsError::Open { path, source: io::Error::other("namespace thread panicked") }))
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -141,7 +163,7 @@ impl Listeners {
             dns_port4: port(self.dns4.local_addr()),
             dns_port6: self.dns6.as_ref().map_or(0, |s| port(s.local_addr())),
             flags: crate::bpf::maps::CFG_F_CONFIGURED,
-            _pad: 0,
+            svc_addr4: crate::SERVICE_ADDR4.octets(),
         }
     }
 }

@@ -278,3 +278,45 @@ pub fn bpf_link_create_and_pin(
     })?;
     Ok(())
 }
+
+/// Give the calling thread a new, empty network namespace.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: plain syscall; affects only the calling thread.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) } as libc::c_long).map(|_| ())
+}
+
+/// In a forked child before exec: join the cgroup whose `cgroup.procs` is open
+/// at `procs_fd`. Async-signal-safe (write of a formatted pid, no allocation).
+pub fn join_cgroup_raw(procs_fd: RawFd) -> io::Result<()> {
+    // SAFETY: getpid and write on a valid fd with a stack buffer.
+    unsafe {
+        let mut pid = libc::getpid() as u32;
+        let mut buf = [0u8; 12];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let n = buf.len() - i;
+        if libc::write(procs_fd, buf[i..].as_ptr() as *const libc::c_void, n) != n as isize {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// In a forked child before exec: enter a network namespace by raw fd.
+pub fn setns_net_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall, async-signal-safe.
+    cvt(unsafe { libc::setns(fd, libc::CLONE_NEWNET) } as libc::c_long).map(|_| ())
+}
+
+/// Send a signal to a process.
+pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::kill(pid as libc::pid_t, sig) } as libc::c_long).map(|_| ())
+}

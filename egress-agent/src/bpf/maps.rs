@@ -22,7 +22,8 @@ pub struct EgressConfig {
     pub dns_port4: u16,
     pub dns_port6: u16,
     pub flags: u32,
-    pub _pad: u32,
+    /// egress.internal's IPv4 address, network order (as the kernel compares it).
+    pub svc_addr4: [u8; 4],
 }
 pub const CFG_F_CONFIGURED: u32 = 1;
 

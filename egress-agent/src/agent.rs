@@ -1,0 +1,223 @@
+//! The running agent: the policy in force, the audit log, the resolver, and one
+//! `Attachment` per enforced cgroup, each with its listeners' tasks.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinSet;
+
+use crate::{
+    audit::{Audit, Record},
+    bpf::{self, maps::EgressEvent, Enforcement, OrigDstTable},
+    cgroup::Cgroup,
+    netns::{Listeners, Netns},
+    policy::Policy,
+    resolve::Resolver,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Bpf(#[from] bpf::BpfError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    Resolve(#[from] crate::resolve::ResolveError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("profile `{0}` is not defined in the policy")]
+    UnknownProfile(String),
+}
+
+/// What every connection handler reads. The policy is swapped atomically on
+/// reload; a connection loads it once and keeps that snapshot to the end.
+pub struct Shared {
+    pub policy: ArcSwap<Policy>,
+    pub resolver: ArcSwap<Resolver>,
+    pub audit: Audit,
+}
+
+impl Shared {
+    pub fn new(policy: Policy, audit: Audit) -> Result<Arc<Self>, AgentError> {
+        let resolver = Resolver::new(policy.resolver())?;
+        Ok(Arc::new(Self {
+            policy: ArcSwap::from_pointee(policy),
+            resolver: ArcSwap::from_pointee(resolver),
+            audit,
+        }))
+    }
+}
+
+/// Names the agent's DNS answered for one cgroup, by address: how opaque TCP
+/// (no SNI, no Host) is matched to a `host:port` rule.
+#[derive(Default)]
+pub struct DnsMemory {
+    by_addr: Mutex<HashMap<IpAddr, (String, Instant)>>,
+}
+
+/// Entries outlive their DNS TTL a little: clients keep using answers past it.
+const DNS_MEMORY_MIN: Duration = Duration::from_secs(600);
+const DNS_MEMORY_MAX_ENTRIES: usize = 65_536;
+
+impl DnsMemory {
+    pub fn remember(&self, name: &str, addrs: &[IpAddr], ttl: u32) {
+        let until = Instant::now() + DNS_MEMORY_MIN.max(Duration::from_secs(ttl as u64));
+        let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= DNS_MEMORY_MAX_ENTRIES {
+            let now = Instant::now();
+            m.retain(|_, (_, t)| *t > now);
+        }
+        for a in addrs {
+            if m.len() < DNS_MEMORY_MAX_ENTRIES {
+                m.insert(*a, (name.to_string(), until));
+            }
+        }
+    }
+    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+        let m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&ip).filter(|(_, t)| *t > Instant::now()).map(|(n, _)| n.clone())
+    }
+}
+
+/// One enforced cgroup as the connection handlers see it.
+pub struct Attachment {
+    pub cgroup: Cgroup,
+    pub profile: String,
+    pub orig: OrigDstTable,
+    pub dns: DnsMemory,
+    pub shared: Arc<Shared>,
+}
+
+impl Attachment {
+    /// An audit record pre-filled with this attachment's identity.
+    pub fn record(&self, protocol: &'static str) -> Record {
+        Record {
+            time: Record::now(),
+            cgroup_id: self.cgroup.id,
+            profile: self.profile.clone(),
+            protocol,
+            decision: "allow",
+            ..Default::default()
+        }
+    }
+}
+
+/// An attached cgroup with its running tasks. Dropping it stops the tasks but
+/// leaves the kernel enforcement pinned (fail closed); `detach` removes that.
+pub struct Running {
+    pub attachment: Arc<Attachment>,
+    pub enforcement: Enforcement,
+    pub netns: Netns,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Attach (or adopt) enforcement on `cg`, create listeners in `netns`, point
+    /// the programs at them, and start serving.
+    pub fn start(shared: Arc<Shared>, cg: Cgroup, netns: Netns, profile: String) -> Result<Self, AgentError> {
+        let policy = shared.policy.load();
+        if !policy.profile_names().any(|p| p == profile) {
+            return Err(AgentError::UnknownProfile(profile));
+        }
+        let mut enforcement = Enforcement::attach(&cg)?;
+        sync_deny_set(&mut enforcement, &policy)?;
+        let listeners = Listeners::create(&netns)?;
+        enforcement.configure(listeners.config())?;
+        let orig = enforcement.take_orig_dst()?;
+        let events = enforcement.take_events()?;
+        let attachment = Arc::new(Attachment {
+            cgroup: cg,
+            profile,
+            orig,
+            dns: DnsMemory::default(),
+            shared: shared.clone(),
+        });
+        let mut tasks = JoinSet::new();
+        let Listeners { tcp4, tcp6, dns4, dns6 } = listeners;
+        for l in std::iter::once(tcp4).chain(tcp6) {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tasks.spawn(crate::interceptor::serve(l, attachment.clone()));
+        }
+        for s in std::iter::once(dns4).chain(dns6) {
+            let s = tokio::net::UdpSocket::from_std(s)?;
+            tasks.spawn(crate::dns::serve_udp(s, attachment.clone()));
+        }
+        let att = attachment.clone();
+        tasks.spawn(async move {
+            let res = bpf::events::run(events, move |ev| att.shared.audit.record(kernel_record(&att, &ev))).await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "kernel event reader stopped");
+            }
+        });
+        tracing::info!(
+            cgroup = %attachment.cgroup.path.display(),
+            cgroup_id = attachment.cgroup.id,
+            profile = %attachment.profile,
+            adopted = enforcement.adopted,
+            "enforcing"
+        );
+        Ok(Self {
+            attachment,
+            enforcement,
+            netns,
+            tasks,
+        })
+    }
+
+    /// Stop serving and remove the kernel enforcement.
+    pub fn detach(mut self) -> Result<(), AgentError> {
+        self.tasks.abort_all();
+        let cg = self.attachment.cgroup.clone();
+        drop(self);
+        bpf::detach(&cg)?;
+        Ok(())
+    }
+
+    /// Re-sync the kernel deny set after a policy reload.
+    pub fn resync(&mut self) -> Result<(), AgentError> {
+        let policy = self.attachment.shared.policy.load();
+        sync_deny_set(&mut self.enforcement, &policy)
+    }
+}
+
+/// The kernel tries hold exactly `addr`'s table and the policy's allow_ranges.
+pub fn sync_deny_set(enf: &mut Enforcement, policy: &Policy) -> Result<(), AgentError> {
+    let deny = crate::addr::deny_entries().map(|(net, reason, exemptable)| {
+        (
+            net,
+            bpf::maps::DenyValue {
+                reason: reason as u32,
+                flags: if exemptable { 0 } else { bpf::maps::DENY_F_NO_EXEMPT },
+            },
+        )
+    });
+    let exempt = policy.addr_policy().exempt_nets().to_vec();
+    enf.sync_deny_set(deny, exempt)?;
+    Ok(())
+}
+
+fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
+    let reason = crate::addr::Reason::from_u32(ev.reason as u32);
+    Record {
+        time: Record::now(),
+        cgroup_id: ev.cgroup_id,
+        profile: att.profile.clone(),
+        pid: ev.tgid,
+        comm: ev.comm().to_string(),
+        orig_dst: ev.destination().map(|d| d.to_string()).unwrap_or_default(),
+        protocol: "kernel",
+        decision: "deny",
+        code: Some(reason.map(|r| r.label().to_string()).unwrap_or_else(|| ev.reason.to_string())),
+        reason: Some(format!(
+            "{} refused in the kernel ({})",
+            crate::bpf::maps::Hook::from_u8(ev.hook).map(|h| h.label()).unwrap_or("?"),
+            reason.map(|r| r.to_string()).unwrap_or_else(|| format!("reason {}", ev.reason))
+        )),
+        ..Default::default()
+    }
+}

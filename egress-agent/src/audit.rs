@@ -1,0 +1,227 @@
+//! The audit log: one JSON line per decision, allowed and denied, kernel and
+//! userspace, each written with its own `write(2)` on an O_APPEND file (so a
+//! crash loses nothing already decided, and concurrent writers never interleave).
+//!
+//! The data path only pushes onto a bounded channel; a dedicated thread
+//! serialises and writes. If the disk is full or the channel overflows the
+//! record is counted as lost and the agent keeps enforcing: enforcement never
+//! waits on logging.
+
+use std::{
+    collections::VecDeque,
+    fs::OpenOptions,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+/// One decision. Field names are the JSONL schema documented in the README.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Record {
+    pub time: String,
+    pub cgroup_id: u64,
+    pub profile: String,
+    pub pid: u32,
+    pub comm: String,
+    /// The destination the client asked for (ip:port), as it asked.
+    pub orig_dst: String,
+    /// The name the decision was about (SNI, Host, CONNECT target, DNS question).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// tls | http | connect | opaque | dns | dns-tcp | kernel
+    pub protocol: &'static str,
+    /// allow | deny | would_deny (monitor mode)
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The address the agent dialed (never the client's choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+}
+
+impl Record {
+    pub fn now() -> String {
+        humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    }
+    pub fn is_denial(&self) -> bool {
+        self.decision != "allow"
+    }
+}
+
+const CHANNEL_DEPTH: usize = 65_536;
+const RECENT_DENIALS: usize = 256;
+
+/// Handle to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Option<mpsc::SyncSender<Record>>,
+    path: Option<PathBuf>,
+    lost: AtomicU64,
+    written: Arc<AtomicU64>,
+    /// Recent denials for `http://egress.internal/status`, newest last.
+    recent: Mutex<VecDeque<Record>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("opening audit log {path}: {source}")]
+pub struct AuditError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl Audit {
+    /// Append to `path` (created 0600 if missing). `None`: keep only the
+    /// in-memory recent denials (tests, `explain`).
+    pub fn open(path: Option<&Path>) -> Result<Self, AuditError> {
+        let written = Arc::new(AtomicU64::new(0));
+        let tx = match path {
+            None => None,
+            Some(p) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)
+                    .map_err(|source| AuditError {
+                        path: p.to_owned(),
+                        source,
+                    })?;
+                let (tx, rx) = mpsc::sync_channel::<Record>(CHANNEL_DEPTH);
+                let written = written.clone();
+                let p = p.to_owned();
+                std::thread::Builder::new()
+                    .name("audit".into())
+                    .spawn(move || {
+                        let mut line = Vec::with_capacity(512);
+                        let mut failing = false;
+                        for rec in rx {
+                            line.clear();
+                            if serde_json::to_writer(&mut line, &rec).is_err() {
+                                continue;
+                            }
+                            line.push(b'\n');
+                            match file.write_all(&line) {
+                                Ok(()) => {
+                                    written.fetch_add(1, Ordering::Relaxed);
+                                    if failing {
+                                        tracing::warn!(path = %p.display(), "audit log writable again");
+                                        failing = false;
+                                    }
+                                }
+                                Err(e) => {
+                                    if !failing {
+                                        tracing::error!(path = %p.display(), error = %e, "audit log write failed; enforcement continues, records are lost until it recovers");
+                                        failing = true;
+                                    }
+                                }
+                            }
+                        }
+                    })
+                    .map_err(|source| AuditError {
+                        path: path.unwrap_or(Path::new("")).to_owned(),
+                        source,
+                    })?;
+                Some(tx)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                path: path.map(Path::to_owned),
+                lost: AtomicU64::new(0),
+                written,
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_DENIALS)),
+            }),
+        })
+    }
+
+    pub fn record(&self, rec: Record) {
+        if rec.is_denial() {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_DENIALS {
+                recent.pop_front();
+            }
+            recent.push_back(rec.clone());
+        }
+        if let Some(tx) = &self.inner.tx {
+            if tx.try_send(rec).is_err() {
+                self.inner.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Recent denials of one cgroup, newest first.
+    pub fn recent_denials(&self, cgroup_id: u64, max: usize) -> Vec<Record> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .iter()
+            .rev()
+            .filter(|r| r.cgroup_id == cgroup_id)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+    pub fn lost(&self) -> u64 {
+        self.inner.lost.load(Ordering::Relaxed)
+    }
+    pub fn written(&self) -> u64 {
+        self.inner.written.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_json_line_per_record_and_keeps_recent_denials() {
+        let dir = std::env::temp_dir().join(format!("egress-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let audit = Audit::open(Some(&path)).unwrap();
+        for (i, decision) in ["allow", "deny", "deny"].into_iter().enumerate() {
+            audit.record(Record {
+                time: Record::now(),
+                cgroup_id: 7,
+                decision,
+                protocol: "tls",
+                name: Some(format!("n{i}.example")),
+                ..Default::default()
+            });
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while audit.written() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1]["decision"], "deny");
+        let recent = audit.recent_denials(7, 10);
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].name.as_deref(), Some("n2.example"));
+        assert!(audit.recent_denials(8, 10).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,250 @@
+//! Command-line front end: argument parsing and the subcommands' top level.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    agent::{Running, Shared},
+    audit::Audit,
+    cgroup::Cgroup,
+    netns::Netns,
+    policy::{name::CanonicalName, Decision, Policy, Protocol},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "egress-agent", version, about = "Transparent eBPF egress enforcement for Linux containers")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run CMD in a fresh cgroup (and with --netns a fresh network namespace) under enforcement.
+    Exec(ExecArgs),
+    /// Long-running agent for a static list of cgroups/pids (see README: daemon config).
+    Daemon {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Enforce a cgroup or a process's cgroup, serving in the foreground until SIGTERM.
+    Attach(AttachArgs),
+    /// Remove the pinned enforcement from a cgroup (the only way enforcement ends).
+    Detach(Target),
+    /// Show enforced cgroups and kernel denial counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy file tools.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Explain the decision for HOST[:PORT].
+    Explain {
+        host: String,
+        #[arg(long, default_value = "default")]
+        profile: String,
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Policy file (TOML).
+    #[arg(long, conflicts_with = "allow")]
+    pub policy: Option<PathBuf>,
+    /// Allow a host pattern (repeatable), instead of a policy file.
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// Profile of the policy to apply.
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// Also give CMD a fresh network namespace with no route out (only the agent).
+    #[arg(long)]
+    pub netns: bool,
+    /// Append decisions to this JSONL file.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Network namespace for the listeners (default: that of --pid, or of the
+    /// first process in --cgroup).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Validate a policy file: exit 0, or one line naming file:line:column and key, exit 2.
+    Check { file: PathBuf },
+    /// Print the effective policy exactly as enforced.
+    Show { file: PathBuf },
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.compact().init(),
+    }
+}
+
+/// An error chain as one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s.replace('\n', " ")
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Policy(PolicyCmd::Check { file }) => {
+            let p = load_policy(&file)?;
+            println!("{}: ok ({} profiles, policy {})", file.display(), p.profile_names().count(), p.version());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy(PolicyCmd::Show { file }) => {
+            print!("{}", load_policy(&file)?.show());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Explain { host, profile, policy } => explain(&load_policy(&policy)?, &host, &profile),
+        Cmd::Detach(t) => {
+            let cg = target_cgroup(&t)?;
+            crate::bpf::detach(&cg)?;
+            println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => status(json),
+        Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args)),
+        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
+        Cmd::Daemon { config } => runtime()?.block_on(crate::daemon::run(&config)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+pub fn load_policy(path: &Path) -> Result<Policy> {
+    // PolicyError's Display is already the one line "FILE:LINE:COL: key `k`: ...".
+    Policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn target_cgroup(t: &Target) -> Result<Cgroup> {
+    Ok(match (&t.cgroup, t.pid) {
+        (Some(p), _) => Cgroup::open(p)?,
+        (None, Some(pid)) => Cgroup::of_pid(pid).with_context(|| format!("process {pid}"))?,
+        _ => bail!("give --cgroup PATH or --pid PID"),
+    })
+}
+
+fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
+    let (h, port) = crate::policy::name::split_host_port(host, 443).map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
+    let name = CanonicalName::parse(&h).map_err(|e| anyhow::anyhow!("{h}: {e}"))?;
+    for proto in [Protocol::Tls, Protocol::Http, Protocol::Opaque] {
+        match policy.decide(profile, &name, port, proto) {
+            Decision::Allow { rule, inspect } => println!(
+                "{name}:{port} {proto:?}: allow ({}) by {rule}",
+                if inspect { "inspect" } else { "passthrough" },
+                name = name.as_str()
+            ),
+            Decision::Deny(d) => println!(
+                "{name}:{port} {proto:?}: deny {}: {}{}",
+                d.code.as_str(),
+                d.reason,
+                if d.hint.is_empty() { String::new() } else { format!(" (hint: {})", d.hint) },
+                name = name.as_str()
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(json: bool) -> Result<ExitCode> {
+    let root = crate::bpf::pin_root()?;
+    let mut rows = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            let links = std::fs::read_dir(e.path().join("links")).map(|d| d.count()).unwrap_or(0);
+            rows.push(serde_json::json!({"cgroup_id": id, "pinned_links": links, "pin_dir": e.path()}));
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "attachments": rows }));
+    } else if rows.is_empty() {
+        println!("no cgroup is enforced (nothing pinned under {})", root.display());
+    } else {
+        for r in rows {
+            println!("cgroup id {}: {} pinned programs ({})", r["cgroup_id"].as_str().unwrap_or("?"), r["pinned_links"], r["pin_dir"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
+    let policy = load_policy(&args.policy)?;
+    let cg = target_cgroup(&args.target)?;
+    let netns = match (&args.netns, args.target.pid) {
+        (Some(p), _) => Netns::open(p)?,
+        (None, Some(pid)) => Netns::of_pid(pid)?,
+        (None, None) => {
+            let pid = *cg.pids()?.first().context("the cgroup has no processes: pass --netns PATH for its network namespace")?;
+            Netns::of_pid(pid)?
+        }
+    };
+    let audit = Audit::open(args.audit_log.as_deref())?;
+    let shared = Shared::new(policy, audit)?;
+    let running = Running::start(shared, cg, netns, args.profile)?;
+    println!("enforcing cgroup id {} (adopted pins: {})", running.attachment.cgroup.id, running.enforcement.adopted);
+    crate::daemon::wait_for_shutdown(|| {}).await;
+    // Leaving the pins in place: enforcement outlives the agent until `detach`.
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn _shared_is_send(_: Arc<Shared>) {}

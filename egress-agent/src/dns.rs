@@ -1,0 +1,221 @@
+//! DNS for the sandbox (DESIGN.md §6, THREATS.md D). Every datagram a container
+//! sends to port 53, whatever resolver it names, arrives here. Allowed names are
+//! resolved by the agent's own resolver and answered (A/AAAA only, prohibited
+//! addresses removed); every other name gets NXDOMAIN with Extended DNS Error 15
+//! ("Blocked", RFC 8914) and is never forwarded, so labels cannot tunnel data
+//! out through the agent.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{
+        rdata::{opt::EdnsOption, A, AAAA},
+        RData, Record as DnsRecord, RecordType,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+};
+
+use crate::{
+    addr::Verdict,
+    agent::Attachment,
+    audit::Record,
+    policy::{name::CanonicalName, Decision, Protocol},
+};
+
+/// RFC 8914 info-code 15: Blocked.
+const EDE_BLOCKED: u16 = 15;
+const EDNS_EDE: u16 = 15;
+/// Answers are short-lived: the agent re-checks at connect time anyway.
+const MAX_TTL: u32 = 60;
+
+pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
+    let sock = Arc::new(sock);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "dns recv failed");
+                continue;
+            }
+        };
+        let packet = buf[..n].to_vec();
+        let (sock, att) = (sock.clone(), att.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = answer(&packet, &att, from, "dns").await {
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+    }
+}
+
+/// DNS over TCP (RFC 1035 §4.2.2: two-byte length prefix), same treatment.
+pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, _rec: Record) {
+    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_exact(&mut len)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            return;
+        }
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        if stream.read_exact(&mut msg).await.is_err() {
+            return;
+        }
+        let Some(reply) = answer(&msg, att, peer, "dns-tcp").await else {
+            return;
+        };
+        let mut out = Vec::with_capacity(reply.len() + 2);
+        out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        out.extend_from_slice(&reply);
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Build the reply for one query message; None for garbage that is not worth
+/// answering (not a query, unparseable).
+async fn answer(packet: &[u8], att: &Attachment, _from: SocketAddr, protocol: &'static str) -> Option<Vec<u8>> {
+    let started = Instant::now();
+    let req = Message::from_vec(packet).ok()?;
+    if req.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    let Some(q) = req.queries.first().cloned() else {
+        resp.metadata.response_code = ResponseCode::FormErr;
+        return resp.to_vec().ok();
+    };
+    resp.add_query(q.clone());
+    if req.metadata.op_code != OpCode::Query || req.queries.len() != 1 {
+        resp.metadata.response_code = ResponseCode::NotImp;
+        return resp.to_vec().ok();
+    }
+
+    let mut rec = att.record(protocol);
+    let raw = q.name().to_ascii();
+    rec.name = Some(raw.trim_end_matches('.').to_string());
+    rec.orig_dst = "dns".into();
+    let policy = att.shared.policy.load_full();
+
+    let outcome = decide(&q, &raw, att, &policy).await;
+    match outcome {
+        Outcome::Answer(addrs, ttl) => {
+            for ip in addrs {
+                let rdata = match ip {
+                    IpAddr::V4(v4) => RData::A(A(v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                };
+                resp.add_answer(DnsRecord::from_rdata(q.name().clone(), ttl.min(MAX_TTL), rdata));
+            }
+        }
+        Outcome::NoData => {}
+        Outcome::Blocked { rcode, code, reason } => {
+            resp.metadata.response_code = rcode;
+            let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
+            data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
+            edns.options_mut().insert(EdnsOption::Unknown(EDNS_EDE, data));
+            rec.decision = if policy.is_monitor() && code == "host_not_allowed" { "would_deny" } else { "deny" };
+            rec.code = Some(code.into());
+            rec.reason = Some(reason);
+        }
+    }
+    if req.edns.is_some() || resp.metadata.response_code != ResponseCode::NoError {
+        resp.set_edns(edns);
+    }
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    att.shared.audit.record(rec);
+    resp.to_vec().ok()
+}
+
+enum Outcome {
+    Answer(Vec<IpAddr>, u32),
+    NoData,
+    Blocked {
+        rcode: ResponseCode,
+        code: &'static str,
+        reason: String,
+    },
+}
+
+async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::Policy) -> Outcome {
+    let qtype = q.query_type();
+    let name = match CanonicalName::parse(raw) {
+        Ok(n) => n,
+        Err(e) => {
+            return Outcome::Blocked {
+                rcode: ResponseCode::NXDomain,
+                code: "host_not_allowed",
+                reason: format!("not an acceptable host name: {e}"),
+            }
+        }
+    };
+    if name.as_str() == crate::SERVICE_NAME {
+        return match qtype {
+            RecordType::A => Outcome::Answer(vec![IpAddr::V4(crate::SERVICE_ADDR4)], MAX_TTL),
+            _ => Outcome::NoData,
+        };
+    }
+    // A name is answerable if some rule names it, whatever the port.
+    let allowed = match policy.decide(&att.profile, &name, 443, Protocol::Tls) {
+        Decision::Allow { .. } => true,
+        Decision::Deny(d) => d.code != crate::deny::DenyCode::HostNotAllowed,
+    };
+    if !allowed && !policy.is_monitor() {
+        return Outcome::Blocked {
+            rcode: ResponseCode::NXDomain,
+            code: "host_not_allowed",
+            reason: format!("{} is not allowed by the policy (profile {})", name.as_str(), att.profile),
+        };
+    }
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        // No TXT/MX/SVCB/...: nothing but addresses leaves, and nothing is forwarded.
+        return Outcome::NoData;
+    }
+    let resolver = att.shared.resolver.load();
+    let (addrs, ttl) = match resolver.lookup(name.as_str()).await {
+        Ok(x) => x,
+        Err(e) => {
+            return Outcome::Blocked {
+                rcode: ResponseCode::ServFail,
+                code: "dns_error",
+                reason: e.to_string(),
+            }
+        }
+    };
+    let mut keep = Vec::new();
+    let mut refused = Vec::new();
+    for ip in addrs {
+        match policy.addr_policy().classify(ip) {
+            Verdict::Denied { reason, .. } => refused.push(format!("{ip} ({reason})")),
+            _ => keep.push(ip),
+        }
+    }
+    att.dns.remember(name.as_str(), &keep, ttl);
+    let want_v4 = qtype == RecordType::A;
+    let answer: Vec<IpAddr> = keep.into_iter().filter(|ip| ip.is_ipv4() == want_v4).collect();
+    if answer.is_empty() && !refused.is_empty() {
+        return Outcome::Blocked {
+            rcode: ResponseCode::NXDomain,
+            code: "destination_ip_prohibited",
+            reason: format!("{} resolves only to prohibited addresses: {}", name.as_str(), refused.join(", ")),
+        };
+    }
+    if answer.is_empty() {
+        return Outcome::NoData;
+    }
+    Outcome::Answer(answer, ttl)
+}

@@ -1,0 +1,429 @@
+//! The interceptor (DESIGN.md §5): every TCP connection the kernel redirected
+//! arrives here. Recover the original destination, peek at what the client
+//! says (ClientHello, HTTP head, CONNECT, or nothing), decide by *name*, resolve
+//! the name ourselves, re-check every address, dial one we checked, and splice.
+
+mod respond;
+mod upstream;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+
+use crate::{
+    agent::Attachment,
+    audit::Record,
+    deny::DenyCode,
+    peek::{self, http::Target, PeekLimits, Peeked},
+    policy::{name::CanonicalName, Decision, Policy, Protocol},
+};
+pub use respond::Reply;
+
+/// Connections served at once per listener; beyond it new ones are reset
+/// (bounded memory; other containers have their own listeners and budget).
+const MAX_CONNECTIONS: usize = 16_384;
+
+pub async fn serve(listener: TcpListener, att: Arc<Attachment>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            respond::reset(stream);
+            continue;
+        };
+        let att = att.clone();
+        tokio::spawn(async move {
+            handle(stream, peer, &att).await;
+            drop(permit);
+        });
+    }
+}
+
+/// What the client asked for, as far as the decision is concerned.
+struct Wanted {
+    name: CanonicalName,
+    port: u16,
+    protocol: Protocol,
+    /// How a denial must be spoken on this connection.
+    reply: Reply,
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let mut rec = att.record("tcp");
+
+    // 1. Who is this, and where did it want to go?
+    let cookie = crate::sys::netns_cookie(client.as_raw_fd()).unwrap_or(0);
+    let orig = match att.orig.take(cookie, peer) {
+        Ok(Some(o)) => o,
+        other => {
+            rec.decision = "deny";
+            rec.code = Some("no_original_destination".into());
+            rec.reason = Some(match other {
+                Err(e) => format!("original destination lookup failed: {e}"),
+                _ => format!("no original destination recorded for {peer}: not a redirected connection"),
+            });
+            att.shared.audit.record(rec);
+            respond::reset(client);
+            return;
+        }
+    };
+    let dst = orig.destination();
+    rec.pid = orig.tgid;
+    rec.comm = orig.comm().to_string();
+    rec.orig_dst = dst.to_string();
+    let service = is_service(dst.ip());
+
+    if dst.port() == 53 && !service {
+        rec.protocol = "dns-tcp";
+        crate::dns::serve_tcp(client, att, rec).await;
+        return;
+    }
+
+    // One policy snapshot for the whole connection: a reload never changes a
+    // decision already made.
+    let policy = att.shared.policy.load_full();
+
+    // 2. Peek.
+    let mut buf = Vec::new();
+    let peeked = match peek::peek(&mut client, &mut buf, PeekLimits::default()).await {
+        Ok(p) => p,
+        Err(e) => {
+            rec.decision = "deny";
+            rec.code = Some("protocol_not_allowed".into());
+            rec.reason = Some(format!("could not read the client's first bytes: {e}"));
+            finish(att, rec, started);
+            respond::reset(client);
+            return;
+        }
+    };
+
+    // 3. Name, port, protocol.
+    let wanted = match what_is_wanted(&peeked, dst, service, att) {
+        Ok(w) => w,
+        Err(Early::Status) => {
+            rec.protocol = "http";
+            rec.name = Some(crate::SERVICE_NAME.into());
+            let body = crate::status::page(att, &policy);
+            let _ = client.write_all(&respond::json_ok(&body)).await;
+            finish(att, rec, started);
+            return;
+        }
+        Err(Early::Deny { reply, code, host, reason }) => {
+            rec.protocol = reply.label();
+            rec.name = host.clone();
+            let denial = respond::denial(&policy, code, host.unwrap_or_default(), dst.port(), reason, None, String::new());
+            deny(att, &policy, client, reply, denial, rec, started).await;
+            return;
+        }
+    };
+    rec.protocol = wanted.reply.label();
+    rec.name = Some(wanted.name.as_str().to_string());
+
+    // 4. Decide.
+    let decision = policy.decide(&att.profile, &wanted.name, wanted.port, wanted.protocol);
+    match decision {
+        Decision::Allow { rule, .. } => rec.rule = Some(rule.to_string()),
+        Decision::Deny(d) => {
+            let denial = respond::denial(&policy, d.code, wanted.name.as_str().into(), wanted.port, d.reason, d.rule.map(|r| r.to_string()), d.hint);
+            if policy.is_monitor() {
+                rec.decision = "would_deny";
+                rec.code = Some(denial.code.as_str().into());
+                rec.reason = Some(denial.reason.clone());
+            } else {
+                deny(att, &policy, client, wanted.reply, denial, rec, started).await;
+                return;
+            }
+        }
+    }
+
+    // 5. Resolve ourselves, re-check every address, dial one we checked.
+    let upstream = match upstream::connect(att, &policy, &wanted.name, wanted.port).await {
+        Ok(u) => u,
+        Err((code, reason)) => {
+            let denial = respond::denial(&policy, code, wanted.name.as_str().into(), wanted.port, reason, rec.rule.clone(), String::new());
+            deny(att, &policy, client, wanted.reply, denial, rec, started).await;
+            return;
+        }
+    };
+    rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
+
+    // 6. CONNECT: answer, then hold the tunnel's first bytes to the same name.
+    let mut upstream = upstream;
+    if let Reply::Connect = wanted.reply {
+        if client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
+            finish(att, rec, started);
+            return;
+        }
+        buf.clear();
+        match check_tunnel(&mut client, &mut buf, &wanted, &policy, att).await {
+            Ok(()) => {}
+            Err((reply, denial)) => {
+                deny(att, &policy, client, reply, denial, rec, started).await;
+                return;
+            }
+        }
+    } else if let Peeked::Http(head) = &peeked {
+        // Absolute-form proxy requests go upstream as origin-form.
+        if let Target::Absolute { .. } = head.target {
+            buf = respond::origin_form(&buf, head);
+        }
+    }
+
+    // 7. Passthrough: replay what we read, then copy both ways.
+    if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
+        finish(att, rec, started);
+        return;
+    }
+    drop(buf);
+    let (t, _err) = crate::copy::bidirectional(client, upstream).await;
+    rec.bytes_up = t.up;
+    rec.bytes_down = t.down;
+    finish(att, rec, started);
+}
+
+enum Early {
+    /// The in-sandbox status page.
+    Status,
+    Deny {
+        reply: Reply,
+        code: DenyCode,
+        host: Option<String>,
+        reason: String,
+    },
+}
+
+fn is_service(ip: IpAddr) -> bool {
+    crate::bpf::maps::to_v6(ip) == crate::SERVICE_ADDR4.to_ipv6_mapped()
+}
+
+fn canonical(raw: &str, reply: Reply, what: &str) -> Result<CanonicalName, Early> {
+    CanonicalName::parse(raw).map_err(|e| Early::Deny {
+        reply,
+        code: DenyCode::HostNotAllowed,
+        host: Some(raw.chars().filter(|c| !c.is_control()).take(255).collect()),
+        reason: format!("{what} {raw:?} is not an acceptable host name: {e}"),
+    })
+}
+
+fn what_is_wanted(peeked: &Peeked, dst: SocketAddr, service: bool, att: &Attachment) -> Result<Wanted, Early> {
+    match peeked {
+        Peeked::Tls(hello) => {
+            let reply = Reply::Tls;
+            let Some(sni) = hello.sni.as_deref() else {
+                return Err(Early::Deny {
+                    reply,
+                    code: DenyCode::HostNotAllowed,
+                    host: None,
+                    reason: "TLS ClientHello without SNI: egress is decided by name".into(),
+                });
+            };
+            Ok(Wanted {
+                name: canonical(sni, reply, "SNI")?,
+                port: dst.port(),
+                protocol: Protocol::Tls,
+                reply,
+            })
+        }
+        Peeked::Http(head) => match &head.target {
+            Target::Authority(authority) => {
+                let reply = Reply::Connect;
+                let (host, port) = crate::policy::name::split_host_port(authority, 443).map_err(|e| Early::Deny {
+                    reply,
+                    code: DenyCode::HostNotAllowed,
+                    host: Some(authority.clone()),
+                    reason: format!("CONNECT target {authority:?}: {e}"),
+                })?;
+                Ok(Wanted {
+                    name: canonical(&host, reply, "CONNECT target")?,
+                    port,
+                    protocol: Protocol::Tls,
+                    reply,
+                })
+            }
+            Target::Absolute { authority, scheme, .. } => {
+                let reply = Reply::Http;
+                if !scheme.eq_ignore_ascii_case("http") {
+                    return Err(Early::Deny {
+                        reply,
+                        code: DenyCode::ProtocolNotAllowed,
+                        host: Some(authority.clone()),
+                        reason: format!("proxy requests for scheme {scheme:?} are not supported; use CONNECT for https"),
+                    });
+                }
+                let (host, port) = crate::policy::name::split_host_port(authority, 80).map_err(|e| Early::Deny {
+                    reply,
+                    code: DenyCode::HostNotAllowed,
+                    host: Some(authority.clone()),
+                    reason: format!("request target {authority:?}: {e}"),
+                })?;
+                Ok(Wanted {
+                    name: canonical(&host, reply, "request target")?,
+                    port,
+                    protocol: Protocol::Http,
+                    reply,
+                })
+            }
+            _ => {
+                let reply = Reply::Http;
+                let Some(host) = head.host.as_deref() else {
+                    return Err(Early::Deny {
+                        reply,
+                        code: DenyCode::HostNotAllowed,
+                        host: None,
+                        reason: "HTTP request without a Host header: egress is decided by name".into(),
+                    });
+                };
+                let (h, _) = crate::policy::name::split_host_port(host, dst.port()).map_err(|e| Early::Deny {
+                    reply,
+                    code: DenyCode::HostNotAllowed,
+                    host: Some(host.to_string()),
+                    reason: format!("Host {host:?}: {e}"),
+                })?;
+                if service {
+                    return Err(Early::Status);
+                }
+                Ok(Wanted {
+                    name: canonical(&h, reply, "Host")?,
+                    port: dst.port(),
+                    protocol: Protocol::Http,
+                    reply,
+                })
+            }
+        },
+        Peeked::H2PriorKnowledge => Err(Early::Deny {
+            reply: Reply::Reset,
+            code: DenyCode::ProtocolNotAllowed,
+            host: None,
+            reason: "cleartext HTTP/2 (prior knowledge) hides the host name; use TLS or HTTP/1.1".into(),
+        }),
+        Peeked::Opaque => {
+            // No name on the wire: only a name our DNS gave this container for
+            // this address can be matched, and only against a host:port rule.
+            let Some(name) = att.dns.name_of(dst.ip()) else {
+                return Err(Early::Deny {
+                    reply: Reply::Reset,
+                    code: DenyCode::ProtocolNotAllowed,
+                    host: None,
+                    reason: format!("opaque TCP to {dst} with no name: the address was not obtained from the agent's DNS"),
+                });
+            };
+            Ok(Wanted {
+                name: canonical(&name, Reply::Reset, "name")?,
+                port: dst.port(),
+                protocol: Protocol::Opaque,
+                reply: Reply::Reset,
+            })
+        }
+    }
+}
+
+/// Inside a CONNECT tunnel the client must speak to the host it named:
+/// SNI or Host equal to the CONNECT target, or opaque bytes only where allowed.
+async fn check_tunnel(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    wanted: &Wanted,
+    policy: &Policy,
+    att: &Attachment,
+) -> Result<(), (Reply, crate::deny::Denial)> {
+    let host = wanted.name.as_str().to_string();
+    let mismatch = |reply: Reply, what: &str, got: &str| {
+        (
+            reply,
+            respond::denial(
+                policy,
+                DenyCode::HostMismatch,
+                host.clone(),
+                wanted.port,
+                format!("{what} {got:?} inside a CONNECT tunnel to {host:?}"),
+                None,
+                String::new(),
+            ),
+        )
+    };
+    match peek::peek(client, buf, PeekLimits::default()).await {
+        Ok(Peeked::Tls(hello)) => match hello.sni.as_deref().map(CanonicalName::parse) {
+            Some(Ok(n)) if n == wanted.name => Ok(()),
+            Some(_) => Err(mismatch(Reply::Tls, "SNI", hello.sni.as_deref().unwrap_or(""))),
+            None => Err(mismatch(Reply::Tls, "SNI", "")),
+        },
+        Ok(Peeked::Http(head)) => {
+            let h = head.host.as_deref().unwrap_or("");
+            let name = crate::policy::name::split_host_port(h, wanted.port).ok().and_then(|(h, _)| CanonicalName::parse(&h).ok());
+            if name.as_ref() == Some(&wanted.name) {
+                Ok(())
+            } else {
+                Err(mismatch(Reply::Http, "Host", h))
+            }
+        }
+        Ok(_) => match policy.decide(&att.profile, &wanted.name, wanted.port, Protocol::Opaque) {
+            Decision::Allow { .. } => Ok(()),
+            Decision::Deny(d) => Err((
+                Reply::Reset,
+                respond::denial(policy, d.code, host.clone(), wanted.port, d.reason, d.rule.map(|r| r.to_string()), d.hint),
+            )),
+        },
+        Err(e) => Err((
+            Reply::Reset,
+            respond::denial(policy, DenyCode::ProtocolNotAllowed, host.clone(), wanted.port, format!("tunnel: {e}"), None, String::new()),
+        )),
+    }
+}
+
+async fn deny(
+    att: &Attachment,
+    _policy: &Policy,
+    client: TcpStream,
+    reply: Reply,
+    denial: crate::deny::Denial,
+    mut rec: Record,
+    started: Instant,
+) {
+    rec.decision = "deny";
+    rec.code = Some(denial.code.as_str().into());
+    rec.reason = Some(denial.reason.clone());
+    if rec.rule.is_none() {
+        rec.rule = denial.rule.clone();
+    }
+    tracing::info!(
+        target: "egress::deny",
+        cgroup_id = rec.cgroup_id,
+        comm = %rec.comm,
+        dst = %rec.orig_dst,
+        name = rec.name.as_deref().unwrap_or(""),
+        code = denial.code.as_str(),
+        reason = %denial.reason,
+        "denied"
+    );
+    finish(att, rec, started);
+    respond::send(client, reply, &denial).await;
+}
+
+fn finish(att: &Attachment, mut rec: Record, started: Instant) {
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    att.shared.audit.record(rec);
+}

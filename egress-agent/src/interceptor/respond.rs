@@ -1,0 +1,98 @@
+//! How a denial is spoken on each kind of connection (DESIGN.md §6).
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use crate::{
+    deny::{DenyCode, Denial},
+    peek::{http::RequestHead, tls::AlertDescription},
+    policy::Policy,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// TLS not under inspection: an alert, then close.
+    Tls,
+    /// Plain HTTP: 403 with Proxy-Status and the JSON body.
+    Http,
+    /// An explicit CONNECT: the same 403, before the tunnel exists.
+    Connect,
+    /// Opaque TCP: a reset.
+    Reset,
+}
+
+impl Reply {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reply::Tls => "tls",
+            Reply::Http => "http",
+            Reply::Connect => "connect",
+            Reply::Reset => "opaque",
+        }
+    }
+}
+
+pub fn denial(policy: &Policy, code: DenyCode, host: String, port: u16, reason: String, rule: Option<String>, hint: String) -> Denial {
+    Denial {
+        code,
+        host,
+        port,
+        reason,
+        rule,
+        policy: policy.version().to_string(),
+        hint,
+    }
+}
+
+pub async fn send(mut client: TcpStream, reply: Reply, denial: &Denial) {
+    match reply {
+        Reply::Tls => {
+            let desc = if denial.code == DenyCode::HostNotAllowed {
+                AlertDescription::UnrecognizedName
+            } else {
+                AlertDescription::AccessDenied
+            };
+            let _ = client.write_all(&crate::peek::tls::alert(desc)).await;
+            let _ = client.shutdown().await;
+        }
+        Reply::Http | Reply::Connect => {
+            let status = crate::deny::status_for(denial.code);
+            let _ = client.write_all(&denial.http_response(status)).await;
+            let _ = client.shutdown().await;
+        }
+        Reply::Reset => reset(client),
+    }
+}
+
+/// Close with RST (SO_LINGER 0), the documented answer for opaque TCP.
+pub fn reset(client: TcpStream) {
+    let _ = client.set_linger(Some(std::time::Duration::ZERO));
+    drop(client);
+}
+
+pub fn json_ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    )
+    .into_bytes()
+}
+
+/// Rewrite `GET http://host/path HTTP/1.1` to `GET /path HTTP/1.1` (the Host
+/// header is already checked to name the same host), keeping the rest.
+pub fn origin_form(buf: &[u8], head: &RequestHead) -> Vec<u8> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return buf.to_vec();
+    };
+    let path = match &head.target {
+        crate::peek::http::Target::Absolute { path, .. } if !path.is_empty() => path.as_str(),
+        _ => "/",
+    };
+    let mut out = Vec::with_capacity(buf.len());
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(format!(" HTTP/1.{}", head.version).as_bytes());
+    out.extend_from_slice(&buf[line_end..]);
+    out
+}

@@ -1,0 +1,49 @@
+//! Dialing upstream: the agent resolves the name itself, drops every address
+//! the classifier denies (and the host's own addresses), and dials exactly one
+//! of the addresses it checked — never the address the client chose, so SNI
+//! spoofing and DNS rebinding reach nothing the policy did not allow.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpStream;
+
+use crate::{agent::Attachment, deny::DenyCode, policy::{name::CanonicalName, Policy}};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn connect(att: &Attachment, policy: &Policy, name: &CanonicalName, port: u16) -> Result<TcpStream, (DenyCode, String)> {
+    let resolver = att.shared.resolver.load();
+    let (addrs, _ttl) = resolver
+        .lookup(name.as_str())
+        .await
+        .map_err(|e| (DenyCode::DnsError, e.to_string()))?;
+    let mut refused = Vec::new();
+    let mut allowed = Vec::new();
+    for ip in addrs {
+        match policy.addr_policy().classify(ip) {
+            crate::addr::Verdict::Denied { reason, .. } => refused.push(format!("{ip} ({reason})")),
+            _ => allowed.push(SocketAddr::new(ip, port)),
+        }
+    }
+    if allowed.is_empty() {
+        let reason = if refused.is_empty() {
+            format!("{name} has no addresses")
+        } else {
+            format!("{name} resolves only to prohibited addresses: {}", refused.join(", "))
+        };
+        let code = if refused.is_empty() { DenyCode::DnsError } else { DenyCode::DestinationIpProhibited };
+        return Err((code, reason));
+    }
+    let mut last = String::new();
+    for addr in allowed {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: timed out after {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    Err((DenyCode::UpstreamUnreachable, format!("could not reach {name}:{port}: {last}")))
+}

@@ -1,0 +1,77 @@
+//! The agent's own resolver (hickory). Every upstream dial uses an address this
+//! resolver returned and `addr` accepted — never the address the client chose.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use hickory_resolver::{
+    config::{NameServerConfig, ResolverConfig, ResolverOpts},
+    net::runtime::TokioRuntimeProvider,
+    TokioResolver,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no resolver configured: set `resolver` in the policy or a nameserver in /etc/resolv.conf")]
+    NoResolver,
+    #[error("building the resolver: {0}")]
+    Build(String),
+    #[error("resolving {name}: {msg}")]
+    Lookup { name: String, msg: String },
+}
+
+pub struct Resolver {
+    inner: TokioResolver,
+    pub server: SocketAddr,
+}
+
+/// The first nameserver of /etc/resolv.conf.
+pub fn system_nameserver() -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("nameserver")?;
+        let ip: IpAddr = rest.trim().parse().ok()?;
+        Some(SocketAddr::new(ip, 53))
+    })
+}
+
+impl Resolver {
+    pub fn new(server: Option<SocketAddr>) -> Result<Self, ResolveError> {
+        let server = server.or_else(system_nameserver).ok_or(ResolveError::NoResolver)?;
+        let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+        for c in &mut ns.connections {
+            c.port = server.port();
+        }
+        let config = ResolverConfig::from_name_servers(vec![ns]);
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(3);
+        opts.attempts = 2;
+        opts.cache_size = 4096;
+        // Rebinding defence does not rely on caching: every dial re-checks the
+        // addresses; the cap just bounds how stale an answer can be.
+        opts.positive_max_ttl = Some(Duration::from_secs(300));
+        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| ResolveError::Build(e.to_string()))?;
+        Ok(Self { inner, server })
+    }
+
+    /// A and AAAA for a canonical name (absolute: no search domains), with the
+    /// smallest TTL seen.
+    pub async fn lookup(&self, name: &str) -> Result<(Vec<IpAddr>, u32), ResolveError> {
+        let fqdn = format!("{name}.");
+        let res = self.inner.lookup_ip(fqdn.as_str()).await.map_err(|e| ResolveError::Lookup {
+            name: name.to_string(),
+            msg: e.to_string(),
+        })?;
+        let ttl = res
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs()
+            .min(u32::MAX as u64) as u32;
+        Ok((res.iter().collect(), ttl))
+    }
+}

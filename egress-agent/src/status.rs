@@ -1,0 +1,29 @@
+//! `http://egress.internal/status` (DESIGN.md §10): shows the calling container
+//! its own recent denials and how to trust the agent's CA. It does not list the
+//! allowlist (an allowlist is an exfiltration map).
+
+use crate::{agent::Attachment, policy::Policy};
+
+pub fn page(att: &Attachment, policy: &Policy) -> String {
+    let denials = att.shared.audit.recent_denials(att.cgroup.id, 50);
+    let recent: Vec<serde_json::Value> = denials
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "time": r.time, "comm": r.comm, "pid": r.pid, "destination": r.orig_dst,
+                "name": r.name, "protocol": r.protocol, "code": r.code, "reason": r.reason, "rule": r.rule,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "agent": "egress-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "profile": att.profile,
+        "cgroup_id": att.cgroup.id,
+        "policy": policy.version(),
+        "mode": if policy.is_monitor() { "monitor" } else { "enforce" },
+        "recent_denials": recent,
+        "proxy": format!("http://{}:3128 (HTTPS_PROXY, optional: all traffic is intercepted anyway)", crate::SERVICE_NAME),
+    })
+    .to_string()
+}

@@ -526,8 +526,23 @@ mod tests {
         let mut counts = [0usize; 4];
         for _ in 0..10_000 {
             let input = mutate(&mut rng, &seeds);
-            let _ = parse_client_hello(&input);
-            let _ = parse_request_head(&input);
+            // The same invariants the fuzz targets assert (fuzz/fuzz_targets/).
+            match parse_client_hello(&input) {
+                Ok(ch) => {
+                    let again = parse_client_hello(&input[..ch.consumed]).unwrap();
+                    assert_eq!(again.sni, ch.sni);
+                }
+                Err(TlsPeekError::Incomplete) => {
+                    let half = parse_client_hello(&input[..input.len() / 2]);
+                    assert_eq!(half, Err(TlsPeekError::Incomplete), "{input:?}");
+                }
+                Err(_) => {}
+            }
+            match parse_request_head(&input) {
+                Ok(head) => assert_eq!(parse_request_head(&input[..head.head_len]), Ok(head)),
+                Err(HttpPeekError::Incomplete) => assert!(input.len() < http::MAX_HEAD_LEN),
+                Err(_) => {}
+            }
             let _ = http::looks_like_http(&input);
             match classify(&input) {
                 Ok(Some(Peeked::Opaque)) => counts[0] += 1,

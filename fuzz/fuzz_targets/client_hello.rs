@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
             // Incomplete is only ever "read more": no prefix of the input was already wrong.
             for cut in [0, data.len() / 2] {
                 let r = parse_client_hello(&data[..cut]);
-                assert!(matches!(r, Err(TlsPeekError::Incomplete)), "prefix {cut}: {r:?}");
+                assert!(
+                    matches!(r, Err(TlsPeekError::Incomplete)),
+                    "prefix {cut}: {r:?}"
+                );
             }
         }
         Err(_) => {}

@@ -4,3 +4,5 @@
 //! kernel programs are loaded by `bpf`; a redirected connection is attributed by
 //! `origdst`, accepted on listeners created in the container's namespace by `netns`,
 //! decided by `policy` (names) and `addr` (addresses), and served by `interceptor`.
+
+pub mod addr;

@@ -6,3 +6,4 @@
 //! decided by `policy` (names) and `addr` (addresses), and served by `interceptor`.
 
 pub mod addr;
+pub mod deny;

@@ -42,7 +42,10 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => fail(&format!("{clang} failed to compile egress-ebpf/{} ({s})", SOURCES[0])),
+        Ok(s) => fail(&format!(
+            "{clang} failed to compile egress-ebpf/{} ({s})",
+            SOURCES[0]
+        )),
         Err(e) => fail(&format!("could not run {clang}: {e}")),
     }
 }

@@ -199,16 +199,11 @@ impl fmt::Display for Denial {
 fn sf_string(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max) + 2);
     out.push('"');
-    let mut n = 0;
-    for c in s.chars().filter(|c| (' '..='~').contains(c)) {
-        if n == max {
-            break;
-        }
+    for c in s.chars().filter(|c| (' '..='~').contains(c)).take(max) {
         if c == '"' || c == '\\' {
             out.push('\\');
         }
         out.push(c);
-        n += 1;
     }
     out.push('"');
     out

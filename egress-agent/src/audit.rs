@@ -31,6 +31,10 @@ pub struct Record {
     pub comm: String,
     /// The destination the client asked for (ip:port), as it asked.
     pub orig_dst: String,
+    /// The client socket as the agent saw it (its local address after the
+    /// kernel's rewrite: 127.0.0.1:<its port>).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client: String,
     /// The name the decision was about (SNI, Host, CONNECT target, DNS question).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

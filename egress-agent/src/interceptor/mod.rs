@@ -74,6 +74,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let mut rec = att.record("tcp");
+    rec.client = peer.to_string();
 
     // 1. Who is this, and where did it want to go?
     let cookie = crate::sys::netns_cookie(client.as_raw_fd()).unwrap_or(0);

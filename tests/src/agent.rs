@@ -1,0 +1,203 @@
+//! Running the real `egress-agent` binary against a topology: it runs in ag-*
+//! (so its upstream dials reach only the fake internet), its listeners live in
+//! ctr-*, and its programs are attached to ctr-*'s cgroup.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use crate::{bin_path, topology::Topology};
+
+/// The policy the integration tests share: the fake internet's TEST-NET ranges
+/// are exempted (they are documentation ranges, denied by default), its DNS
+/// server is the agent's resolver.
+pub fn test_policy(extra_allow: &[&str]) -> String {
+    let mut allow = vec!["allowed.test", "*.allowed.test", "internal.test", "metadata.test", "rebind.test", "cdn.test:7"];
+    allow.extend_from_slice(extra_allow);
+    let list = allow.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "version = \"test-1\"\nresolver = \"203.0.113.53:53\"\n\
+         allow_ranges = [\"198.51.100.0/24\", \"203.0.113.0/24\", \"2001:db8:100::/48\"]\n\
+         [profile.default]\nallow = [{list}]\n"
+    )
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub policy: PathBuf,
+    pub audit: PathBuf,
+    cgroups: Vec<PathBuf>,
+    /// First stdout line: "enforcing cgroup id N (adopted pins: B)".
+    pub banner: String,
+}
+
+impl Agent {
+    /// `egress-agent attach` for the topology's container.
+    pub fn attach(topo: &Topology, policy_toml: &str) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        Self::spawn_attach(topo, policy, audit)
+    }
+
+    fn spawn_attach(topo: &Topology, policy: PathBuf, audit: PathBuf) -> Agent {
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("attach")
+            .arg("--cgroup")
+            .arg(topo.ctr_cgroup_path())
+            .arg("--netns")
+            .arg(topo.ctr_netns_path())
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--audit-log")
+            .arg(&audit);
+        let cgroups = vec![topo.ctr_cgroup_path().to_path_buf()];
+        Self::start(cmd, policy, audit, cgroups)
+    }
+
+    /// `egress-agent daemon` over several topologies' containers, run in the
+    /// first topology's agent namespace.
+    pub fn daemon(topos: &[&Topology], policy_toml: &str) -> Agent {
+        let dir = topos[0].workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let mut cfg = format!("policy = {:?}\naudit_log = {:?}\n", policy, audit);
+        for t in topos {
+            cfg.push_str(&format!(
+                "[[attach]]\ncgroup = {:?}\nnetns = {:?}\nprofile = \"default\"\n",
+                t.ctr_cgroup_path(),
+                t.ctr_netns_path()
+            ));
+        }
+        let config = dir.join("daemon.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let mut cmd = topos[0].ag_command(bin_path("egress-agent"));
+        cmd.arg("daemon").arg("--config").arg(&config);
+        let cgroups = topos.iter().map(|t| t.ctr_cgroup_path().to_path_buf()).collect();
+        Self::start(cmd, policy, audit, cgroups)
+    }
+
+    fn start(mut cmd: Command, policy: PathBuf, audit: PathBuf, cgroups: Vec<PathBuf>) -> Agent {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("EGRESS_LOG", "info");
+        let mut child = cmd.spawn().expect("starting egress-agent");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if line.contains("daemon ready") {
+                    let _ = tx2.send(line);
+                }
+            }
+        });
+        let banner = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("egress-agent did not start (see [agent] lines above)"));
+        Agent {
+            child: Some(child),
+            policy,
+            audit,
+            cgroups,
+            banner,
+        }
+    }
+
+    /// Restart `attach` on the same files (after a crash).
+    pub fn restart_attach(&mut self, topo: &Topology) {
+        self.stop();
+        let a = Self::spawn_attach(topo, self.policy.clone(), self.audit.clone());
+        self.child = a.child;
+        self.banner = a.banner.clone();
+        std::mem::forget(a);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: no cleanup at all, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (pins stay: enforcement outlives the agent).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), libc::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The audit log, parsed (waits briefly for `min` records to be written).
+    pub fn audit_records(&self, min: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs = read_jsonl(&self.audit);
+            if recs.len() >= min || std::time::Instant::now() > deadline {
+                return recs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        for cg in &self.cgroups {
+            let _ = Command::new(bin_path("egress-agent"))
+                .arg("detach")
+                .arg("--cgroup")
+                .arg(cg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `bpftool cgroup show PATH` program names, one per attachment.
+pub fn attached_programs(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup).output().expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}

@@ -237,3 +237,20 @@ pub fn uring_connect(fd: BorrowedFd<'_>, addr: &SockAddr, timeout: Duration) -> 
         None => Err(io::Error::other("io_uring: no completion for connect")),
     }
 }
+
+/// recvfrom(2) into an initialised buffer; returns the length and the source address.
+pub fn recv_from(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::net::SocketAddr>)> {
+    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv_from only writes initialised
+    // bytes into the buffer, so it stays initialised.
+    let uninit = unsafe {
+        std::slice::from_raw_parts_mut(
+            buf.as_mut_ptr() as *mut std::mem::MaybeUninit<u8>,
+            buf.len(),
+        )
+    };
+    let (n, from) = sock.recv_from(uninit)?;
+    Ok((n, from.as_socket()))
+}

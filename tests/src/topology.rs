@@ -211,21 +211,8 @@ fn pid_alive(pid: i32) -> bool {
 /// Removes leftovers of crashed runs: topologies whose owner process is gone, and harness-named
 /// namespaces / cgroups with no owner record at all. Returns the ids removed.
 pub fn cleanup_stale() -> Vec<String> {
-    let mut stale = Vec::new();
-    let mut owned = Vec::new();
-    for entry in fs::read_dir(STATE_DIR).into_iter().flatten().flatten() {
-        let id = entry.file_name().to_string_lossy().into_owned();
-        if !is_harness_id(&id) {
-            continue;
-        }
-        let owner = fs::read_to_string(entry.path())
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok());
-        match owner {
-            Some(pid) if pid_alive(pid) => owned.push(id),
-            _ => stale.push(id),
-        }
-    }
+    // Namespaces and cgroups first, owner records second: a topology being created writes its owner
+    // record before anything else, so whatever exists at the first scan has a record at the second.
     let mut orphans = Vec::new();
     for entry in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -247,6 +234,29 @@ pub fn cleanup_stale() -> Vec<String> {
             if is_harness_id(&id) {
                 orphans.push(id);
             }
+        }
+    }
+    let mut stale = Vec::new();
+    let mut owned = Vec::new();
+    for entry in fs::read_dir(STATE_DIR).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if !is_harness_id(&id) {
+            continue;
+        }
+        let owner = fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok());
+        // An owner record being written right now is still empty: young records count as owned.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(60));
+        match owner {
+            Some(pid) if pid_alive(pid) => owned.push(id),
+            None if young => owned.push(id),
+            _ => stale.push(id),
         }
     }
     for id in orphans {
@@ -314,6 +324,17 @@ impl Topology {
                 ],
             );
         }
+        // The fake internet honours source routes (IPv4 LSRR/SSRR, IPv6 SRH), so that the
+        // IP_OPTIONS / IPV6_RTHDR attacks succeed without the enforcer.
+        sysctls(
+            &netns_path(&up),
+            &[
+                ("net/ipv4/conf/all/accept_source_route", "1"),
+                ("net/ipv4/conf/default/accept_source_route", "1"),
+                ("net/ipv6/conf/all/seg6_enabled", "1"),
+                ("net/ipv6/conf/default/seg6_enabled", "1"),
+            ],
+        );
         let (up_c, up_a) = (format!("c-{}", self.id), format!("a-{}", self.id));
         // Created directly inside the namespaces: no name is ever visible in the root namespace.
         ip(&[

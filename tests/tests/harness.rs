@@ -123,6 +123,14 @@ fn http_reaches_fake_internet_with_keepalive() {
         let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
         assert_eq!(v["service"], "echo", "{url}");
     }
+    // h2c with prior knowledge.
+    let out = curl(
+        &topo,
+        &["--http2-prior-knowledge", "http://198.51.100.10/h2c"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["version"], "HTTP/2.0");
 }
 
 #[test]

@@ -1,0 +1,712 @@
+//! fakenet: the fake internet, run inside a test topology's `up-*` namespace.
+//!
+//! HTTP/HTTPS JSON echo, TCP echo, a banner-first server, UDP echo, DNS (UDP+TCP) for the test zone,
+//! a fake metadata server and a "private" server; every query and connection is logged as JSONL.
+//! Prints `READY` once every listener is bound; exits when stdin closes or on SIGTERM.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use egress_tests::addrs::*;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+#[derive(Parser, Debug)]
+#[command(about = "The fake internet of the egress-agent test topology")]
+struct Args {
+    /// Write the test CA certificate (PEM) here.
+    #[arg(long)]
+    ca_out: Option<PathBuf>,
+    /// Append one JSON line per DNS query here.
+    #[arg(long)]
+    query_log: Option<PathBuf>,
+    /// Append one JSON line per accepted TCP connection / UDP datagram here.
+    #[arg(long)]
+    conn_log: Option<PathBuf>,
+    /// Additional addresses to serve DNS on (e.g. the host's resolv.conf nameserver).
+    #[arg(long)]
+    dns_extra: Vec<IpAddr>,
+    /// Extra zone records `NAME=IP` (repeatable; A or AAAA by the address family; replaces the
+    /// built-in answer for NAME).
+    #[arg(long)]
+    record: Vec<String>,
+    /// Extra zone records from a JSON file `{"name": ["ip", ...], ...}`.
+    #[arg(long)]
+    zone: Option<PathBuf>,
+    /// Do not bind the built-in server addresses (only DNS on --dns-extra; for local experiments).
+    #[arg(long)]
+    dns_only: bool,
+}
+
+/// Append-only JSONL log shared by every server task.
+struct Log(Option<Mutex<File>>);
+
+impl Log {
+    fn open(path: &Option<PathBuf>) -> Result<Log> {
+        Ok(Log(match path {
+            Some(p) => Some(Mutex::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("open {}", p.display()))?,
+            )),
+            None => None,
+        }))
+    }
+    fn write(&self, mut v: Value) {
+        if let Some(f) = &self.0 {
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            v["ts"] = json!(ts);
+            let mut line = v.to_string();
+            line.push('\n');
+            let _ = f.lock().unwrap().write_all(line.as_bytes());
+        }
+    }
+}
+
+struct State {
+    conns: Log,
+    queries: Log,
+    zone: Zone,
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS
+
+struct Zone {
+    static_v4: HashMap<String, Vec<Ipv4Addr>>,
+    static_v6: HashMap<String, Vec<Ipv6Addr>>,
+    rebind_count: AtomicUsize,
+}
+
+enum Answer {
+    NxDomain,
+    Records(Vec<(IpAddr, u32)>),
+}
+
+impl Zone {
+    fn new(extra: &[(String, IpAddr)]) -> Zone {
+        let mut static_v4: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        let mut static_v6: HashMap<String, Vec<Ipv6Addr>> = HashMap::new();
+        for (name, v4, v6) in ZONE {
+            static_v4.insert(name.to_string(), v4.to_vec());
+            static_v6.insert(name.to_string(), v6.to_vec());
+        }
+        let mut replaced = Vec::new();
+        for (name, ip) in extra {
+            let name = canon(name);
+            if !replaced.contains(&name) {
+                static_v4.insert(name.clone(), vec![]);
+                static_v6.insert(name.clone(), vec![]);
+                replaced.push(name.clone());
+            }
+            match ip {
+                IpAddr::V4(a) => static_v4.get_mut(&name).unwrap().push(*a),
+                IpAddr::V6(a) => static_v6.get_mut(&name).unwrap().push(*a),
+            }
+        }
+        Zone {
+            static_v4,
+            static_v6,
+            rebind_count: AtomicUsize::new(0),
+        }
+    }
+
+    fn lookup(&self, name: &str, qtype: RecordType) -> Answer {
+        const TTL: u32 = 30;
+        if name == REBIND_NAME {
+            return Answer::Records(match qtype {
+                RecordType::A => {
+                    let n = self.rebind_count.fetch_add(1, Ordering::Relaxed);
+                    let ip = if n.is_multiple_of(2) { WEB1 } else { PRIVATE };
+                    vec![(ip.into(), 0)]
+                }
+                _ => vec![],
+            });
+        }
+        if name == EXFIL_ZONE || name.ends_with(&format!(".{EXFIL_ZONE}")) {
+            return Answer::Records(match qtype {
+                RecordType::A => vec![(ALT.into(), 0)],
+                _ => vec![],
+            });
+        }
+        let (Some(v4), Some(v6)) = (self.static_v4.get(name), self.static_v6.get(name)) else {
+            return Answer::NxDomain;
+        };
+        Answer::Records(match qtype {
+            RecordType::A => v4.iter().map(|a| (IpAddr::from(*a), TTL)).collect(),
+            RecordType::AAAA => v6.iter().map(|a| (IpAddr::from(*a), TTL)).collect(),
+            _ => vec![],
+        })
+    }
+}
+
+fn canon(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Answers one DNS message; None if it cannot even be parsed.
+fn dns_answer(
+    st: &State,
+    buf: &[u8],
+    client: SocketAddr,
+    server: SocketAddr,
+    proto: &str,
+) -> Option<Vec<u8>> {
+    let req = match Message::from_vec(buf) {
+        Ok(m) => m,
+        Err(e) => {
+            st.queries.write(
+                json!({"name": null, "type": null, "client": client.to_string(),
+                "server": server.to_string(), "proto": proto, "error": e.to_string()}),
+            );
+            return None;
+        }
+    };
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.metadata.authoritative = true;
+    if req.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        resp.set_edns(edns);
+    }
+    let Some(q) = req.queries.first().cloned() else {
+        resp.metadata.response_code = ResponseCode::FormErr;
+        return resp.to_vec().ok();
+    };
+    let name = canon(&q.name().to_ascii());
+    st.queries
+        .write(json!({"name": name, "type": q.query_type().to_string(),
+        "client": client.to_string(), "server": server.to_string(), "proto": proto}));
+    resp.add_query(q.clone());
+    match st.zone.lookup(&name, q.query_type()) {
+        Answer::NxDomain => resp.metadata.response_code = ResponseCode::NXDomain,
+        Answer::Records(recs) => {
+            for (ip, ttl) in recs {
+                let rdata = match ip {
+                    IpAddr::V4(a) => RData::A(A(a)),
+                    IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+                };
+                resp.add_answer(Record::from_rdata(q.name().clone(), ttl, rdata));
+            }
+        }
+    }
+    resp.to_vec().ok()
+}
+
+async fn dns_udp(st: Arc<State>, sock: UdpSocket) {
+    let local = sock.local_addr().unwrap();
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        st.conns.write(
+            json!({"proto": "udp", "server": local.to_string(), "peer": peer.to_string(),
+            "service": "dns", "len": n}),
+        );
+        if let Some(out) = dns_answer(&st, &buf[..n], peer, local, "udp") {
+            let _ = sock.send_to(&out, peer).await;
+        }
+    }
+}
+
+async fn dns_tcp_conn(
+    st: Arc<State>,
+    mut s: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<()> {
+    loop {
+        let len = match s.read_u16().await {
+            Ok(l) => l as usize,
+            Err(_) => return Ok(()),
+        };
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await?;
+        if let Some(out) = dns_answer(&st, &buf, peer, local, "tcp") {
+            s.write_u16(out.len() as u16).await?;
+            s.write_all(&out).await?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// Mints a leaf certificate per SNI (cached), signed by the test CA; IP SANs when there is no SNI.
+struct Certs {
+    issuer: Issuer<'static, KeyPair>,
+    leaf_key: KeyPair,
+    signer: Arc<dyn rustls::sign::SigningKey>,
+    cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Certs")
+    }
+}
+
+impl Certs {
+    fn new() -> Result<(Certs, String)> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "egress-tests fake internet CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let leaf_key = KeyPair::generate()?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
+        Ok((
+            Certs {
+                issuer: Issuer::new(ca, ca_key),
+                leaf_key,
+                signer,
+                cache: Mutex::new(HashMap::new()),
+            },
+            ca_cert.pem(),
+        ))
+    }
+
+    fn mint(&self, key: &str, sans: Vec<String>) -> Option<Arc<CertifiedKey>> {
+        if let Some(c) = self.cache.lock().unwrap().get(key) {
+            return Some(c.clone());
+        }
+        let mut p = CertificateParams::new(sans).ok()?;
+        p.distinguished_name.push(DnType::CommonName, key);
+        p.is_ca = IsCa::NoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&self.leaf_key, &self.issuer).ok()?;
+        let ck = Arc::new(CertifiedKey::new(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            self.signer.clone(),
+        ));
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), ck.clone());
+        Some(ck)
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            Some(name) => {
+                let name = canon(name);
+                self.mint(&name, vec![name.clone()])
+            }
+            None => {
+                let mut sans: Vec<String> = WEB_V4.iter().map(|a| a.to_string()).collect();
+                sans.extend(WEB_V6.iter().map(|a| a.to_string()));
+                sans.push(ALT.to_string());
+                self.mint("(no sni)", sans)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Echo,
+    Metadata,
+    Private,
+}
+
+#[derive(Clone)]
+struct ConnInfo {
+    kind: Kind,
+    server: SocketAddr,
+    peer: SocketAddr,
+    tls: bool,
+    sni: Option<String>,
+    alpn: Option<String>,
+}
+
+async fn respond(req: Request<Incoming>, info: ConnInfo) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body_len = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let headers: Vec<Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .collect();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    let echo = json!({
+        "service": match info.kind { Kind::Echo => "echo", Kind::Metadata => "metadata", Kind::Private => "private" },
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "host": host,
+        "headers": headers,
+        "body_len": body_len,
+        "server": info.server.to_string(),
+        "peer": info.peer.to_string(),
+        "tls": info.tls,
+        "sni": info.sni,
+        "alpn": info.alpn,
+    });
+    let (ctype, body) = match info.kind {
+        Kind::Echo => ("application/json", echo.to_string()),
+        Kind::Metadata => (
+            "application/json",
+            json!({
+                "Code": "Success",
+                "Type": "AWS-HMAC",
+                "AccessKeyId": "ASIAFAKEFAKEFAKEFAKE",
+                "SecretAccessKey": METADATA_SECRET,
+                "Token": "fake-session-token",
+                "Expiration": "2099-01-01T00:00:00Z",
+                "request": echo,
+            })
+            .to_string(),
+        ),
+        Kind::Private => ("text/plain", PRIVATE_BODY.to_string()),
+    };
+    Response::builder()
+        .status(200)
+        .header("content-type", ctype)
+        .header("x-fakenet-server", info.server.to_string())
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn serve_http<S>(io: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(respond(req, info).await) }
+    });
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1().half_close(true);
+    let _ = b.serve_connection(TokioIo::new(io), svc).await;
+}
+
+async fn http_listener(
+    st: Arc<State>,
+    l: TcpListener,
+    kind: Kind,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((s, peer)) = l.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let service = match (kind, tls.is_some()) {
+            (Kind::Metadata, _) => "metadata",
+            (Kind::Private, _) => "private",
+            (Kind::Echo, true) => "https",
+            (Kind::Echo, false) => "http",
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": service}));
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let mut info = ConnInfo {
+                kind,
+                server,
+                peer,
+                tls: false,
+                sni: None,
+                alpn: None,
+            };
+            match tls {
+                None => serve_http(s, info).await,
+                Some(acc) => {
+                    let Ok(Ok(ts)) =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), acc.accept(s))
+                            .await
+                    else {
+                        return;
+                    };
+                    let conn = ts.get_ref().1;
+                    info.tls = true;
+                    info.sni = conn.server_name().map(str::to_string);
+                    info.alpn = conn
+                        .alpn_protocol()
+                        .map(|p| String::from_utf8_lossy(p).into_owned());
+                    serve_http(ts, info).await
+                }
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain TCP / UDP
+
+async fn tcp_echo(st: Arc<State>, l: TcpListener) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": "echo"}));
+        tokio::spawn(async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+async fn banner(st: Arc<State>, l: TcpListener) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": "banner"}));
+        tokio::spawn(async move {
+            let (r, mut w) = s.into_split();
+            if w.write_all(BANNER.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let quit = line.trim().eq_ignore_ascii_case("quit");
+                let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
+                if w.write_all(reply).await.is_err() || quit {
+                    break;
+                }
+            }
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+async fn udp_echo(st: Arc<State>, sock: UdpSocket) {
+    let local = sock.local_addr().unwrap();
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        st.conns.write(
+            json!({"proto": "udp", "server": local.to_string(), "peer": peer.to_string(),
+            "service": "udp-echo", "len": n}),
+        );
+        let _ = sock.send_to(&buf[..n], peer).await;
+    }
+}
+
+async fn dns_tcp(st: Arc<State>, l: TcpListener) {
+    let local = l.local_addr().unwrap();
+    loop {
+        let Ok((s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": local.to_string(), "peer": peer.to_string(), "service": "dns"}));
+        let st = st.clone();
+        tokio::spawn(async move {
+            let _ = dns_tcp_conn(st, s, peer, local).await;
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn tcp(addr: SocketAddr) -> Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)
+        .with_context(|| format!("bind tcp {addr}"))?;
+    Ok(sock.listen(1024)?)
+}
+
+async fn udp(addr: SocketAddr) -> Result<UdpSocket> {
+    UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("bind udp {addr}"))
+}
+
+fn parse_records(args: &Args) -> Result<Vec<(String, IpAddr)>> {
+    let mut out = Vec::new();
+    for r in &args.record {
+        let (name, ip) = r
+            .split_once('=')
+            .with_context(|| format!("--record {r}: want NAME=IP"))?;
+        out.push((
+            name.to_string(),
+            ip.parse().with_context(|| format!("--record {r}"))?,
+        ));
+    }
+    if let Some(p) = &args.zone {
+        let v: HashMap<String, Vec<IpAddr>> = serde_json::from_slice(&std::fs::read(p)?)
+            .with_context(|| format!("parse {}", p.display()))?;
+        for (name, ips) in v {
+            for ip in ips {
+                out.push((name.clone(), ip));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn run(args: Args) -> Result<()> {
+    let st = Arc::new(State {
+        conns: Log::open(&args.conn_log)?,
+        queries: Log::open(&args.query_log)?,
+        zone: Zone::new(&parse_records(&args)?),
+    });
+
+    let mut dns_addrs: Vec<IpAddr> = Vec::new();
+    if !args.dns_only {
+        dns_addrs.push(DNS.into());
+    }
+    for a in &args.dns_extra {
+        if !dns_addrs.contains(a) {
+            dns_addrs.push(*a);
+        }
+    }
+    for ip in dns_addrs {
+        let sa = SocketAddr::new(ip, 53);
+        tokio::spawn(dns_udp(st.clone(), udp(sa).await?));
+        tokio::spawn(dns_tcp(st.clone(), tcp(sa).await?));
+    }
+
+    if !args.dns_only {
+        let (certs, ca_pem) = Certs::new()?;
+        if let Some(p) = &args.ca_out {
+            std::fs::write(p, &ca_pem).with_context(|| format!("write {}", p.display()))?;
+        }
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certs));
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+
+        let mut web: Vec<IpAddr> = WEB_V4.iter().map(|a| IpAddr::from(*a)).collect();
+        web.push(ALT.into());
+        web.extend(WEB_V6.iter().map(|a| IpAddr::from(*a)));
+        for ip in &web {
+            for port in HTTP_PORTS {
+                let l = tcp(SocketAddr::new(*ip, port)).await?;
+                tokio::spawn(http_listener(st.clone(), l, Kind::Echo, None));
+            }
+            for port in HTTPS_PORTS {
+                let l = tcp(SocketAddr::new(*ip, port)).await?;
+                tokio::spawn(http_listener(
+                    st.clone(),
+                    l,
+                    Kind::Echo,
+                    Some(acceptor.clone()),
+                ));
+            }
+        }
+        for ip in [IpAddr::from(METADATA), METADATA_V6.into()] {
+            let l = tcp(SocketAddr::new(ip, 80)).await?;
+            tokio::spawn(http_listener(st.clone(), l, Kind::Metadata, None));
+        }
+        for ip in [IpAddr::from(PRIVATE), PRIVATE_V6.into()] {
+            let l = tcp(SocketAddr::new(ip, 80)).await?;
+            tokio::spawn(http_listener(st.clone(), l, Kind::Private, None));
+        }
+        for ip in [IpAddr::from(WEB1), WEB1_V6.into()] {
+            tokio::spawn(tcp_echo(
+                st.clone(),
+                tcp(SocketAddr::new(ip, TCP_ECHO_PORT)).await?,
+            ));
+            tokio::spawn(banner(
+                st.clone(),
+                tcp(SocketAddr::new(ip, BANNER_PORT)).await?,
+            ));
+            for port in UDP_ECHO_PORTS {
+                tokio::spawn(udp_echo(st.clone(), udp(SocketAddr::new(ip, port)).await?));
+            }
+        }
+    }
+
+    println!("READY");
+    std::io::stdout().flush()?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            r = stdin.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("fakenet: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

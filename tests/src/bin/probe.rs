@@ -1,0 +1,941 @@
+//! probe: the raw-socket client of the integration tests.
+//!
+//! Each subcommand performs exactly one kind of syscall sequence and prints ONE JSON line
+//! `{"op", "target", "ok", "errno", "error", "stage", ...}` (`stage` names the syscall that failed).
+//! The exit status is 0 whenever the line was printed, whatever the outcome.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use egress_tests::sys;
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde_json::{json, Map, Value};
+use socket2::{Domain, Protocol, Socket, Type};
+
+#[derive(Parser, Debug)]
+#[command(about = "One syscall sequence, one JSON line")]
+struct Cli {
+    /// Timeout for every blocking step, in milliseconds.
+    #[arg(long, global = true, default_value_t = 5000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Io {
+    /// Bytes to send after connecting (`\r` and `\n` escapes are expanded).
+    #[arg(long)]
+    send: Option<String>,
+    /// Read the reply (until EOF, or until the peer stays silent for --idle-ms after some data).
+    #[arg(long)]
+    read: bool,
+    /// shutdown(SHUT_WR) after sending (so echo servers close).
+    #[arg(long)]
+    shut_wr: bool,
+    /// Silence, after the first reply bytes, that ends --read.
+    #[arg(long, default_value_t = 500)]
+    idle_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// socket + connect (+ send / read).
+    Tcp {
+        target: SocketAddr,
+        #[command(flatten)]
+        io: Io,
+        /// Use an AF_INET6 socket even for an IPv4 target (connects to ::ffff:a.b.c.d).
+        #[arg(long)]
+        v6_socket: bool,
+    },
+    /// sendto(MSG_FASTOPEN) on a fresh TCP socket (+ read).
+    TfoSendto {
+        target: SocketAddr,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// setsockopt(TCP_FASTOPEN_CONNECT) + connect (+ send / read).
+    TfoConnect {
+        target: SocketAddr,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// io_uring IORING_OP_CONNECT (+ send / read).
+    UringConnect {
+        target: SocketAddr,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// Unconnected UDP sendto.
+    UdpSendto {
+        target: SocketAddr,
+        #[arg(long, default_value = "ping")]
+        send: String,
+        #[arg(long)]
+        v6_socket: bool,
+        #[arg(long)]
+        expect_reply: bool,
+    },
+    /// One sendmmsg carrying --count datagrams.
+    UdpSendmmsg {
+        target: SocketAddr,
+        #[arg(long, default_value = "ping")]
+        send: String,
+        #[arg(long, default_value_t = 2)]
+        count: usize,
+        #[arg(long)]
+        v6_socket: bool,
+        #[arg(long)]
+        expect_reply: bool,
+    },
+    /// connect + send on a UDP socket.
+    UdpConnectSend {
+        target: SocketAddr,
+        #[arg(long, default_value = "ping")]
+        send: String,
+        #[arg(long)]
+        v6_socket: bool,
+        #[arg(long)]
+        expect_reply: bool,
+    },
+    /// A real DNS query (hickory-proto): rcode, answers, EDNS extended errors, reply source.
+    Dns {
+        server: IpAddr,
+        name: String,
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+        /// DNS over TCP.
+        #[arg(long)]
+        tcp: bool,
+        /// connect() the UDP socket, then send/recv.
+        #[arg(long)]
+        connected: bool,
+        #[arg(long)]
+        v6_socket: bool,
+    },
+    /// socket(SOCK_RAW, ICMP); with ADDR also send an echo request and wait for the reply.
+    RawSocket {
+        addr: Option<IpAddr>,
+        #[arg(long)]
+        v6: bool,
+    },
+    /// socket(SOCK_DGRAM, IPPROTO_ICMP[V6]) "ping socket", send an echo request, wait for the reply.
+    PingSocket { addr: IpAddr },
+    /// setsockopt(IP_OPTIONS, LSRR via HOPs), then connect.
+    IpOptions {
+        target: SocketAddr,
+        /// Source-route hops (default: the target itself).
+        #[arg(long)]
+        via: Vec<std::net::Ipv4Addr>,
+        /// Strict source route (SSRR) instead of loose.
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// setsockopt(IPV6_RTHDR, routing header via HOPs), then connect.
+    Rthdr {
+        target: SocketAddr,
+        #[arg(long)]
+        via: Vec<Ipv6Addr>,
+        /// Routing header type: 4 (SRH, default), 0 (RH0, deprecated), 2 (mobility).
+        #[arg(long = "type", default_value_t = 4)]
+        rtype: u8,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// unshare(CLONE_NEWUSER|CLONE_NEWNET), bring lo up, connect.
+    UnshareConnect {
+        target: SocketAddr,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// --count TCP connections, --concurrency at a time; each sends --send ({i} = index) and reads
+    /// the reply until EOF.
+    Many {
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+        #[arg(long, default_value = "hello {i}\n")]
+        send: String,
+        /// Do not shutdown(SHUT_WR) after sending.
+        #[arg(long)]
+        no_shutdown: bool,
+        /// Truncate each reported reply to this many bytes.
+        #[arg(long, default_value_t = 200)]
+        reply_max: usize,
+    },
+}
+
+/// The output line under construction.
+struct Out(Map<String, Value>);
+
+impl Out {
+    fn new(op: &str, target: impl ToString) -> Out {
+        let mut m = Map::new();
+        m.insert("op".into(), json!(op));
+        m.insert("target".into(), json!(target.to_string()));
+        m.insert("ok".into(), json!(false));
+        m.insert("errno".into(), Value::Null);
+        m.insert("error".into(), Value::Null);
+        Out(m)
+    }
+    fn set(&mut self, k: &str, v: impl Into<Value>) {
+        self.0.insert(k.into(), v.into());
+    }
+    fn fail(mut self, stage: &str, e: &io::Error) -> Out {
+        self.set("ok", false);
+        self.set("stage", stage);
+        self.set("errno", json!(e.raw_os_error()));
+        self.set("error", e.to_string());
+        self
+    }
+    fn ok(mut self) -> Out {
+        self.set("ok", true);
+        self
+    }
+    fn print(self) {
+        let mut stdout = io::stdout().lock();
+        let _ = writeln!(stdout, "{}", Value::Object(self.0));
+        let _ = stdout.flush();
+    }
+}
+
+type Step<T> = Result<T, (&'static str, io::Error)>;
+
+fn at(stage: &'static str) -> impl FnOnce(io::Error) -> (&'static str, io::Error) {
+    move |e| (stage, e)
+}
+
+fn unescape(s: &str) -> Vec<u8> {
+    s.replace("\\r", "\r")
+        .replace("\\n", "\n")
+        .replace("\\t", "\t")
+        .into_bytes()
+}
+
+fn mapped(target: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match (target, v6_socket) {
+        (SocketAddr::V4(a), true) => {
+            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+        }
+        _ => target,
+    }
+}
+
+fn domain_of(a: &SocketAddr) -> Domain {
+    if a.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn sa(s: &Socket, peer: bool) -> Value {
+    let r = if peer { s.peer_addr() } else { s.local_addr() };
+    r.ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| json!(a.to_string()))
+        .unwrap_or(Value::Null)
+}
+
+fn record_addrs(out: &mut Out, s: &Socket) {
+    out.set("peer", sa(s, true));
+    out.set("local", sa(s, false));
+}
+
+/// The --send / --shut-wr / --read part shared by the TCP subcommands.
+fn tcp_io(out: &mut Out, s: &mut Socket, io_opts: &Io, timeout: Duration, sent: bool) -> Step<()> {
+    if let (Some(data), false) = (&io_opts.send, sent) {
+        s.write_all(&unescape(data)).map_err(at("send"))?;
+    }
+    if io_opts.shut_wr {
+        s.shutdown(Shutdown::Write).map_err(at("shutdown"))?;
+    }
+    if io_opts.read {
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 16384];
+        let mut eof = false;
+        loop {
+            let t = if reply.is_empty() {
+                timeout
+            } else {
+                Duration::from_millis(io_opts.idle_ms)
+            };
+            s.set_read_timeout(Some(t)).map_err(at("read"))?;
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if !reply.is_empty()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    break
+                }
+                Err(e) => {
+                    out.set("reply", String::from_utf8_lossy(&reply).into_owned());
+                    return Err(("read", e));
+                }
+            }
+        }
+        out.set("reply", String::from_utf8_lossy(&reply).into_owned());
+        out.set("eof", eof);
+    }
+    Ok(())
+}
+
+fn finish(out: Out, r: Step<()>) -> Out {
+    match r {
+        Ok(()) => out.ok(),
+        Err((stage, e)) => out.fail(stage, &e),
+    }
+}
+
+fn tcp_socket(target: &SocketAddr) -> Step<Socket> {
+    Socket::new(domain_of(target), Type::STREAM, Some(Protocol::TCP)).map_err(at("socket"))
+}
+
+fn cmd_tcp(target: SocketAddr, io_opts: &Io, v6_socket: bool, timeout: Duration) -> Out {
+    let dst = mapped(target, v6_socket);
+    let mut out = Out::new("tcp", dst);
+    let r = (|| {
+        let mut s = tcp_socket(&dst)?;
+        s.connect_timeout(&dst.into(), timeout)
+            .map_err(at("connect"))?;
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, false)
+    })();
+    finish(out, r)
+}
+
+fn cmd_tfo_sendto(target: SocketAddr, io_opts: &Io, timeout: Duration) -> Out {
+    let mut out = Out::new("tfo-sendto", target);
+    let r = (|| {
+        let mut s = tcp_socket(&target)?;
+        s.set_write_timeout(Some(timeout)).map_err(at("socket"))?;
+        let data = unescape(
+            io_opts
+                .send
+                .as_deref()
+                .unwrap_or("GET / HTTP/1.0\\r\\n\\r\\n"),
+        );
+        let n = s
+            .send_to_with_flags(&data, &target.into(), libc::MSG_FASTOPEN)
+            .map_err(at("sendto"))?;
+        out.set("sent", n);
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, true)
+    })();
+    finish(out, r)
+}
+
+fn cmd_tfo_connect(target: SocketAddr, io_opts: &Io, timeout: Duration) -> Out {
+    let mut out = Out::new("tfo-connect", target);
+    let r = (|| {
+        let mut s = tcp_socket(&target)?;
+        sys::setsockopt_int(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1)
+            .map_err(at("setsockopt"))?;
+        s.set_write_timeout(Some(timeout)).map_err(at("socket"))?;
+        // With TCP_FASTOPEN_CONNECT, connect() returns at once; the SYN leaves with the first write.
+        s.connect(&target.into()).map_err(at("connect"))?;
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, false)
+    })();
+    finish(out, r)
+}
+
+fn cmd_uring_connect(target: SocketAddr, io_opts: &Io, timeout: Duration) -> Out {
+    let mut out = Out::new("uring-connect", target);
+    let r = (|| {
+        let mut s = tcp_socket(&target)?;
+        sys::uring_connect(s.as_fd(), &target.into(), timeout).map_err(at("connect"))?;
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, false)
+    })();
+    finish(out, r)
+}
+
+fn udp_socket(dst: &SocketAddr, timeout: Duration) -> Step<Socket> {
+    let s = Socket::new(domain_of(dst), Type::DGRAM, Some(Protocol::UDP)).map_err(at("socket"))?;
+    s.set_read_timeout(Some(timeout)).map_err(at("socket"))?;
+    Ok(s)
+}
+
+fn udp_reply(out: &mut Out, s: &Socket) -> Step<()> {
+    let mut buf = vec![0u8; 65535];
+    let (bytes, from) = recv_all(s, &mut buf).map_err(at("recv"))?;
+    out.set("reply", String::from_utf8_lossy(&bytes).into_owned());
+    out.set("from", json!(from.map(|a| a.to_string())));
+    Ok(())
+}
+
+fn cmd_udp(
+    op: &'static str,
+    target: SocketAddr,
+    send: &str,
+    v6_socket: bool,
+    expect_reply: bool,
+    count: usize,
+    timeout: Duration,
+) -> Out {
+    let dst = mapped(target, v6_socket);
+    let mut out = Out::new(op, dst);
+    let r = (|| {
+        let s = udp_socket(&dst, timeout)?;
+        let data = unescape(send);
+        match op {
+            "udp-sendto" => {
+                let n = s.send_to(&data, &dst.into()).map_err(at("sendto"))?;
+                out.set("sent", n);
+            }
+            "udp-sendmmsg" => {
+                let payloads: Vec<&[u8]> = (0..count).map(|_| data.as_slice()).collect();
+                let n =
+                    sys::sendmmsg_to(s.as_fd(), &dst.into(), &payloads).map_err(at("sendmmsg"))?;
+                out.set("sent", n);
+            }
+            _ => {
+                s.connect(&dst.into()).map_err(at("connect"))?;
+                out.set("peer", sa(&s, true));
+                let n = s.send(&data).map_err(at("send"))?;
+                out.set("sent", n);
+            }
+        }
+        out.set("local", sa(&s, false));
+        if expect_reply {
+            udp_reply(&mut out, &s)?;
+        }
+        Ok(())
+    })();
+    finish(out, r)
+}
+
+fn recv_all(s: &Socket, buf: &mut [u8]) -> io::Result<(Vec<u8>, Option<SocketAddr>)> {
+    let (n, from) = sys::recv_from(s, buf)?;
+    Ok((buf[..n].to_vec(), from))
+}
+
+#[allow(clippy::too_many_arguments)] // one flag per DNS transport knob
+fn cmd_dns(
+    server: IpAddr,
+    port: u16,
+    name: &str,
+    qtype: &str,
+    tcp: bool,
+    connected: bool,
+    v6_socket: bool,
+    timeout: Duration,
+) -> Out {
+    let dst = mapped(SocketAddr::new(server, port), v6_socket);
+    let mut out = Out::new("dns", dst);
+    out.set("name", name);
+    out.set("type", qtype);
+    out.set("transport", if tcp { "tcp" } else { "udp" });
+    let r = (|| {
+        let rtype: RecordType = qtype
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| ("query", io::Error::other(format!("bad --type {qtype}"))))?;
+        let qname = Name::from_ascii(name).map_err(|e| ("query", io::Error::other(e)))?;
+        let mut msg = Message::query();
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(qname, rtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        msg.set_edns(edns);
+        let id = msg.metadata.id;
+        let wire = msg.to_vec().map_err(|e| ("query", io::Error::other(e)))?;
+        let (reply, from) = if tcp {
+            let mut s = tcp_socket(&dst)?;
+            s.connect_timeout(&dst.into(), timeout)
+                .map_err(at("connect"))?;
+            s.set_read_timeout(Some(timeout)).map_err(at("connect"))?;
+            let mut framed = (wire.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&wire);
+            s.write_all(&framed).map_err(at("send"))?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).map_err(at("recv"))?;
+            let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut body).map_err(at("recv"))?;
+            let peer = s.peer_addr().ok().and_then(|a| a.as_socket());
+            (body, peer)
+        } else {
+            let s = udp_socket(&dst, timeout)?;
+            if connected {
+                s.connect(&dst.into()).map_err(at("connect"))?;
+                s.send(&wire).map_err(at("send"))?;
+            } else {
+                s.send_to(&wire, &dst.into()).map_err(at("sendto"))?;
+            }
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let (bytes, from) = recv_all(&s, &mut buf).map_err(at("recv"))?;
+                // Skip stray datagrams with another id.
+                if bytes.len() >= 2 && u16::from_be_bytes([bytes[0], bytes[1]]) == id {
+                    break (bytes, from);
+                }
+            }
+        };
+        out.set("from", json!(from.map(|a| a.to_string())));
+        let resp = Message::from_vec(&reply).map_err(|e| ("parse", io::Error::other(e)))?;
+        out.set("id_match", resp.metadata.id == id);
+        out.set("rcode", resp.metadata.response_code.to_string());
+        out.set("rcode_num", u16::from(resp.metadata.response_code));
+        let mut answers = Vec::new();
+        let mut ips = Vec::new();
+        for rec in &resp.answers {
+            let ip = match rec.data {
+                RData::A(a) => Some(IpAddr::from(a.0)),
+                RData::AAAA(a) => Some(IpAddr::from(a.0)),
+                _ => None,
+            };
+            if let Some(ip) = ip {
+                ips.push(ip.to_string());
+            }
+            answers.push(
+                json!({"name": rec.name.to_ascii(), "type": rec.record_type().to_string(),
+                "ttl": rec.ttl, "data": rec.data.to_string()}),
+            );
+        }
+        out.set("answers", answers);
+        out.set("ips", ips);
+        let mut ede = Vec::new();
+        if let Some(e) = &resp.edns {
+            for (code, opt) in &e.options().options {
+                if u16::from(*code) != 15 {
+                    continue;
+                }
+                if let EdnsOption::Unknown(_, data) = opt {
+                    let info = (data.len() >= 2).then(|| u16::from_be_bytes([data[0], data[1]]));
+                    let text = data
+                        .get(2..)
+                        .map(|t| String::from_utf8_lossy(t).into_owned());
+                    ede.push(json!({"info_code": info, "extra_text": text}));
+                }
+            }
+        }
+        out.set("ede", ede);
+        Ok(())
+    })();
+    finish(out, r)
+}
+
+fn icmp_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn echo_request(v6: bool, id: u16, seq: u16) -> Vec<u8> {
+    let mut p = vec![if v6 { 128 } else { 8 }, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(b"egress-tests-probe");
+    if !v6 {
+        let c = icmp_checksum(&p);
+        p[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    p
+}
+
+/// Waits for an ICMP echo reply; `strip_ip` for raw IPv4 sockets (they deliver the IP header).
+fn icmp_wait_reply(
+    out: &mut Out,
+    s: &Socket,
+    v6: bool,
+    strip_ip: bool,
+    timeout: Duration,
+) -> Step<()> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(("recv", io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+        }
+        s.set_read_timeout(Some(left)).map_err(at("recv"))?;
+        let (bytes, from) = recv_all(s, &mut buf).map_err(at("recv"))?;
+        let icmp = if strip_ip && !bytes.is_empty() {
+            let ihl = usize::from(bytes[0] & 0x0f) * 4;
+            bytes.get(ihl..).unwrap_or(&[]).to_vec()
+        } else {
+            bytes
+        };
+        let want = if v6 { 129 } else { 0 };
+        if icmp.first() == Some(&want) {
+            out.set("reply", true);
+            out.set("from", json!(from.map(|a| a.ip().to_string())));
+            return Ok(());
+        }
+    }
+}
+
+fn cmd_raw(addr: Option<IpAddr>, v6: bool, timeout: Duration) -> Out {
+    let v6 = v6 || addr.is_some_and(|a| a.is_ipv6());
+    let mut out = Out::new(
+        "raw-socket",
+        addr.map(|a| a.to_string()).unwrap_or_default(),
+    );
+    let r = (|| {
+        let (d, p) = if v6 {
+            (Domain::IPV6, Protocol::ICMPV6)
+        } else {
+            (Domain::IPV4, Protocol::ICMPV4)
+        };
+        let s = Socket::new(d, Type::RAW, Some(p)).map_err(at("socket"))?;
+        if let Some(a) = addr {
+            s.send_to(&echo_request(v6, 0x4567, 1), &SocketAddr::new(a, 0).into())
+                .map_err(at("sendto"))?;
+            icmp_wait_reply(&mut out, &s, v6, !v6, timeout)?;
+        }
+        Ok(())
+    })();
+    finish(out, r)
+}
+
+fn cmd_ping(addr: IpAddr, timeout: Duration) -> Out {
+    let v6 = addr.is_ipv6();
+    let mut out = Out::new("ping-socket", addr);
+    let r = (|| {
+        let (d, p) = if v6 {
+            (Domain::IPV6, Protocol::ICMPV6)
+        } else {
+            (Domain::IPV4, Protocol::ICMPV4)
+        };
+        let s = Socket::new(d, Type::DGRAM, Some(p)).map_err(at("socket"))?;
+        s.send_to(&echo_request(v6, 0, 1), &SocketAddr::new(addr, 0).into())
+            .map_err(at("sendto"))?;
+        icmp_wait_reply(&mut out, &s, v6, false, timeout)
+    })();
+    finish(out, r)
+}
+
+fn cmd_ip_options(
+    target: SocketAddr,
+    via: &[std::net::Ipv4Addr],
+    strict: bool,
+    io_opts: &Io,
+    timeout: Duration,
+) -> Out {
+    let mut out = Out::new("ip-options", target);
+    let r = (|| {
+        let SocketAddr::V4(t) = target else {
+            return Err(("socket", io::Error::from_raw_os_error(libc::EAFNOSUPPORT)));
+        };
+        let hops: Vec<std::net::Ipv4Addr> = if via.is_empty() {
+            vec![*t.ip()]
+        } else {
+            via.to_vec()
+        };
+        // Linux takes the first address as the first hop and fills the last slot with the
+        // connect() destination (ip_options_compile / ip_options_build).
+        let mut opt = vec![if strict { 0x89 } else { 0x83 }, 0, 4];
+        for h in &hops {
+            opt.extend_from_slice(&h.octets());
+        }
+        opt.extend_from_slice(&t.ip().octets());
+        opt[1] = opt.len() as u8;
+        while opt.len() % 4 != 0 {
+            opt.push(0); // IPOPT_END
+        }
+        out.set(
+            "route",
+            json!(hops.iter().map(|h| h.to_string()).collect::<Vec<_>>()),
+        );
+        let mut s = tcp_socket(&target)?;
+        sys::setsockopt_bytes(s.as_fd(), libc::IPPROTO_IP, libc::IP_OPTIONS, &opt)
+            .map_err(at("setsockopt"))?;
+        s.connect_timeout(&target.into(), timeout)
+            .map_err(at("connect"))?;
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, false)
+    })();
+    finish(out, r)
+}
+
+fn cmd_rthdr(
+    target: SocketAddr,
+    via: &[Ipv6Addr],
+    rtype: u8,
+    io_opts: &Io,
+    timeout: Duration,
+) -> Out {
+    let dst = mapped(target, true);
+    let mut out = Out::new("rthdr", dst);
+    let r = (|| {
+        let SocketAddr::V6(t) = dst else {
+            unreachable!()
+        };
+        let hops: Vec<Ipv6Addr> = if via.is_empty() {
+            vec![*t.ip()]
+        } else {
+            via.to_vec()
+        };
+        let hdr = match rtype {
+            4 => {
+                // SRH (RFC 8754): segments listed last-to-first; segments[0] is the final destination.
+                let mut segs = vec![*t.ip()];
+                segs.extend(hops.iter().rev());
+                let n = segs.len() as u8;
+                let mut h = vec![0, 2 * n, 4, n - 1, n - 1, 0, 0, 0];
+                for s in segs {
+                    h.extend_from_slice(&s.octets());
+                }
+                h
+            }
+            2 => {
+                let mut h = vec![0, 2, 2, 1, 0, 0, 0, 0];
+                h.extend_from_slice(&hops[0].octets());
+                h
+            }
+            _ => {
+                // RH0: addresses after the first hop, ending with the final destination.
+                let mut addrs: Vec<Ipv6Addr> = hops.iter().skip(1).copied().collect();
+                addrs.push(*t.ip());
+                let n = addrs.len() as u8;
+                let mut h = vec![0, 2 * n, 0, n, 0, 0, 0, 0];
+                for a in addrs {
+                    h.extend_from_slice(&a.octets());
+                }
+                h
+            }
+        };
+        out.set(
+            "route",
+            json!(hops.iter().map(|h| h.to_string()).collect::<Vec<_>>()),
+        );
+        out.set("rthdr_type", rtype);
+        let mut s = tcp_socket(&dst)?;
+        sys::setsockopt_bytes(s.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RTHDR, &hdr)
+            .map_err(at("setsockopt"))?;
+        s.connect_timeout(&dst.into(), timeout)
+            .map_err(at("connect"))?;
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, false)
+    })();
+    finish(out, r)
+}
+
+fn cmd_unshare(target: SocketAddr, io_opts: &Io, timeout: Duration) -> Out {
+    let mut out = Out::new("unshare-connect", target);
+    let r = (|| {
+        sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET).map_err(at("unshare"))?;
+        sys::link_up("lo").map_err(at("link_up"))?;
+        let mut s = tcp_socket(&target)?;
+        s.connect_timeout(&target.into(), timeout)
+            .map_err(at("connect"))?;
+        record_addrs(&mut out, &s);
+        tcp_io(&mut out, &mut s, io_opts, timeout, false)
+    })();
+    finish(out, r)
+}
+
+fn cmd_many(
+    target: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    send: &str,
+    shutdown: bool,
+    reply_max: usize,
+    timeout: Duration,
+) -> Out {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = Out::new("many", target);
+    let nofile = sys::raise_nofile().ok();
+    out.set("nofile", json!(nofile));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return out.fail("runtime", &e),
+    };
+    let start = Instant::now();
+    let template = unescape(send);
+    let results = rt.block_on(async move {
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            let payload = String::from_utf8_lossy(&template)
+                .replace("{i}", &i.to_string())
+                .into_bytes();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let r = tokio::time::timeout(timeout, async {
+                    let mut s = tokio::net::TcpStream::connect(target).await?;
+                    let local = s.local_addr()?.port();
+                    s.write_all(&payload).await?;
+                    if shutdown {
+                        s.shutdown().await?;
+                    }
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply).await?;
+                    Ok::<_, io::Error>((local, reply))
+                })
+                .await
+                .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+                (i, r)
+            }));
+        }
+        let mut res = Vec::with_capacity(count);
+        for t in tasks {
+            if let Ok(r) = t.await {
+                res.push(r);
+            }
+        }
+        res
+    });
+    let mut ok = 0usize;
+    let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut conns = Vec::with_capacity(results.len());
+    for (i, r) in results {
+        match r {
+            Ok((port, reply)) => {
+                ok += 1;
+                let cut = &reply[..reply.len().min(reply_max)];
+                conns.push(json!([i, port, String::from_utf8_lossy(cut), null]));
+            }
+            Err(e) => {
+                *errors
+                    .entry(
+                        e.raw_os_error()
+                            .map(|n| n.to_string())
+                            .unwrap_or(e.to_string()),
+                    )
+                    .or_default() += 1;
+                conns.push(json!([i, null, null, e.raw_os_error()]));
+            }
+        }
+    }
+    let failed = count - ok;
+    out.set("count", count);
+    out.set("succeeded", ok);
+    out.set("failed", failed);
+    out.set("errors", json!(errors));
+    out.set("elapsed_ms", start.elapsed().as_millis() as u64);
+    out.set("conns", conns);
+    if failed == 0 {
+        out.ok()
+    } else {
+        out.set("error", format!("{failed} of {count} connections failed"));
+        out
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let t = Duration::from_millis(cli.timeout_ms);
+    let out = match &cli.cmd {
+        Cmd::Tcp {
+            target,
+            io,
+            v6_socket,
+        } => cmd_tcp(*target, io, *v6_socket, t),
+        Cmd::TfoSendto { target, io } => cmd_tfo_sendto(*target, io, t),
+        Cmd::TfoConnect { target, io } => cmd_tfo_connect(*target, io, t),
+        Cmd::UringConnect { target, io } => cmd_uring_connect(*target, io, t),
+        Cmd::UdpSendto {
+            target,
+            send,
+            v6_socket,
+            expect_reply,
+        } => cmd_udp("udp-sendto", *target, send, *v6_socket, *expect_reply, 1, t),
+        Cmd::UdpSendmmsg {
+            target,
+            send,
+            count,
+            v6_socket,
+            expect_reply,
+        } => cmd_udp(
+            "udp-sendmmsg",
+            *target,
+            send,
+            *v6_socket,
+            *expect_reply,
+            *count,
+            t,
+        ),
+        Cmd::UdpConnectSend {
+            target,
+            send,
+            v6_socket,
+            expect_reply,
+        } => cmd_udp(
+            "udp-connect-send",
+            *target,
+            send,
+            *v6_socket,
+            *expect_reply,
+            1,
+            t,
+        ),
+        Cmd::Dns {
+            server,
+            name,
+            qtype,
+            port,
+            tcp,
+            connected,
+            v6_socket,
+        } => cmd_dns(*server, *port, name, qtype, *tcp, *connected, *v6_socket, t),
+        Cmd::RawSocket { addr, v6 } => cmd_raw(*addr, *v6, t),
+        Cmd::PingSocket { addr } => cmd_ping(*addr, t),
+        Cmd::IpOptions {
+            target,
+            via,
+            strict,
+            io,
+        } => cmd_ip_options(*target, via, *strict, io, t),
+        Cmd::Rthdr {
+            target,
+            via,
+            rtype,
+            io,
+        } => cmd_rthdr(*target, via, *rtype, io, t),
+        Cmd::UnshareConnect { target, io } => cmd_unshare(*target, io, t),
+        Cmd::Many {
+            target,
+            count,
+            concurrency,
+            send,
+            no_shutdown,
+            reply_max,
+        } => cmd_many(
+            *target,
+            *count,
+            *concurrency,
+            send,
+            !no_shutdown,
+            *reply_max,
+            t,
+        ),
+    };
+    out.print();
+}

@@ -128,7 +128,7 @@ async fn answer(packet: &[u8], att: &Attachment, _from: SocketAddr, protocol: &'
             let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
             data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
             edns.options_mut().insert(EdnsOption::Unknown(EDNS_EDE, data));
-            rec.decision = if policy.is_monitor() && code == "host_not_allowed" { "would_deny" } else { "deny" };
+            rec.decision = if policy.mode() == crate::policy::Mode::Monitor && code == "host_not_allowed" { "would_deny" } else { "deny" };
             rec.code = Some(code.into());
             rec.reason = Some(reason);
         }
@@ -174,7 +174,7 @@ async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::
         Decision::Allow { .. } => true,
         Decision::Deny(d) => d.code != crate::deny::DenyCode::HostNotAllowed,
     };
-    if !allowed && !policy.is_monitor() {
+    if !allowed && policy.mode() != crate::policy::Mode::Monitor {
         return Outcome::Blocked {
             rcode: ResponseCode::NXDomain,
             code: "host_not_allowed",

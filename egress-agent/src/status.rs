@@ -21,7 +21,7 @@ pub fn page(att: &Attachment, policy: &Policy) -> String {
         "profile": att.profile,
         "cgroup_id": att.cgroup.id,
         "policy": policy.version(),
-        "mode": if policy.is_monitor() { "monitor" } else { "enforce" },
+        "mode": if policy.mode() == crate::policy::Mode::Monitor { "monitor" } else { "enforce" },
         "recent_denials": recent,
         "proxy": format!("http://{}:3128 (HTTPS_PROXY, optional: all traffic is intercepted anyway)", crate::SERVICE_NAME),
     })

@@ -118,10 +118,11 @@ impl Agent {
     /// Restart `attach` on the same files (after a crash).
     pub fn restart_attach(&mut self, topo: &Topology) {
         self.stop();
-        let a = Self::spawn_attach(topo, self.policy.clone(), self.audit.clone());
-        self.child = a.child;
-        self.banner = a.banner.clone();
-        std::mem::forget(a);
+        let mut a = Self::spawn_attach(topo, self.policy.clone(), self.audit.clone());
+        self.child = a.child.take();
+        self.banner = std::mem::take(&mut a.banner);
+        // `a` has no child left: its Drop only re-detaches nothing we still need...
+        a.cgroups.clear();
     }
 
     pub fn pid(&self) -> u32 {

@@ -8,6 +8,7 @@
 //! See `tests/README.md` for the topology diagram and how to run and clean up.
 
 pub mod addrs;
+pub mod agent;
 #[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]

@@ -150,7 +150,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
         Decision::Allow { rule, .. } => rec.rule = Some(rule.to_string()),
         Decision::Deny(d) => {
             let denial = respond::denial(&policy, d.code, wanted.name.as_str().into(), wanted.port, d.reason, d.rule.map(|r| r.to_string()), d.hint);
-            if policy.is_monitor() {
+            if policy.mode() == crate::policy::Mode::Monitor {
                 rec.decision = "would_deny";
                 rec.code = Some(denial.code.as_str().into());
                 rec.reason = Some(denial.reason.clone());

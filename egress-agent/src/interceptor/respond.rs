@@ -65,7 +65,8 @@ pub async fn send(mut client: TcpStream, reply: Reply, denial: &Denial) {
 
 /// Close with RST (SO_LINGER 0), the documented answer for opaque TCP.
 pub fn reset(client: TcpStream) {
-    let _ = client.set_linger(Some(std::time::Duration::ZERO));
+    // Linger 0 makes close() send RST at once; it never blocks with a zero timeout.
+    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
     drop(client);
 }
 

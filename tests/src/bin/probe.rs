@@ -788,20 +788,23 @@ fn cmd_many(
                 .into_bytes();
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
+                // The local port is reported even when the connection later
+                // fails (e.g. reset by an enforcer), so callers can match it.
+                let mut local: Option<u16> = None;
                 let r = tokio::time::timeout(timeout, async {
                     let mut s = tokio::net::TcpStream::connect(target).await?;
-                    let local = s.local_addr()?.port();
+                    local = Some(s.local_addr()?.port());
                     s.write_all(&payload).await?;
                     if shutdown {
                         s.shutdown().await?;
                     }
                     let mut reply = Vec::new();
                     s.read_to_end(&mut reply).await?;
-                    Ok::<_, io::Error>((local, reply))
+                    Ok::<_, io::Error>(reply)
                 })
                 .await
                 .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)));
-                (i, r)
+                (i, local, r)
             }));
         }
         let mut res = Vec::with_capacity(count);
@@ -815,9 +818,9 @@ fn cmd_many(
     let mut ok = 0usize;
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
     let mut conns = Vec::with_capacity(results.len());
-    for (i, r) in results {
+    for (i, port, r) in results {
         match r {
-            Ok((port, reply)) => {
+            Ok(reply) => {
                 ok += 1;
                 let cut = &reply[..reply.len().min(reply_max)];
                 conns.push(json!([i, port, String::from_utf8_lossy(cut), null]));
@@ -830,7 +833,7 @@ fn cmd_many(
                             .unwrap_or(e.to_string()),
                     )
                     .or_default() += 1;
-                conns.push(json!([i, null, null, e.raw_os_error()]));
+                conns.push(json!([i, port, null, e.raw_os_error()]));
             }
         }
     }

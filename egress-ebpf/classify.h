@@ -108,7 +108,7 @@ static __always_inline __u32 word(const __u8 *a, int i)
  *   ::ffff:0:0/96     IPv4-mapped             a.b.c.d in bytes 12..15
  *   ::/96             IPv4-compatible (deprecated); :: and ::1 are in the table
  *   ::ffff:0:0:0/96   SIIT (RFC 6145)
- *   64:ff9b::/96      NAT64 well-known prefix (RFC 6052)
+ *   64:ff9b::/96      NAT64 well-known prefix (RFC 6052): IPv4 semantics only
  *   64:ff9b:1::/48    NAT64 local-use (RFC 8215): the operator picks the length
  *                     inside it, so every RFC 6052 layout (/48 /56 /64 /96) is tried
  *   2002::/16         6to4: bytes 2..5
@@ -134,9 +134,12 @@ static __always_inline __u32 classify6(const __u8 *a)
 	if (!w0 && !w1 && w2 == 0xffff0000)
 		return classify4(v4_at(a, 12, 13, 14, 15)); /* SIIT */
 	if (w0 == 0x0064ff9b) {
+		/* 64:ff9b::/96 reaches exactly that IPv4 host through the translator:
+		 * IPv4 semantics only, like mapped (it lies inside ::/3, which the
+		 * IPv6 table denies as not global unicast). */
 		if (!w1 && !w2)
-			CHECK4(v4_at(a, 12, 13, 14, 15)); /* 64:ff9b::/96 */
-		else if ((w1 >> 16) == 0x0001) {
+			return classify4(v4_at(a, 12, 13, 14, 15));
+		if ((w1 >> 16) == 0x0001) {
 			CHECK4(v4_at(a, 6, 7, 9, 10));    /* /48 */
 			CHECK4(v4_at(a, 7, 9, 10, 11));   /* /56 */
 			CHECK4(v4_at(a, 9, 10, 11, 12));  /* /64 */

@@ -67,6 +67,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_events SEC(".maps");
 
+/* Never used at run time. Ring buffer records have no BTF type of their own,
+ * so this typed map makes clang emit struct egress_event into the object's BTF,
+ * where the Rust mirror's layout test can check it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egress_event);
+} eg_event_btf SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNTER_SLOTS);

@@ -500,7 +500,7 @@ impl AddrPolicy {
         if let Some(emb) = embedded_ipv4(&ip) {
             match emb.form {
                 // The packet reaches the IPv4 host: IPv4 semantics only.
-                EmbeddedForm::Mapped | EmbeddedForm::Siit => {
+                EmbeddedForm::Mapped | EmbeddedForm::Siit | EmbeddedForm::Nat64 => {
                     return self.classify4_embedded(emb.addrs[0]);
                 }
                 // :: and ::1 are loopback in the table; other ::a.b.c.d are compatible.
@@ -512,10 +512,7 @@ impl AddrPolicy {
                     return self.classify4_embedded(emb.addrs[0]);
                 }
                 // Deny if any candidate is denied; otherwise fall through to the table.
-                EmbeddedForm::Nat64
-                | EmbeddedForm::Nat64Local
-                | EmbeddedForm::SixToFour
-                | EmbeddedForm::Teredo => {
+                EmbeddedForm::Nat64Local | EmbeddedForm::SixToFour | EmbeddedForm::Teredo => {
                     for v4 in emb.addrs() {
                         let v = self.classify4_embedded(*v4);
                         if !v.is_allowed() {
@@ -1078,7 +1075,7 @@ mod tests {
             }
         );
         assert_eq!(c("::8.8.8.8").reason(), Some(Reason::Reserved));
-        // NAT64 well known: embedded checked first, then the table (::/3, as the kernel).
+        // NAT64 well known: IPv4 semantics only (the translator reaches that IPv4 host).
         assert_eq!(
             c("64:ff9b::10.0.0.1"),
             Verdict::Denied {
@@ -1087,7 +1084,7 @@ mod tests {
                 embedded: Some(v4("10.0.0.1"))
             }
         );
-        assert_eq!(c("64:ff9b::8.8.8.8").reason(), Some(Reason::Reserved));
+        assert_eq!(c("64:ff9b::8.8.8.8"), Verdict::Allowed);
         // NAT64 local use: any denied layout denies.
         // /48 layout: bytes 6,7,9,10 = 0a 00 01 00 -> 10.0.1.0.
         assert_eq!(c("64:ff9b:1:a00:1::").reason(), Some(Reason::Private));

@@ -80,7 +80,9 @@ impl DnsMemory {
     }
     pub fn name_of(&self, ip: IpAddr) -> Option<String> {
         let m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&ip).filter(|(_, t)| *t > Instant::now()).map(|(n, _)| n.clone())
+        m.get(&ip)
+            .filter(|(_, t)| *t > Instant::now())
+            .map(|(n, _)| n.clone())
     }
 }
 
@@ -119,7 +121,12 @@ pub struct Running {
 impl Running {
     /// Attach (or adopt) enforcement on `cg`, create listeners in `netns`, point
     /// the programs at them, and start serving.
-    pub fn start(shared: Arc<Shared>, cg: Cgroup, netns: Netns, profile: String) -> Result<Self, AgentError> {
+    pub fn start(
+        shared: Arc<Shared>,
+        cg: Cgroup,
+        netns: Netns,
+        profile: String,
+    ) -> Result<Self, AgentError> {
         let policy = shared.policy.load();
         if !policy.profile_names().any(|p| p == profile) {
             return Err(AgentError::UnknownProfile(profile));
@@ -138,7 +145,12 @@ impl Running {
             shared: shared.clone(),
         });
         let mut tasks = JoinSet::new();
-        let Listeners { tcp4, tcp6, dns4, dns6 } = listeners;
+        let Listeners {
+            tcp4,
+            tcp6,
+            dns4,
+            dns6,
+        } = listeners;
         for l in std::iter::once(tcp4).chain(tcp6) {
             let l = tokio::net::TcpListener::from_std(l)?;
             tasks.spawn(crate::interceptor::serve(l, attachment.clone()));
@@ -149,7 +161,10 @@ impl Running {
         }
         let att = attachment.clone();
         tasks.spawn(async move {
-            let res = bpf::events::run(events, move |ev| att.shared.audit.record(kernel_record(&att, &ev))).await;
+            let res = bpf::events::run(events, move |ev| {
+                att.shared.audit.record(kernel_record(&att, &ev))
+            })
+            .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "kernel event reader stopped");
             }
@@ -192,7 +207,11 @@ pub fn sync_deny_set(enf: &mut Enforcement, policy: &Policy) -> Result<(), Agent
             net,
             bpf::maps::DenyValue {
                 reason: reason as u32,
-                flags: if exemptable { 0 } else { bpf::maps::DENY_F_NO_EXEMPT },
+                flags: if exemptable {
+                    0
+                } else {
+                    bpf::maps::DENY_F_NO_EXEMPT
+                },
             },
         )
     });
@@ -212,11 +231,19 @@ fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
         orig_dst: ev.destination().map(|d| d.to_string()).unwrap_or_default(),
         protocol: "kernel",
         decision: "deny",
-        code: Some(reason.map(|r| r.label().to_string()).unwrap_or_else(|| ev.reason.to_string())),
+        code: Some(
+            reason
+                .map(|r| r.label().to_string())
+                .unwrap_or_else(|| ev.reason.to_string()),
+        ),
         reason: Some(format!(
             "{} refused in the kernel ({})",
-            crate::bpf::maps::Hook::from_u8(ev.hook).map(|h| h.label()).unwrap_or("?"),
-            reason.map(|r| r.to_string()).unwrap_or_else(|| format!("reason {}", ev.reason))
+            crate::bpf::maps::Hook::from_u8(ev.hook)
+                .map(|h| h.label())
+                .unwrap_or("?"),
+            reason
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| format!("reason {}", ev.reason))
         )),
         ..Default::default()
     }

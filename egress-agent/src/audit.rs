@@ -219,7 +219,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[1]["decision"], "deny");
         let recent = audit.recent_denials(7, 10);

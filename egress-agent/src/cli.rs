@@ -18,7 +18,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "egress-agent", version, about = "Transparent eBPF egress enforcement for Linux containers")]
+#[command(
+    name = "egress-agent",
+    version,
+    about = "Transparent eBPF egress enforcement for Linux containers"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -121,7 +125,9 @@ pub enum PolicyCmd {
 pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.compact().init(),
@@ -145,14 +151,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Policy(PolicyCmd::Check { file }) => {
             let p = load_policy(&file)?;
-            println!("{}: ok ({} profiles, policy {})", file.display(), p.profile_names().count(), p.version());
+            println!(
+                "{}: ok ({} profiles, policy {})",
+                file.display(),
+                p.profile_names().count(),
+                p.version()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Show { file }) => {
             print!("{}", load_policy(&file)?.show());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Explain { host, profile, policy } => explain(&load_policy(&policy)?, &host, &profile),
+        Cmd::Explain {
+            host,
+            profile,
+            policy,
+        } => explain(&load_policy(&policy)?, &host, &profile),
         Cmd::Detach(t) => {
             let cg = target_cgroup(&t)?;
             crate::bpf::detach(&cg)?;
@@ -167,7 +182,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn load_policy(path: &Path) -> Result<Policy> {
@@ -184,7 +201,8 @@ pub fn target_cgroup(t: &Target) -> Result<Cgroup> {
 }
 
 fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
-    let (h, port) = crate::policy::name::split_host_port(host, 443).map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
+    let (h, port) = crate::policy::name::split_host_port(host, 443)
+        .map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
     let name = CanonicalName::parse(&h).map_err(|e| anyhow::anyhow!("{h}: {e}"))?;
     for proto in [Protocol::Tls, Protocol::Http, Protocol::Opaque] {
         match policy.decide(profile, &name, port, proto) {
@@ -197,7 +215,11 @@ fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
                 "{name}:{port} {proto:?}: deny {}: {}{}",
                 d.code.as_str(),
                 d.reason,
-                if d.hint.is_empty() { String::new() } else { format!(" (hint: {})", d.hint) },
+                if d.hint.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (hint: {})", d.hint)
+                },
                 name = name.as_str()
             ),
         }
@@ -211,17 +233,29 @@ fn status(json: bool) -> Result<ExitCode> {
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().to_string();
-            let links = std::fs::read_dir(e.path().join("links")).map(|d| d.count()).unwrap_or(0);
-            rows.push(serde_json::json!({"cgroup_id": id, "pinned_links": links, "pin_dir": e.path()}));
+            let links = std::fs::read_dir(e.path().join("links"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            rows.push(
+                serde_json::json!({"cgroup_id": id, "pinned_links": links, "pin_dir": e.path()}),
+            );
         }
     }
     if json {
         println!("{}", serde_json::json!({ "attachments": rows }));
     } else if rows.is_empty() {
-        println!("no cgroup is enforced (nothing pinned under {})", root.display());
+        println!(
+            "no cgroup is enforced (nothing pinned under {})",
+            root.display()
+        );
     } else {
         for r in rows {
-            println!("cgroup id {}: {} pinned programs ({})", r["cgroup_id"].as_str().unwrap_or("?"), r["pinned_links"], r["pin_dir"].as_str().unwrap_or(""));
+            println!(
+                "cgroup id {}: {} pinned programs ({})",
+                r["cgroup_id"].as_str().unwrap_or("?"),
+                r["pinned_links"],
+                r["pin_dir"].as_str().unwrap_or("")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -234,14 +268,19 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
         (Some(p), _) => Netns::open(p)?,
         (None, Some(pid)) => Netns::of_pid(pid)?,
         (None, None) => {
-            let pid = *cg.pids()?.first().context("the cgroup has no processes: pass --netns PATH for its network namespace")?;
+            let pid = *cg.pids()?.first().context(
+                "the cgroup has no processes: pass --netns PATH for its network namespace",
+            )?;
             Netns::of_pid(pid)?
         }
     };
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
     let running = Running::start(shared, cg, netns, args.profile)?;
-    println!("enforcing cgroup id {} (adopted pins: {})", running.attachment.cgroup.id, running.enforcement.adopted);
+    println!(
+        "enforcing cgroup id {} (adopted pins: {})",
+        running.attachment.cgroup.id, running.enforcement.adopted
+    );
     crate::daemon::wait_for_shutdown(|| {}).await;
     // Leaving the pins in place: enforcement outlives the agent until `detach`.
     Ok(ExitCode::SUCCESS)

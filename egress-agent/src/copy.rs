@@ -39,7 +39,10 @@ pub struct Transferred {
 }
 
 /// Copy client <-> upstream until both directions are done.
-pub async fn bidirectional(client: TcpStream, upstream: TcpStream) -> (Transferred, Option<Disconnect>) {
+pub async fn bidirectional(
+    client: TcpStream,
+    upstream: TcpStream,
+) -> (Transferred, Option<Disconnect>) {
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let (up, down) = tokio::join!(one_way(cr, uw), one_way(ur, cw));

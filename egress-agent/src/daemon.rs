@@ -11,7 +11,11 @@
 //! netns = "/run/netns/job1"                # optional
 //! ```
 
-use std::{path::{Path, PathBuf}, process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -48,7 +52,8 @@ fn default_profile() -> String {
 }
 
 pub fn load_config(path: &Path) -> Result<DaemonConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
         anyhow::anyhow!("{}:{line}:{col}: {}", path.display(), e.message())
@@ -69,8 +74,14 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
     let shared = Shared::new(policy, audit)?;
     let mut running = Vec::new();
     for (i, a) in config.attach.iter().enumerate() {
-        let (cg, netns) = resolve_entry(a).with_context(|| format!("{}: attach[{i}]", config_path.display()))?;
-        running.push(Running::start(shared.clone(), cg, netns, a.profile.clone())?);
+        let (cg, netns) =
+            resolve_entry(a).with_context(|| format!("{}: attach[{i}]", config_path.display()))?;
+        running.push(Running::start(
+            shared.clone(),
+            cg,
+            netns,
+            a.profile.clone(),
+        )?);
     }
     tracing::info!(attachments = running.len(), "daemon ready");
     let policy_path = config.policy.clone();
@@ -90,7 +101,10 @@ fn resolve_entry(a: &AttachEntry) -> Result<(Cgroup, Netns)> {
         (Some(p), _) => Netns::open(p)?,
         (None, Some(pid)) => Netns::of_pid(pid)?,
         (None, None) => {
-            let pid = *cg.pids()?.first().context("the cgroup has no processes: give `netns`")?;
+            let pid = *cg
+                .pids()?
+                .first()
+                .context("the cgroup has no processes: give `netns`")?;
             Netns::of_pid(pid)?
         }
     };

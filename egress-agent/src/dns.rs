@@ -59,10 +59,16 @@ pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
 
 /// DNS over TCP (RFC 1035 §4.2.2: two-byte length prefix), same treatment.
 pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, _rec: Record) {
-    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         let mut len = [0u8; 2];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_exact(&mut len)).await;
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_exact(&mut len),
+        )
+        .await;
         if !matches!(read, Ok(Ok(_))) {
             return;
         }
@@ -84,7 +90,12 @@ pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, _rec: Record) {
 
 /// Build the reply for one query message; None for garbage that is not worth
 /// answering (not a query, unparseable).
-async fn answer(packet: &[u8], att: &Attachment, _from: SocketAddr, protocol: &'static str) -> Option<Vec<u8>> {
+async fn answer(
+    packet: &[u8],
+    att: &Attachment,
+    _from: SocketAddr,
+    protocol: &'static str,
+) -> Option<Vec<u8>> {
     let started = Instant::now();
     let req = Message::from_vec(packet).ok()?;
     if req.metadata.message_type != MessageType::Query {
@@ -119,16 +130,30 @@ async fn answer(packet: &[u8], att: &Attachment, _from: SocketAddr, protocol: &'
                     IpAddr::V4(v4) => RData::A(A(v4)),
                     IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                 };
-                resp.add_answer(DnsRecord::from_rdata(q.name().clone(), ttl.min(MAX_TTL), rdata));
+                resp.add_answer(DnsRecord::from_rdata(
+                    q.name().clone(),
+                    ttl.min(MAX_TTL),
+                    rdata,
+                ));
             }
         }
         Outcome::NoData => {}
-        Outcome::Blocked { rcode, code, reason } => {
+        Outcome::Blocked {
+            rcode,
+            code,
+            reason,
+        } => {
             resp.metadata.response_code = rcode;
             let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
             data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
-            edns.options_mut().insert(EdnsOption::Unknown(EDNS_EDE, data));
-            rec.decision = if policy.mode() == crate::policy::Mode::Monitor && code == "host_not_allowed" { "would_deny" } else { "deny" };
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(EDNS_EDE, data));
+            rec.decision =
+                if policy.mode() == crate::policy::Mode::Monitor && code == "host_not_allowed" {
+                    "would_deny"
+                } else {
+                    "deny"
+                };
             rec.code = Some(code.into());
             rec.reason = Some(reason);
         }
@@ -178,7 +203,11 @@ async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::
         return Outcome::Blocked {
             rcode: ResponseCode::NXDomain,
             code: "host_not_allowed",
-            reason: format!("{} is not allowed by the policy (profile {})", name.as_str(), att.profile),
+            reason: format!(
+                "{} is not allowed by the policy (profile {})",
+                name.as_str(),
+                att.profile
+            ),
         };
     }
     if !matches!(qtype, RecordType::A | RecordType::AAAA) {
@@ -206,12 +235,19 @@ async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::
     }
     att.dns.remember(name.as_str(), &keep, ttl);
     let want_v4 = qtype == RecordType::A;
-    let answer: Vec<IpAddr> = keep.into_iter().filter(|ip| ip.is_ipv4() == want_v4).collect();
+    let answer: Vec<IpAddr> = keep
+        .into_iter()
+        .filter(|ip| ip.is_ipv4() == want_v4)
+        .collect();
     if answer.is_empty() && !refused.is_empty() {
         return Outcome::Blocked {
             rcode: ResponseCode::NXDomain,
             code: "destination_ip_prohibited",
-            reason: format!("{} resolves only to prohibited addresses: {}", name.as_str(), refused.join(", ")),
+            reason: format!(
+                "{} resolves only to prohibited addresses: {}",
+                name.as_str(),
+                refused.join(", ")
+            ),
         };
     }
     if answer.is_empty() {

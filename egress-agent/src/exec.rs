@@ -20,8 +20,12 @@ use crate::{
 pub async fn run(args: ExecArgs) -> Result<ExitCode> {
     let policy = match &args.policy {
         Some(p) => crate::cli::load_policy(p)?,
-        None if !args.allow.is_empty() => Policy::from_allow_list(&args.allow).map_err(|e| anyhow::anyhow!("--allow: {e}"))?,
-        None => anyhow::bail!("give --policy FILE or at least one --allow PATTERN (nothing is allowed otherwise)"),
+        None if !args.allow.is_empty() => {
+            Policy::from_allow_list(&args.allow).map_err(|e| anyhow::anyhow!("--allow: {e}"))?
+        }
+        None => anyhow::bail!(
+            "give --policy FILE or at least one --allow PATTERN (nothing is allowed otherwise)"
+        ),
     };
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
@@ -37,8 +41,15 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode> {
 }
 
 async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) -> Result<ExitCode> {
-    let netns = if args.netns { Netns::create()? } else { Netns::current()? };
-    let child_netns = args.netns.then(|| netns.fd().try_clone_to_owned()).transpose()?;
+    let netns = if args.netns {
+        Netns::create()?
+    } else {
+        Netns::current()?
+    };
+    let child_netns = args
+        .netns
+        .then(|| netns.fd().try_clone_to_owned())
+        .transpose()?;
     let running = Running::start(shared, cg.clone(), netns, args.profile.clone())?;
 
     let procs = std::fs::OpenOptions::new()
@@ -62,7 +73,9 @@ async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) ->
             crate::sys::drop_net_caps()
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", args.command[0]))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", args.command[0]))?;
     drop(procs);
     let pid = child.id().unwrap_or(0);
 

@@ -68,7 +68,10 @@ impl Netns {
         let path = PathBuf::from("/proc/thread-self/ns/net");
         let p = path.clone();
         std::thread::spawn(move || {
-            crate::sys::unshare_net().map_err(|source| NetnsError::Enter { path: p.clone(), source })?;
+            crate::sys::unshare_net().map_err(|source| NetnsError::Enter {
+                path: p.clone(),
+                source,
+            })?;
             crate::sys::loopback_up().map_err(|source| NetnsError::Socket {
                 path: p.clone(),
                 what: "bringing lo up".into(),
@@ -77,7 +80,12 @@ impl Netns {
             Self::open(&p)
         })
         .join()
-        .unwrap_or_else(|_| Err(NetnsError::Open { path, source: io::Error::other("namespace thread panicked") }))
+        .unwrap_or_else(|_| {
+            Err(NetnsError::Open {
+                path,
+                source: io::Error::other("namespace thread panicked"),
+            })
+        })
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {

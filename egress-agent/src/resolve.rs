@@ -14,7 +14,9 @@ use hickory_resolver::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("no resolver configured: set `resolver` in the policy or a nameserver in /etc/resolv.conf")]
+    #[error(
+        "no resolver configured: set `resolver` in the policy or a nameserver in /etc/resolv.conf"
+    )]
     NoResolver,
     #[error("building the resolver: {0}")]
     Build(String),
@@ -39,7 +41,9 @@ pub fn system_nameserver() -> Option<SocketAddr> {
 
 impl Resolver {
     pub fn new(server: Option<SocketAddr>) -> Result<Self, ResolveError> {
-        let server = server.or_else(system_nameserver).ok_or(ResolveError::NoResolver)?;
+        let server = server
+            .or_else(system_nameserver)
+            .ok_or(ResolveError::NoResolver)?;
         let mut ns = NameServerConfig::udp_and_tcp(server.ip());
         for c in &mut ns.connections {
             c.port = server.port();
@@ -63,10 +67,14 @@ impl Resolver {
     /// smallest TTL seen.
     pub async fn lookup(&self, name: &str) -> Result<(Vec<IpAddr>, u32), ResolveError> {
         let fqdn = format!("{name}.");
-        let res = self.inner.lookup_ip(fqdn.as_str()).await.map_err(|e| ResolveError::Lookup {
-            name: name.to_string(),
-            msg: e.to_string(),
-        })?;
+        let res = self
+            .inner
+            .lookup_ip(fqdn.as_str())
+            .await
+            .map_err(|e| ResolveError::Lookup {
+                name: name.to_string(),
+                msg: e.to_string(),
+            })?;
         let ttl = res
             .valid_until()
             .saturating_duration_since(std::time::Instant::now())

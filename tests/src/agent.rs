@@ -16,9 +16,20 @@ use crate::{bin_path, topology::Topology};
 /// are exempted (they are documentation ranges, denied by default), its DNS
 /// server is the agent's resolver.
 pub fn test_policy(extra_allow: &[&str]) -> String {
-    let mut allow = vec!["allowed.test", "*.allowed.test", "internal.test", "metadata.test", "rebind.test", "cdn.test:7"];
+    let mut allow = vec![
+        "allowed.test",
+        "*.allowed.test",
+        "internal.test",
+        "metadata.test",
+        "rebind.test",
+        "cdn.test:7",
+    ];
     allow.extend_from_slice(extra_allow);
-    let list = allow.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let list = allow
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "version = \"test-1\"\nresolver = \"203.0.113.53:53\"\n\
          allow_ranges = [\"198.51.100.0/24\", \"203.0.113.0/24\", \"2001:db8:100::/48\"]\n\
@@ -79,12 +90,17 @@ impl Agent {
         std::fs::write(&config, cfg).unwrap();
         let mut cmd = topos[0].ag_command(bin_path("egress-agent"));
         cmd.arg("daemon").arg("--config").arg(&config);
-        let cgroups = topos.iter().map(|t| t.ctr_cgroup_path().to_path_buf()).collect();
+        let cgroups = topos
+            .iter()
+            .map(|t| t.ctr_cgroup_path().to_path_buf())
+            .collect();
         Self::start(cmd, policy, audit, cgroups)
     }
 
     fn start(mut cmd: Command, policy: PathBuf, audit: PathBuf, cgroups: Vec<PathBuf>) -> Agent {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("EGRESS_LOG", "info");
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("EGRESS_LOG", "info");
         let mut child = cmd.spawn().expect("starting egress-agent");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -167,7 +183,10 @@ impl Agent {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
@@ -195,7 +214,11 @@ impl Drop for Agent {
 
 /// `bpftool cgroup show PATH` program names, one per attachment.
 pub fn attached_programs(cgroup: &Path) -> Vec<String> {
-    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)

@@ -560,7 +560,14 @@ impl Drop for Topology {
 /// Runs `probe` in the container's netns but in another cgroup (e.g. a child of
 /// the container's).
 pub fn run_probe_in(topo: &Topology, cgroup: &Path, args: &[&str]) -> serde_json::Value {
-    run_probe(Topology::command_in(&topo.ctr_netns_path(), Some(cgroup), bin_path("probe").as_os_str()).args(args))
+    run_probe(
+        Topology::command_in(
+            &topo.ctr_netns_path(),
+            Some(cgroup),
+            bin_path("probe").as_os_str(),
+        )
+        .args(args),
+    )
 }
 
 fn run_probe(cmd: &mut Command) -> serde_json::Value {

@@ -56,7 +56,11 @@ fn tcp_is_redirected_with_the_exact_original_destination_and_getpeername_hides_i
         } else {
             dst.clone()
         };
-        assert_eq!(v["peer"], expect_peer.as_str(), "getpeername for {dst}: {v}");
+        assert_eq!(
+            v["peer"],
+            expect_peer.as_str(),
+            "getpeername for {dst}: {v}"
+        );
     }
     let recs = agent.audit_records(3);
     for (dst, extra) in &cases {
@@ -101,9 +105,21 @@ fn kernel_and_rust_classifier_agree_on_every_range_edge() {
     }
     // Embedded IPv4 in every IPv6 spelling.
     let embedded = [
-        "::ffff:10.0.0.1", "::ffff:0:10.0.0.1", "::10.0.0.1", "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe",
-        "64:ff9b:1:a00:1::", "64:ff9b:1:0:a:1::", "2002:a00:1::1", "2002:a9fe:a9fe::1",
-        "2001:0:a00:1::1", "2001:0:c633:640a::f5ff:fffe", "::", "::1", "64:ff9b::c633:640a", "2002:c633:640a::1",
+        "::ffff:10.0.0.1",
+        "::ffff:0:10.0.0.1",
+        "::10.0.0.1",
+        "64:ff9b::a00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1:a00:1::",
+        "64:ff9b:1:0:a:1::",
+        "2002:a00:1::1",
+        "2002:a9fe:a9fe::1",
+        "2001:0:a00:1::1",
+        "2001:0:c633:640a::f5ff:fffe",
+        "::",
+        "::1",
+        "64:ff9b::c633:640a",
+        "2002:c633:640a::1",
     ];
     addrs.extend(embedded.iter().map(|s| s.parse::<IpAddr>().unwrap()));
     addrs.sort();
@@ -114,7 +130,12 @@ fn kernel_and_rust_classifier_agree_on_every_range_edge() {
     for ip in &addrs {
         let expect_denied = matches!(rust.classify(*ip), Verdict::Denied { .. });
         // Mapped addresses must go through an AF_INET6 socket to be spelled that way.
-        let mut args = vec!["tcp".to_string(), target(*ip, 80), "--timeout-ms".into(), "300".into()];
+        let mut args = vec![
+            "tcp".to_string(),
+            target(*ip, 80),
+            "--timeout-ms".into(),
+            "300".into(),
+        ];
         if ip.is_ipv6() {
             args.push("--v6-socket".into());
         }
@@ -128,15 +149,26 @@ fn kernel_and_rust_classifier_agree_on_every_range_edge() {
             disagreements.push(format!("{ip}: rust {:?}, kernel {}", rust.classify(*ip), v));
         }
     }
-    assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
-    assert!(denied > addrs.len() / 2, "suspiciously few denials: {denied} of {}", addrs.len());
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
+    assert!(
+        denied > addrs.len() / 2,
+        "suspiciously few denials: {denied} of {}",
+        addrs.len()
+    );
 }
 
 fn step(ip: IpAddr, by: i128) -> Option<IpAddr> {
     match ip {
         IpAddr::V4(v4) => {
             let n = u32::from(v4) as i128 + by;
-            (0..=u32::MAX as i128).contains(&n).then(|| IpAddr::V4(Ipv4Addr::from(n as u32)))
+            (0..=u32::MAX as i128)
+                .contains(&n)
+                .then(|| IpAddr::V4(Ipv4Addr::from(n as u32)))
         }
         IpAddr::V6(v6) => {
             let n = u128::from(v6) as i128;
@@ -166,20 +198,74 @@ fn kernel_refuses_the_ways_around_the_hooks() {
     let attacks: Vec<(&str, Vec<String>)> = vec![
         ("metadata", vec!["tcp".into(), metadata.clone()]),
         ("private", vec!["tcp".into(), private.clone()]),
-        ("v4-mapped tcp", vec!["tcp".into(), private.clone(), "--v6-socket".into()]),
-        ("tfo sendto", vec!["tfo-sendto".into(), private.clone(), "--send".into(), "x".into()]),
+        (
+            "v4-mapped tcp",
+            vec!["tcp".into(), private.clone(), "--v6-socket".into()],
+        ),
+        (
+            "tfo sendto",
+            vec![
+                "tfo-sendto".into(),
+                private.clone(),
+                "--send".into(),
+                "x".into(),
+            ],
+        ),
         ("tfo connect", vec!["tfo-connect".into(), private.clone()]),
-        ("io_uring connect", vec!["uring-connect".into(), private.clone()]),
-        ("udp sendto", vec!["udp-sendto".into(), udp_echo.clone(), "--expect-reply".into()]),
-        ("udp sendmmsg", vec!["udp-sendmmsg".into(), udp_echo.clone()]),
-        ("udp connect+send", vec!["udp-connect-send".into(), udp_echo.clone()]),
-        ("v4-mapped udp", vec!["udp-sendto".into(), udp_echo.clone(), "--v6-socket".into(), "--expect-reply".into()]),
+        (
+            "io_uring connect",
+            vec!["uring-connect".into(), private.clone()],
+        ),
+        (
+            "udp sendto",
+            vec![
+                "udp-sendto".into(),
+                udp_echo.clone(),
+                "--expect-reply".into(),
+            ],
+        ),
+        (
+            "udp sendmmsg",
+            vec!["udp-sendmmsg".into(), udp_echo.clone()],
+        ),
+        (
+            "udp connect+send",
+            vec!["udp-connect-send".into(), udp_echo.clone()],
+        ),
+        (
+            "v4-mapped udp",
+            vec![
+                "udp-sendto".into(),
+                udp_echo.clone(),
+                "--v6-socket".into(),
+                "--expect-reply".into(),
+            ],
+        ),
         ("ping socket", vec!["ping-socket".into(), WEB1.to_string()]),
         ("raw socket", vec!["raw-socket".into(), WEB1.to_string()]),
         // Source routes to the private server through an allowed-looking first hop.
-        ("ip options lsrr", vec!["ip-options".into(), private.clone(), "--via".into(), WEB2.to_string()]),
-        ("ipv6 routing header", vec!["rthdr".into(), "[fd66::10]:80".into(), "--via".into(), WEB2_V6.to_string()]),
-        ("new user+net namespace", vec!["unshare-connect".into(), metadata.clone()]),
+        (
+            "ip options lsrr",
+            vec![
+                "ip-options".into(),
+                private.clone(),
+                "--via".into(),
+                WEB2.to_string(),
+            ],
+        ),
+        (
+            "ipv6 routing header",
+            vec![
+                "rthdr".into(),
+                "[fd66::10]:80".into(),
+                "--via".into(),
+                WEB2_V6.to_string(),
+            ],
+        ),
+        (
+            "new user+net namespace",
+            vec!["unshare-connect".into(), metadata.clone()],
+        ),
     ];
     // Without the enforcer.
     let mut baseline = Vec::new();
@@ -194,8 +280,20 @@ fn kernel_refuses_the_ways_around_the_hooks() {
         }
     }
     for (i, (name, _)) in attacks.iter().enumerate() {
-        if ["metadata", "private", "udp sendto", "ping socket", "tfo sendto"].contains(name) {
-            assert_eq!(baseline[i]["ok"], true, "{name} must work without the enforcer: {}", baseline[i]);
+        if [
+            "metadata",
+            "private",
+            "udp sendto",
+            "ping socket",
+            "tfo sendto",
+        ]
+        .contains(name)
+        {
+            assert_eq!(
+                baseline[i]["ok"], true,
+                "{name} must work without the enforcer: {}",
+                baseline[i]
+            );
         }
     }
     let _agent = Agent::attach(&topo, &test_policy(&[]));
@@ -234,14 +332,21 @@ fn dns_to_any_resolver_reaches_the_agent_and_the_reply_comes_from_the_resolver_a
         assert!(v["answers"].to_string().contains("198.51.100.10"), "{v}");
         if !extra.contains(&"--tcp") {
             let ip: IpAddr = server.parse().unwrap();
-            assert_eq!(v["from"], target(ip, 53).as_str(), "reply source for {server} {extra:?}: {v}");
+            assert_eq!(
+                v["from"],
+                target(ip, 53).as_str(),
+                "reply source for {server} {extra:?}: {v}"
+            );
         }
     }
     // A name outside the policy: NXDOMAIN + EDE 15, never forwarded upstream.
     let v = topo.probe(&["dns", "8.8.8.8", "secret-data.exfil.test", "--type", "A"]);
     assert_eq!(v["rcode_num"], 3, "NXDOMAIN expected: {v}");
     assert_eq!(v["ede"][0]["info_code"], 15, "{v}");
-    assert!(!net.was_queried("secret-data.exfil.test"), "a denied name reached the upstream resolver");
+    assert!(
+        !net.was_queried("secret-data.exfil.test"),
+        "a denied name reached the upstream resolver"
+    );
 }
 
 #[test]
@@ -252,34 +357,69 @@ fn fail_closed_when_the_agent_dies_and_adopted_on_restart() {
     let topo = Topology::new("kernel_failclosed");
     let net = topo.start_fakenet();
     let mut agent = Agent::attach(&topo, &test_policy(&[]));
-    assert!(agent.banner.contains("adopted pins: false"), "{}", agent.banner);
+    assert!(
+        agent.banner.contains("adopted pins: false"),
+        "{}",
+        agent.banner
+    );
     let url = "http://allowed.test/";
     let curl = |topo: &Topology| {
         topo.ctr_command("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", url])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "5",
+                url,
+            ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap()
     };
     assert_eq!(curl(&topo), "200");
     let programs = attached_programs(topo.ctr_cgroup_path());
-    assert_eq!(programs.len(), egress_agent::bpf::PROGRAMS.len(), "{programs:?}");
+    assert_eq!(
+        programs.len(),
+        egress_agent::bpf::PROGRAMS.len(),
+        "{programs:?}"
+    );
 
     agent.kill9();
     let before = net.connections_to(WEB1.into()).len();
     for _ in 0..5 {
         let v = topo.probe(&["tcp", &target(WEB1.into(), 80), "--timeout-ms", "500"]);
-        assert_eq!(v["ok"], false, "a connection succeeded with the agent down: {v}");
+        assert_eq!(
+            v["ok"], false,
+            "a connection succeeded with the agent down: {v}"
+        );
         let v = topo.probe(&["tcp", &target(METADATA.into(), 80)]);
         assert_eperm(&v, "metadata with the agent down");
     }
-    assert_eq!(net.connections_to(WEB1.into()).len(), before, "traffic reached the fake internet while the agent was down");
-    assert_eq!(attached_programs(topo.ctr_cgroup_path()).len(), egress_agent::bpf::PROGRAMS.len());
+    assert_eq!(
+        net.connections_to(WEB1.into()).len(),
+        before,
+        "traffic reached the fake internet while the agent was down"
+    );
+    assert_eq!(
+        attached_programs(topo.ctr_cgroup_path()).len(),
+        egress_agent::bpf::PROGRAMS.len()
+    );
 
     agent.restart_attach(&topo);
-    assert!(agent.banner.contains("adopted pins: true"), "{}", agent.banner);
+    assert!(
+        agent.banner.contains("adopted pins: true"),
+        "{}",
+        agent.banner
+    );
     let programs = attached_programs(topo.ctr_cgroup_path());
-    assert_eq!(programs.len(), egress_agent::bpf::PROGRAMS.len(), "attached twice? {programs:?}");
+    assert_eq!(
+        programs.len(),
+        egress_agent::bpf::PROGRAMS.len(),
+        "attached twice? {programs:?}"
+    );
     assert_eq!(curl(&topo), "200");
 }
 
@@ -306,7 +446,13 @@ fn a_child_cgroup_cannot_detach_or_override_the_programs() {
     .unwrap();
     let obj = dir.join("allow_all.o");
     let ok = std::process::Command::new("clang-19")
-        .args(["-target", "bpf", "-O2", "-c", "-I/usr/include/x86_64-linux-gnu"])
+        .args([
+            "-target",
+            "bpf",
+            "-O2",
+            "-c",
+            "-I/usr/include/x86_64-linux-gnu",
+        ])
         .arg(&src)
         .arg("-o")
         .arg(&obj)
@@ -315,17 +461,42 @@ fn a_child_cgroup_cannot_detach_or_override_the_programs() {
         .success();
     assert!(ok, "compiling the test program");
     let pin = format!("/sys/fs/bpf/egress-test-allow-{}", topo.id());
-    let run = |args: &[&str]| std::process::Command::new("bpftool").args(args).output().unwrap();
-    assert!(run(&["prog", "load", obj.to_str().unwrap(), &pin, "type", "cgroup/connect4"]).status.success());
+    let run = |args: &[&str]| {
+        std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&[
+        "prog",
+        "load",
+        obj.to_str().unwrap(),
+        &pin,
+        "type",
+        "cgroup/connect4"
+    ])
+    .status
+    .success());
     let child_s = child.to_str().unwrap();
-    let attached = run(&["cgroup", "attach", child_s, "connect4", "pinned", &pin, "multi"]);
+    let attached = run(&[
+        "cgroup", "attach", child_s, "connect4", "pinned", &pin, "multi",
+    ]);
     // Override mode must be refused below our programs.
-    let overridden = run(&["cgroup", "attach", child_s, "connect4", "pinned", &pin, "override"]);
-    assert!(!overridden.status.success(), "override attach in a child succeeded");
+    let overridden = run(&[
+        "cgroup", "attach", child_s, "connect4", "pinned", &pin, "override",
+    ]);
+    assert!(
+        !overridden.status.success(),
+        "override attach in a child succeeded"
+    );
 
     // A process in the child still cannot reach the metadata service.
-    let v = egress_tests::topology::run_probe_in(&topo, &child, &["tcp", &target(METADATA.into(), 80)]);
-    assert_eperm(&v, "metadata from a child cgroup with its own allow-all program");
+    let v =
+        egress_tests::topology::run_probe_in(&topo, &child, &["tcp", &target(METADATA.into(), 80)]);
+    assert_eperm(
+        &v,
+        "metadata from a child cgroup with its own allow-all program",
+    );
     // Our programs cannot be detached from the child.
     let ours = run(&["cgroup", "show", topo.ctr_cgroup_path().to_str().unwrap()]);
     let id = String::from_utf8_lossy(&ours.stdout)
@@ -334,7 +505,10 @@ fn a_child_cgroup_cannot_detach_or_override_the_programs() {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .expect("our connect4 program id");
     let detach = run(&["cgroup", "detach", child_s, "connect4", "id", &id]);
-    assert!(!detach.status.success(), "detached our program from a child");
+    assert!(
+        !detach.status.success(),
+        "detached our program from a child"
+    );
     let _ = std::fs::remove_file(&pin);
     if attached.status.success() {
         let _ = run(&["cgroup", "detach", child_s, "connect4", "pinned", &pin]);
@@ -357,30 +531,73 @@ fn two_thousand_concurrent_connections_from_two_cgroups_map_exactly() {
     let dst_b = target(WEB2.into(), 2000);
     let run = |t: &Topology, dst: String| {
         let mut cmd = t.ctr_command(egress_tests::bin_path("probe"));
-        cmd.args(["--timeout-ms", "30000", "many", &dst, "--count", "1000", "--concurrency", "1000", "--send", "x"]);
+        cmd.args([
+            "--timeout-ms",
+            "30000",
+            "many",
+            &dst,
+            "--count",
+            "1000",
+            "--concurrency",
+            "1000",
+            "--send",
+            "x",
+        ]);
         std::thread::spawn(move || cmd.output().unwrap())
     };
     let (ha, hb) = (run(&a, dst_a.clone()), run(&b, dst_b.clone()));
     let (oa, ob) = (ha.join().unwrap(), hb.join().unwrap());
     let parse = |o: std::process::Output| -> Value {
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("probe many: {}", String::from_utf8_lossy(&o.stderr)))
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("probe many: {}", String::from_utf8_lossy(&o.stderr)))
     };
     let (va, vb) = (parse(oa), parse(ob));
     let ports = |v: &Value| -> std::collections::BTreeSet<u64> {
-        v["conns"].as_array().unwrap().iter().filter_map(|c| c[1].as_u64()).collect()
+        v["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c[1].as_u64())
+            .collect()
     };
     let (pa, pb) = (ports(&va), ports(&vb));
-    assert_eq!(pa.len() + pb.len(), 2000, "every connection was established: {} + {}", pa.len(), pb.len());
+    assert_eq!(
+        pa.len() + pb.len(),
+        2000,
+        "every connection was established: {} + {}",
+        pa.len(),
+        pb.len()
+    );
     let collisions = pa.intersection(&pb).count();
 
     let recs = agent.audit_records(2000);
-    let cg_a = std::fs::metadata(a.ctr_cgroup_path()).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let cg_a = std::fs::metadata(a.ctr_cgroup_path())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
     let mut seen = std::collections::HashMap::new();
-    for r in recs.iter().filter(|r| r["protocol"] != "kernel" && r["protocol"] != "dns") {
-        let port: u64 = r["client"].as_str().and_then(|c| c.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap();
-        let (want_dst, ports) = if r["cgroup_id"] == cg_a { (&dst_a, &pa) } else { (&dst_b, &pb) };
-        assert_eq!(r["orig_dst"], want_dst.as_str(), "wrong original destination: {r}");
-        assert!(ports.contains(&port), "client port {port} not one of this container's: {r}");
+    for r in recs
+        .iter()
+        .filter(|r| r["protocol"] != "kernel" && r["protocol"] != "dns")
+    {
+        let port: u64 = r["client"]
+            .as_str()
+            .and_then(|c| c.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        let (want_dst, ports) = if r["cgroup_id"] == cg_a {
+            (&dst_a, &pa)
+        } else {
+            (&dst_b, &pb)
+        };
+        assert_eq!(
+            r["orig_dst"],
+            want_dst.as_str(),
+            "wrong original destination: {r}"
+        );
+        assert!(
+            ports.contains(&port),
+            "client port {port} not one of this container's: {r}"
+        );
         *seen.entry(r["cgroup_id"].to_string()).or_insert(0) += 1;
     }
     assert_eq!(seen.values().sum::<i32>(), 2000, "{seen:?}");

@@ -32,7 +32,15 @@ enum Cmd {
 /// Debian packages: clang + libbpf headers to build the BPF object; bpftool,
 /// iproute2 and the clients the integration tests and the demo drive.
 const APT_PACKAGES: &[&str] = &[
-    "clang-19", "llvm-19", "libbpf-dev", "bpftool", "iproute2", "curl", "python3", "dnsutils", "linux-libc-dev",
+    "clang-19",
+    "llvm-19",
+    "libbpf-dev",
+    "bpftool",
+    "iproute2",
+    "curl",
+    "python3",
+    "dnsutils",
+    "linux-libc-dev",
 ];
 
 fn main() -> ExitCode {
@@ -80,13 +88,24 @@ fn deps() -> Result<()> {
         return Ok(());
     }
     // SAFETY-free check for root: geteuid via `id -u` keeps xtask dependency-light.
-    let uid = Command::new("id").arg("-u").output().context("running id -u")?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        bail!("missing Debian packages {missing:?}: run as root, or `apt-get install {}`", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}: run as root, or `apt-get install {}`",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -85,7 +85,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
             rec.code = Some("no_original_destination".into());
             rec.reason = Some(match other {
                 Err(e) => format!("original destination lookup failed: {e}"),
-                _ => format!("no original destination recorded for {peer}: not a redirected connection"),
+                _ => format!(
+                    "no original destination recorded for {peer}: not a redirected connection"
+                ),
             });
             att.shared.audit.record(rec);
             respond::reset(client);
@@ -133,10 +135,23 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
             finish(att, rec, started);
             return;
         }
-        Err(Early::Deny { reply, code, host, reason }) => {
+        Err(Early::Deny {
+            reply,
+            code,
+            host,
+            reason,
+        }) => {
             rec.protocol = reply.label();
             rec.name = host.clone();
-            let denial = respond::denial(&policy, code, host.unwrap_or_default(), dst.port(), reason, None, String::new());
+            let denial = respond::denial(
+                &policy,
+                code,
+                host.unwrap_or_default(),
+                dst.port(),
+                reason,
+                None,
+                String::new(),
+            );
             deny(att, &policy, client, reply, denial, rec, started).await;
             return;
         }
@@ -149,7 +164,15 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     match decision {
         Decision::Allow { rule, .. } => rec.rule = Some(rule.to_string()),
         Decision::Deny(d) => {
-            let denial = respond::denial(&policy, d.code, wanted.name.as_str().into(), wanted.port, d.reason, d.rule.map(|r| r.to_string()), d.hint);
+            let denial = respond::denial(
+                &policy,
+                d.code,
+                wanted.name.as_str().into(),
+                wanted.port,
+                d.reason,
+                d.rule.map(|r| r.to_string()),
+                d.hint,
+            );
             if policy.mode() == crate::policy::Mode::Monitor {
                 rec.decision = "would_deny";
                 rec.code = Some(denial.code.as_str().into());
@@ -165,7 +188,15 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     let upstream = match upstream::connect(att, &policy, &wanted.name, wanted.port).await {
         Ok(u) => u,
         Err((code, reason)) => {
-            let denial = respond::denial(&policy, code, wanted.name.as_str().into(), wanted.port, reason, rec.rule.clone(), String::new());
+            let denial = respond::denial(
+                &policy,
+                code,
+                wanted.name.as_str().into(),
+                wanted.port,
+                reason,
+                rec.rule.clone(),
+                String::new(),
+            );
             deny(att, &policy, client, wanted.reply, denial, rec, started).await;
             return;
         }
@@ -175,7 +206,11 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     // 6. CONNECT: answer, then hold the tunnel's first bytes to the same name.
     let mut upstream = upstream;
     if let Reply::Connect = wanted.reply {
-        if client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
+        if client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
             finish(att, rec, started);
             return;
         }
@@ -230,7 +265,12 @@ fn canonical(raw: &str, reply: Reply, what: &str) -> Result<CanonicalName, Early
     })
 }
 
-fn what_is_wanted(peeked: &Peeked, dst: SocketAddr, service: bool, att: &Attachment) -> Result<Wanted, Early> {
+fn what_is_wanted(
+    peeked: &Peeked,
+    dst: SocketAddr,
+    service: bool,
+    att: &Attachment,
+) -> Result<Wanted, Early> {
     match peeked {
         Peeked::Tls(hello) => {
             let reply = Reply::Tls;
@@ -249,77 +289,88 @@ fn what_is_wanted(peeked: &Peeked, dst: SocketAddr, service: bool, att: &Attachm
                 reply,
             })
         }
-        Peeked::Http(head) => match &head.target {
-            Target::Authority(authority) => {
-                let reply = Reply::Connect;
-                let (host, port) = crate::policy::name::split_host_port(authority, 443).map_err(|e| Early::Deny {
-                    reply,
-                    code: DenyCode::HostNotAllowed,
-                    host: Some(authority.clone()),
-                    reason: format!("CONNECT target {authority:?}: {e}"),
-                })?;
-                Ok(Wanted {
-                    name: canonical(&host, reply, "CONNECT target")?,
-                    port,
-                    protocol: Protocol::Tls,
-                    reply,
-                })
-            }
-            Target::Absolute { authority, scheme, .. } => {
-                let reply = Reply::Http;
-                if !scheme.eq_ignore_ascii_case("http") {
-                    return Err(Early::Deny {
+        Peeked::Http(head) => {
+            match &head.target {
+                Target::Authority(authority) => {
+                    let reply = Reply::Connect;
+                    let (host, port) = crate::policy::name::split_host_port(authority, 443)
+                        .map_err(|e| Early::Deny {
+                            reply,
+                            code: DenyCode::HostNotAllowed,
+                            host: Some(authority.clone()),
+                            reason: format!("CONNECT target {authority:?}: {e}"),
+                        })?;
+                    Ok(Wanted {
+                        name: canonical(&host, reply, "CONNECT target")?,
+                        port,
+                        protocol: Protocol::Tls,
+                        reply,
+                    })
+                }
+                Target::Absolute {
+                    authority, scheme, ..
+                } => {
+                    let reply = Reply::Http;
+                    if !scheme.eq_ignore_ascii_case("http") {
+                        return Err(Early::Deny {
                         reply,
                         code: DenyCode::ProtocolNotAllowed,
                         host: Some(authority.clone()),
                         reason: format!("proxy requests for scheme {scheme:?} are not supported; use CONNECT for https"),
                     });
-                }
-                let (host, port) = crate::policy::name::split_host_port(authority, 80).map_err(|e| Early::Deny {
-                    reply,
-                    code: DenyCode::HostNotAllowed,
-                    host: Some(authority.clone()),
-                    reason: format!("request target {authority:?}: {e}"),
-                })?;
-                Ok(Wanted {
-                    name: canonical(&host, reply, "request target")?,
-                    port,
-                    protocol: Protocol::Http,
-                    reply,
-                })
-            }
-            _ => {
-                let reply = Reply::Http;
-                let Some(host) = head.host.as_deref() else {
-                    return Err(Early::Deny {
+                    }
+                    let (host, port) = crate::policy::name::split_host_port(authority, 80)
+                        .map_err(|e| Early::Deny {
+                            reply,
+                            code: DenyCode::HostNotAllowed,
+                            host: Some(authority.clone()),
+                            reason: format!("request target {authority:?}: {e}"),
+                        })?;
+                    Ok(Wanted {
+                        name: canonical(&host, reply, "request target")?,
+                        port,
+                        protocol: Protocol::Http,
                         reply,
-                        code: DenyCode::HostNotAllowed,
-                        host: None,
-                        reason: "HTTP request without a Host header: egress is decided by name".into(),
-                    });
-                };
-                let (h, _) = crate::policy::name::split_host_port(host, dst.port()).map_err(|e| Early::Deny {
-                    reply,
-                    code: DenyCode::HostNotAllowed,
-                    host: Some(host.to_string()),
-                    reason: format!("Host {host:?}: {e}"),
-                })?;
-                if service {
-                    return Err(Early::Status);
+                    })
                 }
-                Ok(Wanted {
-                    name: canonical(&h, reply, "Host")?,
-                    port: dst.port(),
-                    protocol: Protocol::Http,
-                    reply,
-                })
+                _ => {
+                    let reply = Reply::Http;
+                    let Some(host) = head.host.as_deref() else {
+                        return Err(Early::Deny {
+                            reply,
+                            code: DenyCode::HostNotAllowed,
+                            host: None,
+                            reason: "HTTP request without a Host header: egress is decided by name"
+                                .into(),
+                        });
+                    };
+                    let (h, _) =
+                        crate::policy::name::split_host_port(host, dst.port()).map_err(|e| {
+                            Early::Deny {
+                                reply,
+                                code: DenyCode::HostNotAllowed,
+                                host: Some(host.to_string()),
+                                reason: format!("Host {host:?}: {e}"),
+                            }
+                        })?;
+                    if service {
+                        return Err(Early::Status);
+                    }
+                    Ok(Wanted {
+                        name: canonical(&h, reply, "Host")?,
+                        port: dst.port(),
+                        protocol: Protocol::Http,
+                        reply,
+                    })
+                }
             }
-        },
+        }
         Peeked::H2PriorKnowledge => Err(Early::Deny {
             reply: Reply::Reset,
             code: DenyCode::ProtocolNotAllowed,
             host: None,
-            reason: "cleartext HTTP/2 (prior knowledge) hides the host name; use TLS or HTTP/1.1".into(),
+            reason: "cleartext HTTP/2 (prior knowledge) hides the host name; use TLS or HTTP/1.1"
+                .into(),
         }),
         Peeked::Opaque => {
             // No name on the wire: only a name our DNS gave this container for
@@ -369,12 +420,18 @@ async fn check_tunnel(
     match peek::peek(client, buf, PeekLimits::default()).await {
         Ok(Peeked::Tls(hello)) => match hello.sni.as_deref().map(CanonicalName::parse) {
             Some(Ok(n)) if n == wanted.name => Ok(()),
-            Some(_) => Err(mismatch(Reply::Tls, "SNI", hello.sni.as_deref().unwrap_or(""))),
+            Some(_) => Err(mismatch(
+                Reply::Tls,
+                "SNI",
+                hello.sni.as_deref().unwrap_or(""),
+            )),
             None => Err(mismatch(Reply::Tls, "SNI", "")),
         },
         Ok(Peeked::Http(head)) => {
             let h = head.host.as_deref().unwrap_or("");
-            let name = crate::policy::name::split_host_port(h, wanted.port).ok().and_then(|(h, _)| CanonicalName::parse(&h).ok());
+            let name = crate::policy::name::split_host_port(h, wanted.port)
+                .ok()
+                .and_then(|(h, _)| CanonicalName::parse(&h).ok());
             if name.as_ref() == Some(&wanted.name) {
                 Ok(())
             } else {
@@ -385,12 +442,28 @@ async fn check_tunnel(
             Decision::Allow { .. } => Ok(()),
             Decision::Deny(d) => Err((
                 Reply::Reset,
-                respond::denial(policy, d.code, host.clone(), wanted.port, d.reason, d.rule.map(|r| r.to_string()), d.hint),
+                respond::denial(
+                    policy,
+                    d.code,
+                    host.clone(),
+                    wanted.port,
+                    d.reason,
+                    d.rule.map(|r| r.to_string()),
+                    d.hint,
+                ),
             )),
         },
         Err(e) => Err((
             Reply::Reset,
-            respond::denial(policy, DenyCode::ProtocolNotAllowed, host.clone(), wanted.port, format!("tunnel: {e}"), None, String::new()),
+            respond::denial(
+                policy,
+                DenyCode::ProtocolNotAllowed,
+                host.clone(),
+                wanted.port,
+                format!("tunnel: {e}"),
+                None,
+                String::new(),
+            ),
         )),
     }
 }

@@ -3,7 +3,7 @@
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
-    deny::{DenyCode, Denial},
+    deny::{Denial, DenyCode},
     peek::{http::RequestHead, tls::AlertDescription},
     policy::Policy,
 };
@@ -31,7 +31,15 @@ impl Reply {
     }
 }
 
-pub fn denial(policy: &Policy, code: DenyCode, host: String, port: u16, reason: String, rule: Option<String>, hint: String) -> Denial {
+pub fn denial(
+    policy: &Policy,
+    code: DenyCode,
+    host: String,
+    port: u16,
+    reason: String,
+    rule: Option<String>,
+    hint: String,
+) -> Denial {
     Denial {
         code,
         host,

@@ -7,11 +7,20 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpStream;
 
-use crate::{agent::Attachment, deny::DenyCode, policy::{name::CanonicalName, Policy}};
+use crate::{
+    agent::Attachment,
+    deny::DenyCode,
+    policy::{name::CanonicalName, Policy},
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn connect(att: &Attachment, policy: &Policy, name: &CanonicalName, port: u16) -> Result<TcpStream, (DenyCode, String)> {
+pub async fn connect(
+    att: &Attachment,
+    policy: &Policy,
+    name: &CanonicalName,
+    port: u16,
+) -> Result<TcpStream, (DenyCode, String)> {
     let resolver = att.shared.resolver.load();
     let (addrs, _ttl) = resolver
         .lookup(name.as_str())
@@ -29,9 +38,16 @@ pub async fn connect(att: &Attachment, policy: &Policy, name: &CanonicalName, po
         let reason = if refused.is_empty() {
             format!("{name} has no addresses")
         } else {
-            format!("{name} resolves only to prohibited addresses: {}", refused.join(", "))
+            format!(
+                "{name} resolves only to prohibited addresses: {}",
+                refused.join(", ")
+            )
         };
-        let code = if refused.is_empty() { DenyCode::DnsError } else { DenyCode::DestinationIpProhibited };
+        let code = if refused.is_empty() {
+            DenyCode::DnsError
+        } else {
+            DenyCode::DestinationIpProhibited
+        };
         return Err((code, reason));
     }
     let mut last = String::new();
@@ -45,5 +61,8 @@ pub async fn connect(att: &Attachment, policy: &Policy, name: &CanonicalName, po
             Err(_) => last = format!("{addr}: timed out after {CONNECT_TIMEOUT:?}"),
         }
     }
-    Err((DenyCode::UpstreamUnreachable, format!("could not reach {name}:{port}: {last}")))
+    Err((
+        DenyCode::UpstreamUnreachable,
+        format!("could not reach {name}:{port}: {last}"),
+    ))
 }

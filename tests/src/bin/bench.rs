@@ -40,20 +40,40 @@ fn main() {
         .and_then(|r| r.split(',').next())
         .and_then(|p| p.parse().ok())
         .expect("listener port in the agent's banner");
-    let plain = topo.ctr_cgroup_path().with_file_name(format!("{}-plain", topo.id()));
+    let plain = topo
+        .ctr_cgroup_path()
+        .with_file_name(format!("{}-plain", topo.id()));
     std::fs::create_dir_all(&plain).unwrap();
 
     let listener = format!("127.0.0.1:{port}");
-    let configs: [(&str, Box<dyn Fn() -> serde_json::Value>); 3] = [
-        ("direct (no programs)", Box::new(|| run_probe_in(&topo, &plain, &["connect-loop", &listener, "--count", CALLS]))),
-        ("enforced, redirected", Box::new(|| topo.probe(&["connect-loop", "198.51.100.10:80", "--count", CALLS]))),
-        ("enforced, denied (EPERM)", Box::new(|| topo.probe(&["connect-loop", "10.1.2.3:80", "--count", CALLS]))),
+    type Run<'a> = Box<dyn Fn() -> serde_json::Value + 'a>;
+    let configs: [(&str, Run); 3] = [
+        (
+            "direct (no programs)",
+            Box::new(|| {
+                run_probe_in(
+                    &topo,
+                    &plain,
+                    &["connect-loop", &listener, "--count", CALLS],
+                )
+            }),
+        ),
+        (
+            "enforced, redirected",
+            Box::new(|| topo.probe(&["connect-loop", "198.51.100.10:80", "--count", CALLS])),
+        ),
+        (
+            "enforced, denied (EPERM)",
+            Box::new(|| topo.probe(&["connect-loop", "10.1.2.3:80", "--count", CALLS])),
+        ),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for _ in 0..rounds {
         for (i, (name, run)) in configs.iter().enumerate() {
             let v = run();
-            let m = v["median_us"].as_f64().unwrap_or_else(|| panic!("{name}: {v}"));
+            let m = v["median_us"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}: {v}"));
             samples[i].push(m);
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -64,7 +84,12 @@ fn main() {
         let mut s = samples[i].clone();
         let m = median(&mut s);
         let (lo, hi) = (s[0], s[s.len() - 1]);
-        let _ = writeln!(table, "| {name} | {m:.2} | {lo:.2}–{hi:.2} | {:+.2} µs ({:.2}×) |", m - direct, m / direct);
+        let _ = writeln!(
+            table,
+            "| {name} | {m:.2} | {lo:.2}–{hi:.2} | {:+.2} µs ({:.2}×) |",
+            m - direct,
+            m / direct
+        );
     }
     println!("W4 connect() cost, {rounds} interleaved rounds × {CALLS} calls each\n\n{table}");
     let raw = serde_json::json!({
@@ -75,7 +100,11 @@ fn main() {
         "median_us_per_round": samples,
     });
     std::fs::create_dir_all("bench").ok();
-    std::fs::write("bench/w4-raw.json", serde_json::to_string_pretty(&raw).unwrap()).ok();
+    std::fs::write(
+        "bench/w4-raw.json",
+        serde_json::to_string_pretty(&raw).unwrap(),
+    )
+    .ok();
     let _ = std::fs::remove_dir(&plain);
     drop(agent);
 }

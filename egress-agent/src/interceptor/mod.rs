@@ -248,7 +248,13 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
             finish(att, rec, started);
             return;
         }
-        buf.clear();
+        // Only the CONNECT head is ours: a client may pipeline its ClientHello right behind
+        // it (optimistic CONNECT), and those bytes belong to the tunnel.
+        let head_len = match &peeked {
+            Peeked::Http(head) => head.head_len.min(buf.len()),
+            _ => buf.len(),
+        };
+        buf.drain(..head_len);
         match check_tunnel(&mut client, &mut buf, &wanted, &policy, att).await {
             Ok(()) => {}
             Err((reply, denial)) => {

@@ -1104,3 +1104,127 @@ fn quic_and_other_udp_fail_at_once_with_eperm() {
     );
     assert_eq!(v["errno"], EPERM, "{v}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the sandbox and the operator see: the status page and the audit log.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn audit_log_has_one_record_per_decision_with_every_field() {
+    require_root!();
+    let topo = Topology::new("icpt_audit");
+    let _net = topo.start_fakenet();
+    let agent = Agent::attach(&topo, &test_policy(&[]));
+    // Six decisions, no DNS lookups in between (addresses are given).
+    let r = http_to(&topo, WEB1, 80, "allowed.test");
+    assert_eq!(r.http_status(), Some(200), "{r:?}");
+    let r = http_to(&topo, WEB2, 80, "other.test");
+    assert_eq!(r.http_status(), Some(403), "{r:?}");
+    let r = raw(
+        &topo,
+        "198.51.100.11",
+        443,
+        &client_hello(Some(b"other.test"), 0),
+        0,
+        false,
+    );
+    assert!(r.tls_alert().is_some(), "{r:?}");
+    let p = topo.probe(&["tcp", "198.51.100.11:7", "--send", "hi", "--read"]);
+    assert_eq!(p["errno"], ECONNRESET, "{p}");
+    let d = topo.probe(&["dns", "203.0.113.53", "other.test"]);
+    assert!(nxdomain(&d), "{d}");
+    let p = topo.probe(&["udp-sendto", "198.51.100.10:443"]);
+    assert_eq!(p["errno"], EPERM, "{p}");
+
+    let recs = agent.audit_records(6);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let recs2 = agent.audit_records(6);
+    assert_eq!(recs.len(), 6, "exactly one record per decision: {recs:#?}");
+    assert_eq!(recs2.len(), 6, "late records: {recs2:#?}");
+    let always = [
+        "time",
+        "cgroup_id",
+        "profile",
+        "pid",
+        "comm",
+        "orig_dst",
+        "protocol",
+        "decision",
+        "rule",
+        "bytes_up",
+        "bytes_down",
+        "duration_ms",
+    ];
+    for r in &recs {
+        for f in always {
+            assert!(r.get(f).is_some(), "field {f} missing: {r}");
+        }
+        assert_eq!(r["profile"], "default", "{r}");
+        assert!(r["cgroup_id"].as_u64().unwrap() > 0, "{r}");
+        if r["decision"] != "allow" {
+            assert!(r["code"].is_string() && r["reason"].is_string(), "{r}");
+        }
+    }
+    let find = |proto: &str| {
+        recs.iter()
+            .find(|r| r["protocol"] == proto)
+            .unwrap_or_else(|| panic!("no {proto} record: {recs:#?}"))
+    };
+    let allow = recs.iter().find(|r| r["decision"] == "allow").unwrap();
+    assert_eq!(allow["name"], "allowed.test");
+    assert_eq!(allow["orig_dst"], "198.51.100.10:80");
+    assert_eq!(allow["comm"], "python3");
+    assert!(
+        allow["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("profile.default.allow"),
+        "{allow}"
+    );
+    assert!(allow["upstream"].is_string(), "{allow}");
+    assert!(allow["bytes_down"].as_u64().unwrap() > 0, "{allow}");
+    assert_eq!(find("tls")["code"], "host_not_allowed");
+    assert_eq!(find("opaque")["code"], "protocol_not_allowed");
+    assert_eq!(find("dns")["name"], "other.test");
+    assert_eq!(find("kernel")["orig_dst"], "198.51.100.10:443");
+    assert_eq!(find("kernel")["comm"], "probe");
+}
+
+#[test]
+fn status_page_shows_the_containers_own_denials_not_the_allowlist() {
+    require_root!();
+    let topo = Topology::new("icpt_status");
+    let _net = topo.start_fakenet();
+    let _agent = Agent::attach(&topo, &test_policy(&["secret-partner.test"]));
+    let r = http_to(&topo, WEB2, 80, "other.test");
+    assert_eq!(r.http_status(), Some(403));
+    let d = topo.probe(&["dns", "203.0.113.53", "leak.exfil.test"]);
+    assert!(nxdomain(&d));
+    for url in ["http://egress.internal/status", "http://192.0.2.1/status"] {
+        let c = curl(&topo, &[url], &[]);
+        assert_eq!(c.status, 200, "{url}: {c:?}");
+        let v = c.json();
+        let recent = v["recent_denials"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"));
+        let other = recent
+            .iter()
+            .find(|r| r["name"] == "other.test")
+            .unwrap_or_else(|| panic!("other.test not listed: {v}"));
+        assert_eq!(other["code"], "host_not_allowed", "{other}");
+        assert!(
+            other["reason"].as_str().unwrap().contains("other.test"),
+            "{other}"
+        );
+        assert!(recent.iter().any(|r| r["name"] == "leak.exfil.test"), "{v}");
+        // The allowlist is an exfiltration map: never shown.
+        for secret in [
+            "secret-partner.test",
+            "cdn.test",
+            "*.allowed.test",
+            "rebind.test",
+        ] {
+            assert!(!c.body.contains(secret), "{secret} leaked: {}", c.body);
+        }
+    }
+}

@@ -415,7 +415,17 @@ fn what_is_wanted(
         Peeked::Opaque => {
             // No name on the wire: only a name our DNS gave this container for
             // this address can be matched, and only against a host:port rule.
-            let Some(name) = att.dns.name_of(dst.ip()) else {
+            // Several names may share an address (CDNs): the first one a
+            // host:port rule allows decides; else the first name, for the reason.
+            let names = att.dns.names_of(dst.ip());
+            let policy = att.shared.policy.load();
+            let chosen = names
+                .iter()
+                .filter_map(|n| CanonicalName::parse(n).ok())
+                .find(|n| matches!(policy.decide(&att.profile, n, dst.port(), Protocol::Opaque), Decision::Allow { .. }))
+                .map(|n| n.as_str().to_string())
+                .or_else(|| names.first().cloned());
+            let Some(name) = chosen else {
                 return Err(Early::Deny {
                     reply: Reply::Reset,
                     code: DenyCode::ProtocolNotAllowed,

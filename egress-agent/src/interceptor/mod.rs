@@ -275,9 +275,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
         return;
     }
     drop(buf);
-    let (t, _err) = crate::copy::bidirectional(client, upstream).await;
+    let (t, err) = crate::copy::bidirectional(client, upstream).await;
     rec.bytes_up = t.up;
     rec.bytes_down = t.down;
+    if let Some(e) = err {
+        // The record says why the connection ended early (the peer got a reset too).
+        if let crate::copy::Disconnect::UpstreamReset(_) = e {
+            tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");
+        }
+        rec.reason = Some(e.to_string());
+    }
     finish(att, rec, started);
 }
 
@@ -422,7 +429,12 @@ fn what_is_wanted(
             let chosen = names
                 .iter()
                 .filter_map(|n| CanonicalName::parse(n).ok())
-                .find(|n| matches!(policy.decide(&att.profile, n, dst.port(), Protocol::Opaque), Decision::Allow { .. }))
+                .find(|n| {
+                    matches!(
+                        policy.decide(&att.profile, n, dst.port(), Protocol::Opaque),
+                        Decision::Allow { .. }
+                    )
+                })
                 .map(|n| n.as_str().to_string())
                 .or_else(|| names.first().cloned());
             let Some(name) = chosen else {

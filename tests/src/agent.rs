@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Arc, Mutex},
     time::Duration,
 };
 
@@ -61,6 +61,8 @@ pub struct Agent {
     cgroups: Vec<PathBuf>,
     /// First stdout line: "enforcing cgroup id N (adopted pins: B)".
     pub banner: String,
+    /// Every stderr line so far (also echoed as `[agent] ...`).
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Agent {
@@ -71,6 +73,13 @@ impl Agent {
         std::fs::write(&policy, policy_toml).unwrap();
         let audit = dir.join("audit.jsonl");
         Self::spawn_attach(topo, policy, audit)
+    }
+
+    /// `egress-agent attach` with the audit log at `audit` (e.g. on a tiny tmpfs).
+    pub fn attach_with_audit(topo: &Topology, policy_toml: &str, audit: &Path) -> Agent {
+        let policy = topo.workdir().join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        Self::spawn_attach(topo, policy, audit.to_path_buf())
     }
 
     fn spawn_attach(topo: &Topology, policy: PathBuf, audit: PathBuf) -> Agent {
@@ -136,9 +145,12 @@ impl Agent {
                 let _ = tx.send(line);
             }
         });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent] {line}");
+                log2.lock().unwrap().push(line.clone());
                 if line.contains("daemon ready") {
                     let _ = tx2.send(line);
                 }
@@ -153,6 +165,26 @@ impl Agent {
             audit,
             cgroups,
             banner,
+            log,
+        }
+    }
+
+    /// The agent's stderr lines so far (every process this `Agent` started).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
+                return Some(l);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -162,6 +194,10 @@ impl Agent {
         let mut a = Self::spawn_attach(topo, self.policy.clone(), self.audit.clone());
         self.child = a.child.take();
         self.banner = std::mem::take(&mut a.banner);
+        // One log across restarts: the earlier process's lines first.
+        let old = self.log.lock().unwrap().clone();
+        a.log.lock().unwrap().splice(0..0, old);
+        self.log = a.log.clone();
         // `a` has no child left: its Drop only re-detaches nothing we still need...
         a.cgroups.clear();
     }

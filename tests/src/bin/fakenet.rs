@@ -529,6 +529,41 @@ async fn banner(st: Arc<State>, l: TcpListener) {
     }
 }
 
+/// Reads the client's first bytes, then closes with SO_LINGER 0: an RST instead of a reply.
+async fn reset(st: Arc<State>, l: TcpListener) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": "reset"}));
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+            drop(s);
+        });
+    }
+}
+
+/// Reads and never answers, until the peer closes (or a minute passes).
+async fn silent(st: Arc<State>, l: TcpListener) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": "silent"}));
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
 async fn udp_echo(st: Arc<State>, sock: UdpSocket) {
     let local = sock.local_addr().unwrap();
     let mut buf = vec![0u8; 65535];
@@ -670,6 +705,14 @@ async fn run(args: Args) -> Result<()> {
             tokio::spawn(banner(
                 st.clone(),
                 tcp(SocketAddr::new(ip, BANNER_PORT)).await?,
+            ));
+            tokio::spawn(reset(
+                st.clone(),
+                tcp(SocketAddr::new(ip, RESET_PORT)).await?,
+            ));
+            tokio::spawn(silent(
+                st.clone(),
+                tcp(SocketAddr::new(ip, SILENT_PORT)).await?,
             ));
             for port in UDP_ECHO_PORTS {
                 tokio::spawn(udp_echo(st.clone(), udp(SocketAddr::new(ip, port)).await?));

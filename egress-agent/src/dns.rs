@@ -56,7 +56,8 @@ const MAX_QUERIES_IN_FLIGHT: usize = 512;
 pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
     let sock = Arc::new(sock);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT));
-    let mut overloaded = false;
+    // At most one warning per 10 s while at the cap: a flood must not flood the log too.
+    let mut warned: Option<Instant> = None;
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -67,13 +68,13 @@ pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if !overloaded {
+            if warned.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(10)) {
+                warned = Some(Instant::now());
                 tracing::warn!(
                     cgroup_id = att.cgroup.id,
                     max = MAX_QUERIES_IN_FLIGHT,
                     "dns queries in flight at the cap; refusing until some finish"
                 );
-                overloaded = true;
             }
             if let Parsed::Query(req) = parse(&buf[..n]) {
                 let outcome = Outcome::Blocked {
@@ -87,7 +88,6 @@ pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
             }
             continue;
         };
-        overloaded = false;
         let packet = buf[..n].to_vec();
         let (sock, att) = (sock.clone(), att.clone());
         tokio::spawn(async move {

@@ -83,6 +83,24 @@ pub fn threat(class: &str, name: &str, blocked: bool) {
     }
 }
 
+/// A [`threat`] recorded when dropped: blocked unless the test is panicking. For tests that
+/// check one attack through many assertions: create it right after the enforcer starts.
+pub struct ThreatGuard {
+    class: &'static str,
+    name: &'static str,
+}
+
+/// See [`ThreatGuard`].
+pub fn threat_guard(class: &'static str, name: &'static str) -> ThreatGuard {
+    ThreatGuard { class, name }
+}
+
+impl Drop for ThreatGuard {
+    fn drop(&mut self) {
+        threat(self.class, self.name, !std::thread::panicking());
+    }
+}
+
 /// The cgroup v2 mount point, read from /proc/self/mountinfo (`/sys/fs/cgroup` on most hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones).
 pub fn cgroup2_root() -> Option<PathBuf> {

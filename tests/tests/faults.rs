@@ -242,6 +242,10 @@ fn upstreams_that_refuse_reset_or_never_answer_give_clear_errors() {
         ]),
     );
     let pid = agent.pid();
+    let _threat = egress_tests::threat_guard(
+        "E",
+        "upstream refuses, resets, never answers: clear error, bounded time, no hang",
+    );
 
     // Refused: the deny contract at once.
     let got = slow_get(&topo, "allowed.test", 9);
@@ -342,6 +346,14 @@ fn a_resolver_that_is_down_or_slow_gives_dns_error_and_servfail() {
         let policy = test_policy(&[]).replace("203.0.113.53:53", &resolver);
         let mut agent = Agent::attach(&topo, &policy);
         let pid = agent.pid();
+        let _threat = egress_tests::threat_guard(
+            "E",
+            if what == "down" {
+                "resolver down: dns_error and SERVFAIL within the lookup bound"
+            } else {
+                "resolver slow: dns_error and SERVFAIL within the lookup bound"
+            },
+        );
         // HTTP to an allowed name: the agent cannot resolve it.
         let got = slow_get(&topo, "allowed.test", 80);
         let took = got.2;

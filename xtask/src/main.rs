@@ -179,8 +179,14 @@ fn deps() -> Result<()> {
 /// every test binary (cargo's own last lines are per-binary, often doc tests).
 fn cargo_test(args: &[&str]) -> Result<()> {
     use std::io::{BufRead, BufReader};
+    // Every attack of the THREATS catalogue the suites run with the enforcer appends one line
+    // here (`egress_tests::threat`); summarised below, before the overall tests line.
+    let threat_log =
+        std::env::temp_dir().join(format!("egress-threats-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&threat_log);
     let mut child = Command::new(env!("CARGO"))
         .args(args)
+        .env("EGRESS_THREAT_LOG", &threat_log)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -202,11 +208,59 @@ fn cargo_test(args: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    println!();
+    let threats = std::fs::read_to_string(&threat_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&threat_log);
+    println!("{}", threat_summary(&threats));
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
     Ok(())
+}
+
+/// `threats: N attacks, N blocked, 0 bypassed (A: n, B: n, ...)` from the JSONL the tests wrote
+/// (`{"class","name","blocked","test"}` per attack), naming every bypass.
+fn threat_summary(jsonl: &str) -> String {
+    let (mut total, mut blocked) = (0usize, 0usize);
+    let mut by_class: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut bypassed = Vec::new();
+    for line in jsonl.lines() {
+        // Minimal field extraction: the helper writes flat one-line JSON objects.
+        let field = |k: &str| -> Option<String> {
+            let rest = line.split(&format!("\"{k}\":")).nth(1)?;
+            let rest = rest.trim_start();
+            Some(if let Some(r) = rest.strip_prefix('"') {
+                r.split('"').next()?.to_string()
+            } else {
+                rest.split([',', '}']).next()?.trim().to_string()
+            })
+        };
+        let Some(class) = field("class") else {
+            continue;
+        };
+        total += 1;
+        *by_class.entry(class.clone()).or_default() += 1;
+        if field("blocked").as_deref() == Some("true") {
+            blocked += 1;
+        } else {
+            bypassed.push(format!(
+                "{class}: {} ({})",
+                field("name").unwrap_or_default(),
+                field("test").unwrap_or_default()
+            ));
+        }
+    }
+    let classes: Vec<String> = by_class.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    let mut out = format!(
+        "threats: {total} attacks, {blocked} blocked, {} bypassed ({})",
+        bypassed.len(),
+        classes.join(", ")
+    );
+    for b in bypassed {
+        out.push_str(&format!("\n  BYPASSED {b}"));
+    }
+    out
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -38,7 +38,7 @@ pub struct Record {
     /// The name the decision was about (SNI, Host, CONNECT target, DNS question).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// tls | http | connect | opaque | dns | dns-tcp | kernel
+    /// tls | https (inspected) | http | connect | opaque | dns | dns-tcp | kernel
     pub protocol: &'static str,
     /// allow | deny | would_deny (monitor mode)
     pub decision: &'static str,
@@ -50,6 +50,14 @@ pub struct Record {
     /// The address the agent dialed (never the client's choice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Inspected HTTPS and plain HTTP: one record per request, with its method, path
+    /// (without the query) and the status returned to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,

@@ -284,6 +284,21 @@ fn inspected_requests_are_checked_and_credentials_injected() {
         assert_ne!(r.status, 200, "{r:?}");
     }
 
+    // An explicit CONNECT to an inspected host is inspected inside the tunnel.
+    let r = s.curl(&[
+        "--proxy",
+        "http://egress.internal:3128",
+        &format!("{API}/v1/via-connect"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echoed_header("x-api-key").as_deref(), Some(SECRET));
+    let r = s.curl(&[
+        "--proxy",
+        "http://egress.internal:3128",
+        &format!("{API}/admin"),
+    ]);
+    r.assert_denied(403, "path_not_allowed");
+
     // python: urllib (SSL_CERT_FILE) and requests (REQUESTS_CA_BUNDLE).
     let out = s.python(
         "import urllib.request,json;r=urllib.request.urlopen('https://api.allowed.test/v1/py');print(r.status);print(r.read().decode())",

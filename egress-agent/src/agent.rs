@@ -115,6 +115,8 @@ pub struct Running {
     pub attachment: Arc<Attachment>,
     pub enforcement: Enforcement,
     pub netns: Netns,
+    /// Where the listeners are (also in the kernel's eg_config).
+    pub config: bpf::maps::EgressConfig,
     tasks: JoinSet<()>,
 }
 
@@ -134,7 +136,8 @@ impl Running {
         let mut enforcement = Enforcement::attach(&cg)?;
         sync_deny_set(&mut enforcement, &policy)?;
         let listeners = Listeners::create(&netns)?;
-        enforcement.configure(listeners.config())?;
+        let config = listeners.config();
+        enforcement.configure(config)?;
         let orig = enforcement.take_orig_dst()?;
         let events = enforcement.take_events()?;
         let attachment = Arc::new(Attachment {
@@ -180,6 +183,7 @@ impl Running {
             attachment,
             enforcement,
             netns,
+            config,
             tasks,
         })
     }

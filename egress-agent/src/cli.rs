@@ -343,9 +343,10 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
     let running = Running::start(shared, cg, netns, args.profile)?;
+    let c = running.config;
     println!(
-        "enforcing cgroup id {} (adopted pins: {})",
-        running.attachment.cgroup.id, running.enforcement.adopted
+        "enforcing cgroup id {} (adopted pins: {}) listeners tcp=127.0.0.1:{},[::1]:{} dns=127.0.0.1:{},[::1]:{}",
+        running.attachment.cgroup.id, running.enforcement.adopted, c.tcp_port4, c.tcp_port6, c.dns_port4, c.dns_port6
     );
     crate::daemon::wait_for_shutdown(|| {}).await;
     // Leaving the pins in place: enforcement outlives the agent until `detach`.

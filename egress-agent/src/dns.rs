@@ -24,7 +24,6 @@ use tokio::{
 };
 
 use crate::{
-    addr::Verdict,
     agent::Attachment,
     audit::Record,
     policy::{name::CanonicalName, Decision, Protocol},
@@ -225,14 +224,7 @@ async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::
             }
         }
     };
-    let mut keep = Vec::new();
-    let mut refused = Vec::new();
-    for ip in addrs {
-        match policy.addr_policy().classify(ip) {
-            Verdict::Denied { reason, .. } => refused.push(format!("{ip} ({reason})")),
-            _ => keep.push(ip),
-        }
-    }
+    let (keep, refused) = crate::resolve::screen(policy, addrs);
     att.dns.remember(name.as_str(), &keep, ttl);
     let want_v4 = qtype == RecordType::A;
     let answer: Vec<IpAddr> = keep

@@ -3,7 +3,8 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use hickory_resolver::{
@@ -82,4 +83,41 @@ impl Resolver {
             .min(u32::MAX as u64) as u32;
         Ok((res.iter().collect(), ttl))
     }
+}
+
+/// Split resolved addresses into those the agent may use and those it refuses
+/// (with the reason), by the one classifier of `addr` plus the host's own
+/// addresses. Used for every dial and every DNS answer alike.
+pub fn screen(policy: &crate::policy::Policy, addrs: Vec<IpAddr>) -> (Vec<IpAddr>, Vec<String>) {
+    let own = host_addresses();
+    let mut ok = Vec::with_capacity(addrs.len());
+    let mut refused = Vec::new();
+    for ip in addrs {
+        match policy.addr_policy().classify(ip) {
+            crate::addr::Verdict::Denied { reason, .. } => refused.push(format!("{ip} ({reason})")),
+            _ if own.contains(&ip) => {
+                refused.push(format!("{ip} (an address of the agent's host)"))
+            }
+            _ => ok.push(ip),
+        }
+    }
+    (ok, refused)
+}
+
+/// How long the host's address list is reused before it is read again.
+const HOST_ADDRS_TTL: Duration = Duration::from_secs(5);
+
+/// The agent's own host addresses (THREATS B: proxy loops, host services). Read
+/// at most every few seconds; the lock is held only to clone an Arc.
+fn host_addresses() -> Arc<Vec<IpAddr>> {
+    static CACHE: Mutex<Option<(Instant, Arc<Vec<IpAddr>>)>> = Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, v)) = c.as_ref() {
+        if at.elapsed() < HOST_ADDRS_TTL {
+            return v.clone();
+        }
+    }
+    let v = Arc::new(crate::sys::local_addresses().unwrap_or_default());
+    *c = Some((Instant::now(), v.clone()));
+    v
 }

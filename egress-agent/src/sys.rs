@@ -320,3 +320,41 @@ pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     // SAFETY: plain syscall.
     cvt(unsafe { libc::kill(pid as libc::pid_t, sig) } as libc::c_long).map(|_| ())
 }
+
+/// Every address configured on an interface of the calling thread's network
+/// namespace (getifaddrs).
+pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once; each
+    // sockaddr is read according to its family.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let sa = (*cur).ifa_addr;
+            if !sa.is_null() {
+                match (*sa).sa_family as i32 {
+                    libc::AF_INET => {
+                        let a = &*(sa as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                            u32::from_be(a.sin_addr.s_addr),
+                        )));
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*(sa as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                            a.sin6_addr.s6_addr,
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
+}

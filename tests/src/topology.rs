@@ -169,6 +169,17 @@ fn remove_cgroup(cg: &Path) {
         let empty = fs::read_to_string(cg.join("cgroup.procs"))
             .map(|s| s.trim().is_empty())
             .unwrap_or(true);
+        if empty {
+            // Child cgroups a test (or the workload) made go first, depth-first:
+            // rmdir of a cgroup with children fails with EBUSY.
+            if let Ok(entries) = fs::read_dir(cg) {
+                for e in entries.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        remove_cgroup(&e.path());
+                    }
+                }
+            }
+        }
         if (empty && fs::remove_dir(cg).is_ok()) || !cg.exists() {
             return;
         }

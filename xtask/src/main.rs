@@ -62,7 +62,7 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "--workspace", "--all-targets"])?;
             let mut a = vec!["test", "--workspace"];
             a.extend(args.iter().map(String::as_str));
-            cargo(&a)
+            cargo_test(&a)
         }
         Cmd::Demo => {
             deps()?;
@@ -106,6 +106,40 @@ fn deps() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// `cargo test`, echoing its output, then one closing line with the totals of
+/// every test binary (cargo's own last lines are per-binary, often doc tests).
+fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(key).map(str::trim))
+                    .map(|n| n.rsplit(' ').next().unwrap_or(n))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += num(" passed");
+            failed += num(" failed");
+            ignored += num(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -180,8 +180,11 @@ mod tests {
     use super::*;
     use std::{collections::HashMap, mem::offset_of, process::Command};
 
-    /// Struct name -> (size, member name -> byte offset), from `bpftool btf dump`.
-    fn btf_structs() -> Option<HashMap<String, (usize, HashMap<String, usize>)>> {
+    /// Struct name -> (size, member name -> byte offset).
+    type BtfStructs = HashMap<String, (usize, HashMap<String, usize>)>;
+
+    /// The object's structs, from `bpftool btf dump`.
+    fn btf_structs() -> Option<BtfStructs> {
         let obj = std::env::temp_dir().join(format!("egress-btf-{}.o", std::process::id()));
         std::fs::write(&obj, crate::bpf::OBJECT).ok()?;
         let out = Command::new("bpftool")

@@ -26,14 +26,8 @@ pub async fn connect(
         .lookup(name.as_str())
         .await
         .map_err(|e| (DenyCode::DnsError, e.to_string()))?;
-    let mut refused = Vec::new();
-    let mut allowed = Vec::new();
-    for ip in addrs {
-        match policy.addr_policy().classify(ip) {
-            crate::addr::Verdict::Denied { reason, .. } => refused.push(format!("{ip} ({reason})")),
-            _ => allowed.push(SocketAddr::new(ip, port)),
-        }
-    }
+    let (ok, refused) = crate::resolve::screen(policy, addrs);
+    let allowed: Vec<SocketAddr> = ok.into_iter().map(|ip| SocketAddr::new(ip, port)).collect();
     if allowed.is_empty() {
         let reason = if refused.is_empty() {
             format!("{name} has no addresses")

@@ -175,6 +175,13 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         reply_max: usize,
     },
+    /// Time `count` blocking connect() calls (socket creation and close not
+    /// timed): per-call microseconds, for benchmark W4.
+    ConnectLoop {
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 /// The output line under construction.
@@ -852,6 +859,35 @@ fn cmd_many(
     }
 }
 
+fn cmd_connect_loop(target: SocketAddr, count: usize) -> Out {
+    let mut out = Out::new("connect-loop", target);
+    let mut us = Vec::with_capacity(count);
+    let mut errnos: std::collections::BTreeMap<i32, usize> = Default::default();
+    for _ in 0..count {
+        let s = match Socket::new(domain_of(&target), Type::STREAM, Some(Protocol::TCP)) {
+            Ok(s) => s,
+            Err(e) => return out.fail("socket", &e),
+        };
+        let addr = socket2::SockAddr::from(target);
+        let t0 = Instant::now();
+        let r = s.connect(&addr);
+        us.push(t0.elapsed().as_nanos() as f64 / 1000.0);
+        if let Err(e) = r {
+            *errnos.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1;
+        }
+        drop(s);
+    }
+    us.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| us[((us.len() as f64 - 1.0) * p) as usize];
+    out.set("count", count);
+    out.set("median_us", pct(0.5));
+    out.set("p90_us", pct(0.9));
+    out.set("p99_us", pct(0.99));
+    out.set("mean_us", us.iter().sum::<f64>() / us.len() as f64);
+    out.set("errnos", json!(errnos));
+    out.ok()
+}
+
 fn main() {
     let cli = Cli::parse();
     let t = Duration::from_millis(cli.timeout_ms);
@@ -923,6 +959,7 @@ fn main() {
             io,
         } => cmd_rthdr(*target, via, *rtype, io, t),
         Cmd::UnshareConnect { target, io } => cmd_unshare(*target, io, t),
+        Cmd::ConnectLoop { target, count } => cmd_connect_loop(*target, *count),
         Cmd::Many {
             target,
             count,

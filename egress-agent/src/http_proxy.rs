@@ -471,6 +471,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         h.remove(n);
     }
+    // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC needs it end to end.
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for n in [
         "keep-alive",
         "proxy-connection",
@@ -481,6 +485,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         "transfer-encoding",
     ] {
         h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

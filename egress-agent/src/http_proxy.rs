@@ -188,6 +188,7 @@ impl Conn {
             }
         }
 
+        let request_length = req.headers().get(header::CONTENT_LENGTH).cloned();
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let resp = match self.upstream.send(self, req, websocket).await {
             Ok(r) => r,
@@ -216,8 +217,17 @@ impl Conn {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
         rec.status = Some(resp.status().as_u16());
-        self.finish(rec, started);
-        resp.map(|b| b.boxed())
+        rec.bytes_up = content_length(&request_length);
+        // The record is written when the response body ends (or the client goes away), with
+        // the bytes actually relayed.
+        let att = self.att.clone();
+        resp.map(|inner| {
+            Audited {
+                inner,
+                done: Some((att, rec, started)),
+            }
+            .boxed()
+        })
     }
 
     /// Steps 1–3. Returns the per-request rule (if the host has rules) and whether the
@@ -269,12 +279,17 @@ impl Conn {
                 "HTTP/2 request without :authority",
             ));
         }
-        match req.headers().get(header::HOST).map(HeaderValue::to_str) {
+        // Bytes, not `to_str`: a UTF-8 Host (fullwidth letters, IDN) is canonicalised like SNI.
+        match req
+            .headers()
+            .get(header::HOST)
+            .map(|v| std::str::from_utf8(v.as_bytes()))
+        {
             Some(Ok(h)) => self.check_host(h, "Host")?,
             Some(Err(_)) => {
                 return Err(Refusal::new(
                     DenyCode::HostMismatch,
-                    "Host header is not ASCII",
+                    "Host header is not UTF-8",
                 ))
             }
             None if uri.authority().is_none() => {
@@ -419,6 +434,55 @@ impl Conn {
     fn finish(&self, mut rec: Record, started: Instant) {
         rec.duration_ms = started.elapsed().as_millis() as u64;
         self.att.shared.audit.record(rec);
+    }
+}
+
+fn content_length(v: &Option<HeaderValue>) -> u64 {
+    v.as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A response body that counts what it relays and writes the request's audit record when it
+/// is done or dropped.
+struct Audited {
+    inner: Incoming,
+    done: Option<(Arc<Attachment>, Record, Instant)>,
+}
+
+impl hyper::body::Body for Audited {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let p = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &p {
+            if let (Some(d), Some((_, rec, _))) = (f.data_ref(), self.done.as_mut()) {
+                rec.bytes_down += d.len() as u64;
+            }
+        }
+        p
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        if let Some((att, mut rec, started)) = self.done.take() {
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            att.shared.audit.record(rec);
+        }
     }
 }
 

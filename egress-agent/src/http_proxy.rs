@@ -102,13 +102,17 @@ where
     let io = TokioIo::new(io);
     let res = if h2 {
         let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // half_close: a client that shuts down writing after its request still gets the
+        // answer (HTTP/1.0-style clients, `printf | nc`).
         b.http1()
+            .half_close(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         b.http2().timer(TokioTimer::new());
         b.serve_connection_with_upgrades(io, svc).await
     } else {
         hyper::server::conn::http1::Builder::new()
+            .half_close(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(io, svc)

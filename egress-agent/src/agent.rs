@@ -95,7 +95,14 @@ impl DnsMemory {
         let now = Instant::now();
         let m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         m.get(&ip)
-            .map(|names| names.iter().rev().filter(|(_, t)| *t > now).map(|(n, _)| n.clone()).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .rev()
+                    .filter(|(_, t)| *t > now)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -278,7 +285,10 @@ mod tests {
         m.remember("cdn.test", &[ip], 0);
         m.remember("other.test", &[ip], 0);
         m.remember("cdn.test", &[ip], 0);
-        assert_eq!(m.names_of(ip), vec!["cdn.test".to_string(), "other.test".to_string()]);
+        assert_eq!(
+            m.names_of(ip),
+            vec!["cdn.test".to_string(), "other.test".to_string()]
+        );
         for i in 0..20 {
             m.remember(&format!("n{i}.test"), &[ip], 0);
         }

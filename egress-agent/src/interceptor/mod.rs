@@ -470,7 +470,12 @@ fn what_is_wanted(
             let chosen = names
                 .iter()
                 .filter_map(|n| CanonicalName::parse(n).ok())
-                .find(|n| matches!(policy.decide(&att.profile, n, dst.port(), Protocol::Opaque), Decision::Allow { .. }))
+                .find(|n| {
+                    matches!(
+                        policy.decide(&att.profile, n, dst.port(), Protocol::Opaque),
+                        Decision::Allow { .. }
+                    )
+                })
                 .map(|n| n.as_str().to_string())
                 .or_else(|| names.first().cloned());
             let Some(name) = chosen else {

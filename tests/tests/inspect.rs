@@ -577,3 +577,37 @@ fn untrusted_ca_is_reported_with_the_fix() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("client_rejected_ca"), "{}", r.body);
 }
+
+/// ECH under inspection is stripped, not refused: a ClientHello carrying a
+/// GREASE ECH extension (as every Chromium sends) to an inspected host gets the
+/// agent's ServerHello; the same hello without the agent reaches fakenet.
+#[test]
+fn grease_ech_to_an_inspected_host_is_stripped_not_refused() {
+    if !require_root() {
+        return;
+    }
+    use egress_tests::clients::{client_hello_with, grease_ech_extension, raw};
+    let s = setup("inspect_ech");
+    let hello = client_hello_with(Some(b"api.allowed.test"), 16384, &grease_ech_extension());
+    let direct = raw(&s.topo, "198.51.100.10", 443, &hello, 0, false);
+    assert!(
+        direct.server_hello(),
+        "fakenet answers the hello directly: {:?}",
+        direct.reply
+    );
+    let agent = s.agent();
+    let r = raw(&s.topo, "198.51.100.10", 443, &hello, 0, false);
+    assert!(
+        r.server_hello(),
+        "expected a ServerHello, got {:?} (alert {:?})",
+        r.reply,
+        r.tls_alert()
+    );
+    let rec = wait_record(&agent, |r| {
+        r["name"] == "api.allowed.test" && r["reason"].as_str().is_some_and(|x| x.contains("ECH"))
+    });
+    assert!(
+        rec["reason"].as_str().unwrap().contains("stripped"),
+        "{rec}"
+    );
+}

@@ -225,20 +225,17 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
         }
     }
 
-    // We cannot honour ECH while terminating TLS, and its outer SNI is not the real name.
+    // ECH under inspection is stripped, not refused: our TLS server (rustls)
+    // ignores the extension and answers for the outer name, which is the name
+    // the policy just judged. A GREASE-ECH client (every Chromium) carries on;
+    // a client with real ECH cannot verify ECH acceptance and aborts itself, so
+    // its hidden inner name never gets a connection. Noted in the audit log.
     if let (true, Peeked::Tls(hello)) = (inspect, &peeked) {
         if hello.offers_ech() {
-            let denial = respond::denial(
-                &policy,
-                DenyCode::ProtocolNotAllowed,
-                wanted.name.as_str().into(),
-                wanted.port,
-                format!("the ClientHello offers Encrypted Client Hello, which cannot be honoured while {} is inspected", wanted.name),
-                rec.rule.clone(),
-                format!("disable ECH in the client, or mark \"{}\" passthrough", wanted.name),
+            rec.reason = Some(
+                "ClientHello offered ECH; stripped under inspection (decided on the outer SNI)"
+                    .into(),
             );
-            deny(att, &policy, client, Reply::Tls, denial, rec, started).await;
-            return;
         }
     }
 

@@ -154,6 +154,7 @@ impl Inspector {
 pub async fn inspect(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
     let started = Instant::now();
     conn.base.protocol = "https";
+    let conn_note = conn.base.reason.clone();
     let (att, name) = (conn.att.clone(), conn.name.clone());
     let setup =
         Inspector::get(&conn.policy).and_then(|i| i.upstream_tls(&conn.policy).map(|u| (i, u)));
@@ -213,6 +214,7 @@ pub async fn inspect(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
                     rec.reason = Some(format!("TLS handshake with the client failed: {e}"));
                 }
             }
+            keep_note(&mut rec, &conn_note);
             tracing::info!(target: "egress::deny", name = name.as_str(), code = rec.code.as_deref().unwrap_or(""), reason = rec.reason.as_deref().unwrap_or(""), "inspection handshake failed");
             finish(&att, rec, started);
             return;
@@ -224,6 +226,7 @@ pub async fn inspect(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
             rec.reason = Some(format!(
                 "the client did not finish the TLS handshake within {HANDSHAKE_TIMEOUT:?}"
             ));
+            keep_note(&mut rec, &conn_note);
             finish(&att, rec, started);
             return;
         }
@@ -236,4 +239,14 @@ pub async fn inspect(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
 fn finish(att: &Attachment, mut rec: Record, started: Instant) {
     rec.duration_ms = started.elapsed().as_millis() as u64;
     att.shared.audit.record(rec);
+}
+
+/// A handshake failure's reason replaces the connection's, but a note the
+/// interceptor made earlier (e.g. ECH stripped) must stay visible next to it.
+fn keep_note(rec: &mut Record, note: &Option<String>) {
+    if let (Some(note), Some(reason)) = (note, rec.reason.as_mut()) {
+        reason.push_str(" (");
+        reason.push_str(note);
+        reason.push(')');
+    }
 }

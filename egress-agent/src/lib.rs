@@ -11,17 +11,20 @@ pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod control;
 pub mod copy;
 pub mod daemon;
 pub mod deny;
 pub mod dns;
 pub mod exec;
 pub mod interceptor;
+pub mod metrics;
 pub mod netns;
 pub mod peek;
 pub mod policy;
 pub mod resolve;
 pub mod status;
+pub mod suggest;
 pub mod sys;
 
 /// `egress.internal`: the agent's own address inside every sandbox (status page,

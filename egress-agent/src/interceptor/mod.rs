@@ -72,6 +72,7 @@ struct Wanted {
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     let started = Instant::now();
+    let _active = att.shared.audit.metrics().connection();
     let _ = client.set_nodelay(true);
     let mut rec = att.record("tcp");
     rec.client = peer.to_string();
@@ -109,6 +110,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     // One policy snapshot for the whole connection: a reload never changes a
     // decision already made.
     let policy = att.shared.policy.load_full();
+    rec.policy = policy.version().to_string();
 
     // 2. Peek.
     let mut buf = Vec::new();

@@ -44,6 +44,8 @@ pub struct Agent {
     cgroups: Vec<PathBuf>,
     /// First stdout line: "enforcing cgroup id N (adopted pins: B)".
     pub banner: String,
+    /// The daemon's control socket (`daemon_control` only).
+    pub control: Option<PathBuf>,
 }
 
 impl Agent {
@@ -97,6 +99,48 @@ impl Agent {
         Self::start(cmd, policy, audit, cgroups)
     }
 
+    /// `egress-agent daemon` with nothing attached by its config and its own
+    /// control socket (`<workdir>/control.sock`), in the topology's agent
+    /// namespace; `extra` are more daemon arguments (e.g. `--metrics ADDR`).
+    /// The topology's cgroup is detached on drop, whoever attached it.
+    pub fn daemon_control(topo: &Topology, policy_toml: &str, extra: &[&str]) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let control = dir.join("control.sock");
+        let config = dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!("policy = {policy:?}\naudit_log = {audit:?}\n"),
+        )
+        .unwrap();
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .args(extra);
+        let mut a = Self::start(
+            cmd,
+            policy,
+            audit,
+            vec![topo.ctr_cgroup_path().to_path_buf()],
+        );
+        a.control = Some(control);
+        a
+    }
+
+    /// The `egress-agent` CLI, talking to this daemon's control socket.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin_path("egress-agent"));
+        if let Some(s) = &self.control {
+            c.env("EGRESS_CONTROL", s);
+        }
+        c
+    }
+
     fn start(mut cmd: Command, policy: PathBuf, audit: PathBuf, cgroups: Vec<PathBuf>) -> Agent {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -128,6 +172,7 @@ impl Agent {
             audit,
             cgroups,
             banner,
+            control: None,
         }
     }
 

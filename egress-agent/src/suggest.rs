@@ -75,6 +75,8 @@ struct Seen {
     connected: BTreeMap<String, BTreeSet<Spec>>,
     /// names only resolved.
     resolved: BTreeSet<String>,
+    /// destinations of connections that carried no name (no rule can allow them).
+    nameless: BTreeSet<String>,
 }
 
 pub fn run(args: &SuggestArgs) -> Result<String, SuggestError> {
@@ -99,7 +101,11 @@ pub fn run(args: &SuggestArgs) -> Result<String, SuggestError> {
         if args.profile.as_deref().is_some_and(|p| p != profile) {
             continue;
         }
-        if let Some((name, spec)) = learn(&v) {
+        if let Some(dst) = nameless(&v) {
+            used += 1;
+            let seen = profiles.entry(profile.to_string()).or_default();
+            seen.nameless.insert(dst);
+        } else if let Some((name, spec)) = learn(&v) {
             used += 1;
             let seen = profiles.entry(profile.to_string()).or_default();
             match spec {
@@ -123,6 +129,17 @@ pub fn run(args: &SuggestArgs) -> Result<String, SuggestError> {
     let out = render(args, &profiles, total, used);
     Policy::parse(&out, "suggest").map_err(|e| SuggestError::Invalid(e.to_string()))?;
     Ok(out)
+}
+
+/// The destination of a monitor-mode connection that had no name at all.
+fn nameless(v: &serde_json::Value) -> Option<String> {
+    let learnable = v["decision"] == "would_deny"
+        && v["protocol"] != "kernel"
+        && !v["protocol"].as_str().unwrap_or("dns").starts_with("dns")
+        && v["code"].as_str().is_some_and(|c| LEARNABLE.contains(&c));
+    (learnable && v["name"].is_null())
+        .then(|| v["orig_dst"].as_str().map(str::to_string))
+        .flatten()
 }
 
 /// The (name, Some(port spec)) a connection record asks for, or (name, None)
@@ -194,6 +211,14 @@ fn render(
                 o,
                 "# resolved but never connected to (allowed on 80/443 so their DNS answers): {}",
                 dns_only.join(", ")
+            );
+        }
+        if !seen.nameless.is_empty() {
+            let list: Vec<&str> = seen.nameless.iter().map(String::as_str).collect();
+            let _ = writeln!(
+                o,
+                "# connections without any name (enforce mode refuses them; no rule can allow them): {}",
+                list.join(", ")
             );
         }
         let mut allow = Vec::new();
@@ -314,6 +339,8 @@ mod tests {
                 "198.51.100.10:443",
             ),
             rec("http", "allow", None, "egress.internal", "192.0.2.1:80"),
+            serde_json::json!({"profile": "default", "protocol": "opaque", "decision": "would_deny",
+                "code": "protocol_not_allowed", "orig_dst": "198.51.100.10:25"}),
         ]);
         let args = SuggestArgs {
             from: p.clone(),
@@ -327,6 +354,10 @@ mod tests {
         );
         assert!(
             !out.contains("evil") && !out.contains("egress.internal"),
+            "{out}"
+        );
+        assert!(
+            out.contains("no rule can allow them): 198.51.100.10:25\n"),
             "{out}"
         );
         let wild = run(&SuggestArgs {

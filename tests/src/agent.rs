@@ -69,8 +69,14 @@ impl Agent {
             .arg(&policy)
             .arg("--audit-log")
             .arg(&audit);
+        // A per-test control path nobody serves: standalone mode, whatever
+        // daemon may listen on the machine's default socket.
+        let control = topo.workdir().join("control.sock");
+        cmd.env("EGRESS_CONTROL", &control);
         let cgroups = vec![topo.ctr_cgroup_path().to_path_buf()];
-        Self::start(cmd, policy, audit, cgroups)
+        let mut a = Self::start(cmd, policy, audit, cgroups);
+        a.control = Some(control);
+        a
     }
 
     /// `egress-agent daemon` over several topologies' containers, run in the
@@ -90,13 +96,21 @@ impl Agent {
         }
         let config = dir.join("daemon.toml");
         std::fs::write(&config, cfg).unwrap();
+        // Its own control socket: never the machine's default one.
+        let control = dir.join("control.sock");
         let mut cmd = topos[0].ag_command(bin_path("egress-agent"));
-        cmd.arg("daemon").arg("--config").arg(&config);
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config);
         let cgroups = topos
             .iter()
             .map(|t| t.ctr_cgroup_path().to_path_buf())
             .collect();
-        Self::start(cmd, policy, audit, cgroups)
+        let mut a = Self::start(cmd, policy, audit, cgroups);
+        a.control = Some(control);
+        a
     }
 
     /// `egress-agent daemon` with nothing attached by its config and its own
@@ -181,6 +195,7 @@ impl Agent {
         self.stop();
         let mut a = Self::spawn_attach(topo, self.policy.clone(), self.audit.clone());
         self.child = a.child.take();
+        self.control = a.control.take();
         self.banner = std::mem::take(&mut a.banner);
         // `a` has no child left: its Drop only re-detaches nothing we still need...
         a.cgroups.clear();
@@ -246,7 +261,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
         for cg in &self.cgroups {
-            let _ = Command::new(bin_path("egress-agent"))
+            // The daemon is stopped: this is the standalone detach (pins).
+            let _ = self
+                .cli()
                 .arg("detach")
                 .arg("--cgroup")
                 .arg(cg)

@@ -536,6 +536,11 @@ fn monitor_session_becomes_a_policy_with_suggest() {
             std::fs::read_to_string(&audit_path)
         );
     };
+    // A connection with no name at all (before any DNS answer for its
+    // address) passes in monitor mode too.
+    let banner = format!("{WEB1}:25");
+    let v = topo.probe(&["tcp", &banner, "--read"]);
+    assert!(v["reply"].as_str().unwrap_or("").starts_with("220"), "{v}");
     session(&topo);
     // The kernel deny set holds in monitor mode too.
     let v = topo.probe(&["tcp", &format!("{METADATA}:80")]);
@@ -567,6 +572,10 @@ fn monitor_session_becomes_a_policy_with_suggest() {
         out.contains(r#"allow = ["allowed.test", "cdn.test:7", "other.test:8443"]"#),
         "{out}"
     );
+    assert!(
+        out.contains(&format!("no rule can allow them): {banner}\n")),
+        "{out}"
+    );
     let suggested = format!("version = \"suggested\"\n{RANGES}{out}");
     let file = topo.workdir().join("suggested.toml");
     std::fs::write(&file, &suggested).unwrap();
@@ -589,4 +598,7 @@ fn monitor_session_becomes_a_policy_with_suggest() {
     assert_ne!(curl_code(&topo, "https://other.test/"), "200");
     let v = topo.probe(&["dns", &dns, "alt.test"]);
     assert_eq!(v["rcode_num"], 3, "{v}");
+    // The nameless connection is refused once enforced (it had no name to allow).
+    let v = topo.probe(&["tcp", &banner, "--read"]);
+    assert!(!v["reply"].as_str().unwrap_or("").starts_with("220"), "{v}");
 }

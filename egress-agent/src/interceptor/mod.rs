@@ -3,6 +3,7 @@
 //! says (ClientHello, HTTP head, CONNECT, or nothing), decide by *name*, resolve
 //! the name ourselves, re-check every address, dial one we checked, and splice.
 
+mod monitor;
 mod respond;
 mod upstream;
 
@@ -145,6 +146,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
         }) => {
             rec.protocol = reply.label();
             rec.name = host.clone();
+            if policy.mode() == crate::policy::Mode::Monitor && !service {
+                (rec.decision, rec.code) = ("would_deny", Some(code.as_str().into()));
+                rec.reason = Some(reason);
+                monitor::pass_nameless(client, buf, dst, att, &policy, rec, started).await;
+                return;
+            }
             let denial = respond::denial(
                 &policy,
                 code,

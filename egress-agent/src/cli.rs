@@ -453,6 +453,8 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     };
     let policy = load_policy(policy)?;
     let cg = target_cgroup(&args.target)?;
+    cg.check_enforceable()?;
+    cg.check_dedicated(args.target.pid)?;
     let netns = match (&args.netns, args.target.pid) {
         (Some(p), _) => Netns::open(p)?,
         (None, Some(pid)) => Netns::of_pid(pid)?,

@@ -165,6 +165,7 @@ impl Daemon {
             });
         }
         cg.check_enforceable()?;
+        cg.check_dedicated(req.pid)?;
         if !self.shared.policy.load().has_profile(&req.profile) {
             return Err(crate::agent::AgentError::UnknownProfile(req.profile).into());
         }

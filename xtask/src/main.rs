@@ -41,6 +41,10 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "dnsutils",
     "linux-libc-dev",
+    // tests/tests/containers.rs: a real container attached by PID.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 fn main() -> ExitCode {

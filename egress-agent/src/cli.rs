@@ -76,6 +76,8 @@ pub enum Cmd {
         #[arg(long)]
         cgroup_id: Option<u64>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Print the minimal policy that would have allowed what an audit log
     /// (typically a monitor-mode session) recorded.
     Suggest(crate::suggest::SuggestArgs),
@@ -278,6 +280,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{r}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
+            match std::io::stdout().write_all(&buf) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Cmd::Suggest(args) => {
             print!("{}", crate::suggest::run(&args)?);

@@ -2,6 +2,8 @@
 //! `test` and `demo` install what a fresh Debian machine lacks first, so the
 //! README's two commands are all a newcomer (or CI) needs.
 
+mod install;
+
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
@@ -27,6 +29,11 @@ enum Cmd {
     },
     /// Install deps, build, and show allowed vs denied traffic from a throwaway container.
     Demo,
+    /// Release build; binary to <prefix>/bin, systemd unit, default policy
+    /// under /etc/egress-agent/ (kept if present), shell completions.
+    Install(install::InstallArgs),
+    /// Remove what `install` put in place (configuration only with --purge).
+    Uninstall(install::UninstallArgs),
 }
 
 /// Debian packages: clang + libbpf headers to build the BPF object; bpftool,
@@ -73,6 +80,8 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "--workspace", "--bins"])?;
             cargo(&["run", "--quiet", "-p", "egress-tests", "--bin", "demo"])
         }
+        Cmd::Install(a) => install::install(&a),
+        Cmd::Uninstall(a) => install::uninstall(&a),
     }
 }
 

@@ -226,6 +226,12 @@ static __always_inline __u32 __egress_connect4(struct bpf_sock_addr *ctx)
 	if (!cfg)
 		return REASON_NO_AGENT;
 	if (ctx->type == SOCK_DGRAM) {
+		/* glibc's getaddrinfo connects a UDP socket to port 0 of every
+		 * candidate to learn its source address (RFC 6724 sorting). Such a
+		 * connect carries nothing; whatever is later sent on the socket is
+		 * dropped by the egress backstop. Let it be, unredirected. */
+		if (dport == 0)
+			return REASON_NONE;
 		if (dport != DNS_PORT)
 			return REASON_UDP_NOT_DNS;
 		to = cfg->dns_port4;
@@ -284,6 +290,8 @@ static __always_inline __u32 __egress_connect6(struct bpf_sock_addr *ctx, __u8 *
 	if (!cfg)
 		return REASON_NO_AGENT;
 	if (ctx->type == SOCK_DGRAM) {
+		if (dport == 0)
+			return REASON_NONE; /* see __egress_connect4 */
 		if (dport != DNS_PORT)
 			return REASON_UDP_NOT_DNS;
 		to = mapped ? cfg->dns_port4 : cfg->dns_port6;

@@ -54,35 +54,56 @@ impl Shared {
 }
 
 /// Names the agent's DNS answered for one cgroup, by address: how opaque TCP
-/// (no SNI, no Host) is matched to a `host:port` rule.
+/// (no SNI, no Host) is matched to a `host:port` rule. An address may carry
+/// several names (shared CDN addresses); a few are kept per address.
 #[derive(Default)]
 pub struct DnsMemory {
-    by_addr: Mutex<HashMap<IpAddr, (String, Instant)>>,
+    by_addr: Mutex<HashMap<IpAddr, Vec<(String, Instant)>>>,
 }
 
 /// Entries outlive their DNS TTL a little: clients keep using answers past it.
 const DNS_MEMORY_MIN: Duration = Duration::from_secs(600);
 const DNS_MEMORY_MAX_ENTRIES: usize = 65_536;
+const DNS_MEMORY_NAMES_PER_ADDR: usize = 8;
 
 impl DnsMemory {
     pub fn remember(&self, name: &str, addrs: &[IpAddr], ttl: u32) {
-        let until = Instant::now() + DNS_MEMORY_MIN.max(Duration::from_secs(ttl as u64));
+        let now = Instant::now();
+        let until = now + DNS_MEMORY_MIN.max(Duration::from_secs(ttl as u64));
         let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= DNS_MEMORY_MAX_ENTRIES {
-            let now = Instant::now();
-            m.retain(|_, (_, t)| *t > now);
+            m.retain(|_, names| {
+                names.retain(|(_, t)| *t > now);
+                !names.is_empty()
+            });
         }
         for a in addrs {
-            if m.len() < DNS_MEMORY_MAX_ENTRIES {
-                m.insert(*a, (name.to_string(), until));
+            if m.len() >= DNS_MEMORY_MAX_ENTRIES && !m.contains_key(a) {
+                continue;
             }
+            let names = m.entry(*a).or_default();
+            names.retain(|(n, t)| *t > now && n != name);
+            if names.len() == DNS_MEMORY_NAMES_PER_ADDR {
+                names.remove(0); // oldest first
+            }
+            names.push((name.to_string(), until));
         }
     }
-    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+
+    /// Unexpired names for an address, most recent first.
+    pub fn names_of(&self, ip: IpAddr) -> Vec<String> {
+        let now = Instant::now();
         let m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         m.get(&ip)
-            .filter(|(_, t)| *t > Instant::now())
-            .map(|(n, _)| n.clone())
+            .map(|names| {
+                names
+                    .iter()
+                    .rev()
+                    .filter(|(_, t)| *t > now)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -252,5 +273,28 @@ fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
                 .unwrap_or_else(|| format!("reason {}", ev.reason))
         )),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_memory_keeps_every_name_of_a_shared_address() {
+        let m = DnsMemory::default();
+        let ip: IpAddr = "198.51.100.12".parse().unwrap();
+        m.remember("cdn.test", &[ip], 0);
+        m.remember("other.test", &[ip], 0);
+        m.remember("cdn.test", &[ip], 0);
+        assert_eq!(
+            m.names_of(ip),
+            vec!["cdn.test".to_string(), "other.test".to_string()]
+        );
+        for i in 0..20 {
+            m.remember(&format!("n{i}.test"), &[ip], 0);
+        }
+        assert_eq!(m.names_of(ip).len(), DNS_MEMORY_NAMES_PER_ADDR);
+        assert_eq!(m.names_of(ip)[0], "n19.test");
     }
 }

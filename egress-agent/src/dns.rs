@@ -87,8 +87,77 @@ pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, _rec: Record) {
     }
 }
 
-/// Build the reply for one query message; None for garbage that is not worth
-/// answering (not a query, unparseable).
+/// What a received datagram is, before any policy: a query to answer, a reply
+/// owed to a malformed or unsupported message, or nothing worth answering.
+pub enum Parsed {
+    Query(Box<Message>),
+    Reply(Vec<u8>),
+    Drop,
+}
+
+/// Pure and allocation-bounded: fuzzed (`fuzz/fuzz_targets/dns_message.rs`).
+pub fn parse(packet: &[u8]) -> Parsed {
+    let Ok(req) = Message::from_vec(packet) else {
+        return Parsed::Drop;
+    };
+    if req.metadata.message_type != MessageType::Query {
+        return Parsed::Drop;
+    }
+    if req.queries.len() == 1 && req.metadata.op_code == OpCode::Query {
+        return Parsed::Query(Box::new(req));
+    }
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.response_code = if req.queries.is_empty() {
+        ResponseCode::FormErr
+    } else {
+        ResponseCode::NotImp
+    };
+    if let Some(q) = req.queries.first() {
+        resp.add_query(q.clone());
+    }
+    resp.to_vec().map_or(Parsed::Drop, Parsed::Reply)
+}
+
+/// The reply to a parsed query for a given outcome.
+pub fn respond(req: &Message, outcome: &Outcome) -> Option<Vec<u8>> {
+    let q = req.queries.first()?;
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.add_query(q.clone());
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    match outcome {
+        Outcome::Answer(addrs, ttl) => {
+            for ip in addrs {
+                let rdata = match ip {
+                    IpAddr::V4(v4) => RData::A(A(*v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                };
+                resp.add_answer(DnsRecord::from_rdata(
+                    q.name().clone(),
+                    (*ttl).min(MAX_TTL),
+                    rdata,
+                ));
+            }
+        }
+        Outcome::NoData => {}
+        Outcome::Blocked { rcode, reason, .. } => {
+            resp.metadata.response_code = *rcode;
+            let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
+            data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(EDNS_EDE, data));
+        }
+    }
+    if req.edns.is_some() || resp.metadata.response_code != ResponseCode::NoError {
+        resp.set_edns(edns);
+    }
+    resp.to_vec().ok()
+}
+
+/// Build the reply for one message; None for garbage not worth answering.
 async fn answer(
     packet: &[u8],
     att: &Attachment,
@@ -96,25 +165,12 @@ async fn answer(
     protocol: &'static str,
 ) -> Option<Vec<u8>> {
     let started = Instant::now();
-    let req = Message::from_vec(packet).ok()?;
-    if req.metadata.message_type != MessageType::Query {
-        return None;
-    }
-    let mut resp = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
-    resp.metadata.recursion_desired = req.metadata.recursion_desired;
-    resp.metadata.recursion_available = true;
-    let mut edns = Edns::new();
-    edns.set_max_payload(1232);
-    let Some(q) = req.queries.first().cloned() else {
-        resp.metadata.response_code = ResponseCode::FormErr;
-        return resp.to_vec().ok();
+    let req = match parse(packet) {
+        Parsed::Query(req) => req,
+        Parsed::Reply(r) => return Some(r),
+        Parsed::Drop => return None,
     };
-    resp.add_query(q.clone());
-    if req.metadata.op_code != OpCode::Query || req.queries.len() != 1 {
-        resp.metadata.response_code = ResponseCode::NotImp;
-        return resp.to_vec().ok();
-    }
-
+    let q = req.queries.first()?.clone();
     let mut rec = att.record(protocol);
     let raw = q.name().to_ascii();
     rec.name = Some(raw.trim_end_matches('.').to_string());
@@ -129,48 +185,21 @@ async fn answer(
         rec.code = Some("host_not_allowed".into());
         rec.reason = Some(reason);
     }
-    match outcome {
-        Outcome::Answer(addrs, ttl) => {
-            for ip in addrs {
-                let rdata = match ip {
-                    IpAddr::V4(v4) => RData::A(A(v4)),
-                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                };
-                resp.add_answer(DnsRecord::from_rdata(
-                    q.name().clone(),
-                    ttl.min(MAX_TTL),
-                    rdata,
-                ));
-            }
-        }
-        Outcome::NoData => {}
-        Outcome::Blocked {
-            rcode,
-            code,
-            reason,
-        } => {
-            resp.metadata.response_code = rcode;
-            let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
-            data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
-            edns.options_mut()
-                .insert(EdnsOption::Unknown(EDNS_EDE, data));
-            // Refused in either mode: monitor mode answers every name it
-            // can, so what is left is a real refusal (unparseable name,
-            // prohibited addresses only, resolver failure).
-            rec.decision = "deny";
-            rec.code = Some(code.into());
-            rec.reason = Some(reason);
-        }
-    }
-    if req.edns.is_some() || resp.metadata.response_code != ResponseCode::NoError {
-        resp.set_edns(edns);
+    if let Outcome::Blocked { code, reason, .. } = &outcome {
+        // Refused in either mode: monitor mode answers every name it can, so
+        // what is left is a real refusal (unparseable name, prohibited
+        // addresses only, resolver failure).
+        rec.decision = "deny";
+        rec.code = Some((*code).into());
+        rec.reason = Some(reason.clone());
     }
     rec.duration_ms = started.elapsed().as_millis() as u64;
     att.shared.audit.record(rec);
-    resp.to_vec().ok()
+    respond(&req, &outcome)
 }
 
-enum Outcome {
+/// What the sandbox is told about one name.
+pub enum Outcome {
     Answer(Vec<IpAddr>, u32),
     NoData,
     Blocked {

@@ -88,6 +88,9 @@ async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) ->
             _ = int.recv() => { let _ = crate::sys::kill(pid, libc::SIGINT); }
         }
     };
+    // Anything the command left running in its cgroup dies before the
+    // enforcement is removed: nothing from the sandbox ever runs unenforced.
+    cg.kill_and_remove()?;
     running.detach()?;
     Ok(exit_code(status))
 }

@@ -37,6 +37,23 @@ pub fn test_policy(extra_allow: &[&str]) -> String {
     )
 }
 
+/// A policy with the test exemptions and resolver, and the given profiles (name, allow list).
+pub fn policy_with_profiles(profiles: &[(&str, &[&str])]) -> String {
+    let mut out = String::from(
+        "version = \"test-1\"\nresolver = \"203.0.113.53:53\"\n\
+         allow_ranges = [\"198.51.100.0/24\", \"203.0.113.0/24\", \"2001:db8:100::/48\"]\n",
+    );
+    for (name, allow) in profiles {
+        let list = allow
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!("[profile.{name}]\nallow = [{list}]\n"));
+    }
+    out
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub policy: PathBuf,
@@ -82,14 +99,22 @@ impl Agent {
     /// `egress-agent daemon` over several topologies' containers, run in the
     /// first topology's agent namespace.
     pub fn daemon(topos: &[&Topology], policy_toml: &str) -> Agent {
+        let with: Vec<(&Topology, &str)> = topos.iter().map(|t| (*t, "default")).collect();
+        Self::daemon_profiles(&with, policy_toml)
+    }
+
+    /// `egress-agent daemon` with one attach entry per (topology, profile), run in the first
+    /// topology's agent namespace (so every upstream dial reaches the first topology's fakenet).
+    pub fn daemon_profiles(entries: &[(&Topology, &str)], policy_toml: &str) -> Agent {
+        let topos: Vec<&Topology> = entries.iter().map(|(t, _)| *t).collect();
         let dir = topos[0].workdir().to_path_buf();
         let policy = dir.join("policy.toml");
         std::fs::write(&policy, policy_toml).unwrap();
         let audit = dir.join("audit.jsonl");
         let mut cfg = format!("policy = {:?}\naudit_log = {:?}\n", policy, audit);
-        for t in topos {
+        for (t, profile) in entries {
             cfg.push_str(&format!(
-                "[[attach]]\ncgroup = {:?}\nnetns = {:?}\nprofile = \"default\"\n",
+                "[[attach]]\ncgroup = {:?}\nnetns = {:?}\nprofile = {profile:?}\n",
                 t.ctr_cgroup_path(),
                 t.ctr_netns_path()
             ));

@@ -10,6 +10,8 @@
 pub mod addrs;
 pub mod agent;
 #[cfg(target_os = "linux")]
+pub mod clients;
+#[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod topology;

@@ -23,18 +23,36 @@ enum Cmd {
     Build,
     /// Install deps, build, run unit and netns integration tests.
     Test {
+        /// Also run every fuzz target for 30 s (always done when CI=true).
+        #[arg(long)]
+        fuzz: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
     /// Install deps, build, and show allowed vs denied traffic from a throwaway container.
     Demo,
+    /// Run every fuzz target for a bounded time (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Release build; binary to <prefix>/bin, systemd unit, default policy
     /// under /etc/egress-agent/ (kept if present), shell completions.
     Install(install::InstallArgs),
     /// Remove what `install` put in place (configuration only with --purge).
     Uninstall(install::UninstallArgs),
 }
+
+/// The fuzz targets of fuzz/ (each has a seed corpus in fuzz/corpus/<name>).
+const FUZZ_TARGETS: &[&str] = &[
+    "client_hello",
+    "http_head",
+    "dns_message",
+    "names",
+    "policy",
+];
 
 /// Debian packages: clang + libbpf headers to build the BPF object; bpftool,
 /// iproute2 and the clients the integration tests and the demo drive.
@@ -68,13 +86,20 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Deps => deps(),
         Cmd::Build => cargo(&["build", "--workspace", "--all-targets"]),
-        Cmd::Test { args } => {
+        Cmd::Test {
+            fuzz: with_fuzz,
+            args,
+        } => {
             deps()?;
             cargo(&["build", "--workspace", "--all-targets"])?;
+            if with_fuzz || std::env::var("CI").is_ok_and(|v| v == "true") {
+                fuzz(30)?;
+            }
             let mut a = vec!["test", "--workspace"];
             a.extend(args.iter().map(String::as_str));
             cargo_test(&a)
         }
+        Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Demo => {
             deps()?;
             cargo(&["build", "--workspace", "--bins"])?;
@@ -83,6 +108,48 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Install(a) => install::install(&a),
         Cmd::Uninstall(a) => install::uninstall(&a),
     }
+}
+
+/// cargo-fuzz on the stable toolchain: `--sanitizer none` needs no nightly
+/// flags; libFuzzer's coverage guidance and the targets' own assertions still
+/// apply. A crash fails the run and leaves its input in fuzz/artifacts/.
+fn fuzz(seconds: u64) -> Result<()> {
+    let have = Command::new(env!("CARGO"))
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        eprintln!("xtask: installing cargo-fuzz");
+        cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    for target in FUZZ_TARGETS {
+        let corpus = root.join("corpus").join(target);
+        // Work on a copy so a run never rewrites the checked-in seeds.
+        let work = std::env::temp_dir().join(format!("egress-fuzz-{target}"));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        for e in std::fs::read_dir(&corpus).with_context(|| format!("{}", corpus.display()))? {
+            let e = e?;
+            std::fs::copy(e.path(), work.join(e.file_name()))?;
+        }
+        eprintln!("xtask: fuzzing {target} for {seconds}s");
+        run_cmd(
+            Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(["fuzz", "run", "--sanitizer", "none", "-O", target])
+                .arg(&work)
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-rss_limit_mb=1024"),
+        )?;
+    }
+    println!(
+        "fuzz: {} targets ran {seconds}s each without a crash",
+        FUZZ_TARGETS.len()
+    );
+    Ok(())
 }
 
 fn deps() -> Result<()> {

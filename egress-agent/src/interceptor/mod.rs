@@ -117,6 +117,40 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     let mut buf = Vec::new();
     let peeked = match peek::peek(&mut client, &mut buf, PeekLimits::default()).await {
         Ok(p) => p,
+        // The client spoke HTTP, badly or deceptively (absolute-form naming another host than
+        // Host, NUL/CR in a header, two Host lines): it gets the HTTP deny contract, so a person
+        // sees why, not a bare reset.
+        Err(peek::PeekError::Http(e)) => {
+            let (code, host) = match &e {
+                peek::HttpPeekError::HostMismatch { target_host, .. } => {
+                    (DenyCode::HostMismatch, target_host.clone())
+                }
+                _ => (DenyCode::ProtocolNotAllowed, String::new()),
+            };
+            rec.protocol = Reply::Http.label();
+            let reason = format!("malformed or ambiguous HTTP request: {e}");
+            let denial =
+                respond::denial(&policy, code, host, dst.port(), reason, None, String::new());
+            deny(att, &policy, client, Reply::Http, denial, rec, started).await;
+            return;
+        }
+        // Likewise a ClientHello we cannot accept (a NUL in the SNI, a broken extension): the
+        // client gets a TLS alert, as for any refused TLS connection.
+        Err(peek::PeekError::Tls(e)) => {
+            rec.protocol = Reply::Tls.label();
+            let reason = format!("unacceptable TLS ClientHello: {e}");
+            let denial = respond::denial(
+                &policy,
+                DenyCode::ProtocolNotAllowed,
+                String::new(),
+                dst.port(),
+                reason,
+                None,
+                String::new(),
+            );
+            deny(att, &policy, client, Reply::Tls, denial, rec, started).await;
+            return;
+        }
         Err(e) => {
             rec.decision = "deny";
             rec.code = Some("protocol_not_allowed".into());
@@ -223,7 +257,13 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
             finish(att, rec, started);
             return;
         }
-        buf.clear();
+        // Only the CONNECT head is ours: a client may pipeline its ClientHello right behind
+        // it (optimistic CONNECT), and those bytes belong to the tunnel.
+        let head_len = match &peeked {
+            Peeked::Http(head) => head.head_len.min(buf.len()),
+            _ => buf.len(),
+        };
+        buf.drain(..head_len);
         match check_tunnel(&mut client, &mut buf, &wanted, &policy, att).await {
             Ok(()) => {}
             Err((reply, denial)) => {
@@ -384,7 +424,22 @@ fn what_is_wanted(
         Peeked::Opaque => {
             // No name on the wire: only a name our DNS gave this container for
             // this address can be matched, and only against a host:port rule.
-            let Some(name) = att.dns.name_of(dst.ip()) else {
+            // Several names may share an address (CDNs): the first one a
+            // host:port rule allows decides; else the first name, for the reason.
+            let names = att.dns.names_of(dst.ip());
+            let policy = att.shared.policy.load();
+            let chosen = names
+                .iter()
+                .filter_map(|n| CanonicalName::parse(n).ok())
+                .find(|n| {
+                    matches!(
+                        policy.decide(&att.profile, n, dst.port(), Protocol::Opaque),
+                        Decision::Allow { .. }
+                    )
+                })
+                .map(|n| n.as_str().to_string())
+                .or_else(|| names.first().cloned());
+            let Some(name) = chosen else {
                 return Err(Early::Deny {
                     reply: Reply::Reset,
                     code: DenyCode::ProtocolNotAllowed,

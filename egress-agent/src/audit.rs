@@ -38,6 +38,10 @@ pub struct Record {
     /// The name the decision was about (SNI, Host, CONNECT target, DNS question).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The port the decision was about: the CONNECT target's, else the
+    /// original destination's (absent for DNS and early refusals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// tls | http | connect | opaque | dns | dns-tcp | kernel
     pub protocol: &'static str,
     /// allow | deny | would_deny (monitor mode)

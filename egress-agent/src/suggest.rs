@@ -163,10 +163,16 @@ fn learn(v: &serde_json::Value) -> Option<(String, Option<Spec>)> {
     if protocol.starts_with("dns") {
         return Some((name, None));
     }
-    let port = v["orig_dst"]
-        .as_str()
-        .and_then(|d| d.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.port());
+    // The decided port (a CONNECT target's), else the original destination's.
+    let port = v["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .or_else(|| {
+            v["orig_dst"]
+                .as_str()
+                .and_then(|d| d.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port())
+        });
     let spec = match (protocol, port) {
         ("opaque", Some(p)) => Some(p),
         ("opaque", None) => return None,
@@ -339,6 +345,9 @@ mod tests {
                 "198.51.100.10:443",
             ),
             rec("http", "allow", None, "egress.internal", "192.0.2.1:80"),
+            serde_json::json!({"profile": "default", "protocol": "connect", "decision": "would_deny",
+                "code": "host_not_allowed", "name": "tunnel.test", "port": 8443,
+                "orig_dst": "192.0.2.1:3128"}),
             serde_json::json!({"profile": "default", "protocol": "opaque", "decision": "would_deny",
                 "code": "protocol_not_allowed", "orig_dst": "198.51.100.10:25"}),
         ]);
@@ -349,7 +358,7 @@ mod tests {
         };
         let out = run(&args).unwrap();
         assert!(
-            out.contains(r#"allow = ["api.shop.test", "api.shop.test:8443", "db.test:5432", "lookup.test", "www.shop.test"]"#),
+            out.contains(r#"allow = ["api.shop.test", "api.shop.test:8443", "db.test:5432", "lookup.test", "tunnel.test:8443", "www.shop.test"]"#),
             "{out}"
         );
         assert!(
@@ -367,7 +376,7 @@ mod tests {
         .unwrap();
         assert!(
             wild.contains(
-                r#"allow = ["*.shop.test", "*.shop.test:8443", "db.test:5432", "lookup.test"]"#
+                r#"allow = ["*.shop.test", "*.shop.test:8443", "db.test:5432", "lookup.test", "tunnel.test:8443"]"#
             ),
             "{wild}"
         );

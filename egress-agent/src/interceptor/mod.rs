@@ -201,6 +201,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     };
     rec.protocol = wanted.reply.label();
     rec.name = Some(wanted.name.as_str().to_string());
+    rec.port = Some(wanted.port);
 
     // 4. Decide.
     let decision = policy.decide(&att.profile, &wanted.name, wanted.port, wanted.protocol);

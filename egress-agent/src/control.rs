@@ -283,9 +283,15 @@ pub fn socket_path(flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-/// Whether a daemon answers on `path` (a socket file nobody listens on is stale).
+/// Whether a daemon answers on `path` (a socket file nobody listens on is
+/// stale). A socket we may not connect to counts as running, so the caller's
+/// request fails with "permission denied" instead of falling back to
+/// standalone mode behind the daemon's back.
 pub fn daemon_running(path: &Path) -> bool {
-    path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok()
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
 }
 
 /// One request to the daemon. A 4xx/5xx answer becomes `Refused` with the

@@ -42,7 +42,7 @@ pub struct Record {
     /// original destination's (absent for DNS and early refusals).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// tls | http | connect | opaque | dns | dns-tcp | kernel
+    /// tls | https (inspected) | http | connect | opaque | dns | dns-tcp | kernel
     pub protocol: &'static str,
     /// allow | deny | would_deny (monitor mode)
     pub decision: &'static str,
@@ -58,6 +58,14 @@ pub struct Record {
     /// The address the agent dialed (never the client's choice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Inspected HTTPS and plain HTTP: one record per request, with its method, path
+    /// (without the query) and the status returned to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,

@@ -32,6 +32,14 @@ pub struct Cli {
     /// standalone).
     #[arg(long, global = true, env = "EGRESS_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// State directory (the inspection CA, trust files); default $EGRESS_STATE_DIR or
+    /// /var/lib/egress-agent.
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Issue the inspection CA name-constrained to the policy's inspected names
+    /// (also EGRESS_CA_NAME_CONSTRAINTS=1). A change of those names issues a new CA.
+    #[arg(long, global = true)]
+    pub ca_name_constraints: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -84,11 +92,32 @@ pub enum Cmd {
     /// Policy file tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The TLS inspection CA: `export` (PEM on stdout), `env` (shell exports for common tools).
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
         #[arg(long, default_value = "default")]
         profile: String,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Print the CA certificate (PEM), creating the CA on first use.
+    Export {
+        /// The policy whose inspected names constrain the CA (with --ca-name-constraints).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Write the trust files (CA, system roots + CA bundle, JKS truststore) under the state
+    /// directory and print `export` lines for SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+    /// NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO, PIP_CERT, CARGO_HTTP_CAINFO, AWS_CA_BUNDLE,
+    /// DENO_CERT and JAVA_TOOL_OPTIONS.
+    Env {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
@@ -111,6 +140,10 @@ pub struct ExecArgs {
     /// Append decisions to this JSONL file.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Make CMD trust the inspection CA: write the trust files (never the key) under the state
+    /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
+    #[arg(long)]
+    pub trust_ca: bool,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -182,7 +215,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         let b = crate::control::call_blocking(&sock, hyper::Method::GET, uri, None)?;
         Ok(String::from_utf8_lossy(&b).into_owned())
     };
+    if let Some(d) = &cli.state_dir {
+        crate::tls::ca::set_state_dir(d.clone());
+    }
+    crate::tls::set_name_constraints(cli.ca_name_constraints);
     match cli.cmd {
+        Cmd::Ca(CaCmd::Export { policy }) => {
+            print!("{}", load_ca(policy.as_deref())?.cert_pem);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ca(CaCmd::Env { policy }) => {
+            let ca = load_ca(policy.as_deref())?;
+            let trust = ca.write_trust(&crate::tls::ca::state_dir())?;
+            print!("{}", trust.shell_exports());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Policy(PolicyCmd::Check { file }) => {
             let p = load_policy(&file)?;
             println!(
@@ -375,6 +422,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// The inspection CA of the state directory (created on first use); constrained to the
+/// policy's inspected names when asked to.
+pub fn load_ca(policy: Option<&Path>) -> Result<crate::tls::ca::Ca> {
+    let constraints = match (crate::tls::name_constraints_wanted(), policy) {
+        (false, _) => None,
+        (true, Some(p)) => {
+            let p = load_policy(p)?;
+            Some(crate::tls::ca::constraints_for(
+                p.inspect_hosts().iter().map(String::as_str),
+            ))
+        }
+        (true, None) => bail!("--ca-name-constraints needs --policy FILE (the inspected names)"),
+    };
+    Ok(crate::tls::ca::Ca::load_or_create(
+        &crate::tls::ca::state_dir(),
+        constraints.as_deref(),
+    )?)
 }
 
 pub fn load_policy(path: &Path) -> Result<Policy> {

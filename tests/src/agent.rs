@@ -75,6 +75,33 @@ impl Agent {
         Self::spawn_attach(topo, policy, audit)
     }
 
+    /// [`Agent::attach`] with extra environment for the agent (e.g. `EGRESS_STATE_DIR`, the
+    /// secrets an inspected host's credentials are read from).
+    pub fn attach_with_env(topo: &Topology, policy_toml: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let mut cmd = Self::attach_command(topo, &policy, &audit);
+        cmd.envs(env.iter().copied());
+        let cgroups = vec![topo.ctr_cgroup_path().to_path_buf()];
+        Self::start(cmd, policy, audit, cgroups)
+    }
+
+    fn attach_command(topo: &Topology, policy: &Path, audit: &Path) -> Command {
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("attach")
+            .arg("--cgroup")
+            .arg(topo.ctr_cgroup_path())
+            .arg("--netns")
+            .arg(topo.ctr_netns_path())
+            .arg("--policy")
+            .arg(policy)
+            .arg("--audit-log")
+            .arg(audit);
+        cmd
+    }
+
     fn spawn_attach(topo: &Topology, policy: PathBuf, audit: PathBuf) -> Agent {
         let mut cmd = topo.ag_command(bin_path("egress-agent"));
         cmd.arg("attach")

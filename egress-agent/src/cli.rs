@@ -27,6 +27,11 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The daemon's control socket (attach, detach, status, policy show,
+    /// explain talk to a running daemon through it; without one they work
+    /// standalone).
+    #[arg(long, global = true, env = "EGRESS_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// State directory (the inspection CA, trust files); default $EGRESS_STATE_DIR or
     /// /var/lib/egress-agent.
     #[arg(long, global = true)]
@@ -49,33 +54,54 @@ pub enum LogFormat {
 pub enum Cmd {
     /// Run CMD in a fresh cgroup (and with --netns a fresh network namespace) under enforcement.
     Exec(ExecArgs),
-    /// Long-running agent for a static list of cgroups/pids (see README: daemon config).
+    /// Long-running agent: the config's cgroups/pids plus whatever `attach`
+    /// adds through the control socket (see README: daemon).
     Daemon {
         #[arg(long)]
         config: PathBuf,
+        /// Also serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
-    /// Enforce a cgroup or a process's cgroup, serving in the foreground until SIGTERM.
+    /// Enforce a cgroup or a process's cgroup: through the running daemon, or
+    /// (no daemon) serving in the foreground until SIGTERM.
     Attach(AttachArgs),
-    /// Remove the pinned enforcement from a cgroup (the only way enforcement ends).
+    /// Remove the enforcement from a cgroup (the only way enforcement ends).
     Detach(Target),
-    /// Show enforced cgroups and kernel denial counters.
+    /// Show enforced cgroups (the daemon's attachments, or the pins).
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon to reload its policy file (as SIGHUP does).
+    Reload,
+    /// The running daemon's metrics (Prometheus text).
+    Metrics,
+    /// The running daemon's recent decisions, newest first (JSON lines).
+    Decisions {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cgroup_id: Option<u64>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the minimal policy that would have allowed what an audit log
+    /// (typically a monitor-mode session) recorded.
+    Suggest(crate::suggest::SuggestArgs),
     /// Policy file tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
     /// The TLS inspection CA: `export` (PEM on stdout), `env` (shell exports for common tools).
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Explain the decision for HOST[:PORT].
+    /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
         #[arg(long, default_value = "default")]
         profile: String,
         #[arg(long)]
-        policy: PathBuf,
+        policy: Option<PathBuf>,
     },
 }
 
@@ -137,12 +163,14 @@ pub struct AttachArgs {
     pub target: Target,
     #[arg(long, default_value = "default")]
     pub profile: String,
+    /// Policy file: standalone mode only (a daemon enforces its own policy).
     #[arg(long)]
-    pub policy: PathBuf,
+    pub policy: Option<PathBuf>,
     /// Network namespace for the listeners (default: that of --pid, or of the
     /// first process in --cgroup).
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// Audit log: standalone mode only.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
 }
@@ -151,8 +179,8 @@ pub struct AttachArgs {
 pub enum PolicyCmd {
     /// Validate a policy file: exit 0, or one line naming file:line:column and key, exit 2.
     Check { file: PathBuf },
-    /// Print the effective policy exactly as enforced.
-    Show { file: PathBuf },
+    /// Print the effective policy exactly as enforced (the daemon's without FILE).
+    Show { file: Option<PathBuf> },
 }
 
 pub fn init_logging(cli: &Cli) {
@@ -181,6 +209,12 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let sock = crate::control::socket_path(cli.control.as_deref());
+    let daemon = || crate::control::daemon_running(&sock);
+    let get = |uri: &str| -> Result<String> {
+        let b = crate::control::call_blocking(&sock, hyper::Method::GET, uri, None)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    };
     if let Some(d) = &cli.state_dir {
         crate::tls::ca::set_state_dir(d.clone());
     }
@@ -206,25 +240,181 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Policy(PolicyCmd::Show { file }) => {
+        Cmd::Policy(PolicyCmd::Show { file: Some(file) }) => {
             print!("{}", load_policy(&file)?.show());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy(PolicyCmd::Show { file: None }) => {
+            require_daemon(&sock, "policy show without FILE")?;
+            print!("{}", get("/v1/policy")?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Explain {
             host,
             profile,
-            policy,
-        } => explain(&load_policy(&policy)?, &host, &profile),
+            policy: Some(policy),
+        } => {
+            print!("{}", explain_text(&load_policy(&policy)?, &host, &profile)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Explain {
+            host,
+            profile,
+            policy: None,
+        } => {
+            require_daemon(&sock, "explain without --policy")?;
+            print!(
+                "{}",
+                get(&format!(
+                    "/v1/explain?host={}&profile={}",
+                    crate::control::percent_encode(&host),
+                    crate::control::percent_encode(&profile)
+                ))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Detach(t) if daemon() => {
+            let req = crate::daemon::DetachRequest {
+                cgroup: t.cgroup.clone(),
+                pid: t.pid,
+            };
+            let v = post_json(&sock, "/v1/detach", serde_json::to_value(req)?)?;
+            println!(
+                "detached {} (cgroup id {})",
+                v["detached"].as_str().unwrap_or("?"),
+                v["cgroup_id"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Detach(t) => {
             let cg = target_cgroup(&t)?;
             crate::bpf::detach(&cg)?;
             println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Status { json } if daemon() => {
+            let v: serde_json::Value = serde_json::from_str(&get("/v1/status")?)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_daemon_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { json } => status(json),
+        Cmd::Reload => {
+            require_daemon(&sock, "reload")?;
+            let v = post_json(&sock, "/v1/reload", serde_json::json!({}))?;
+            println!("reloaded: policy {}", v["policy"].as_str().unwrap_or("?"));
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("egress-agent: warning: {}", w.as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Metrics => {
+            require_daemon(&sock, "metrics")?;
+            print!("{}", get("/metrics")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decisions { limit, cgroup_id } => {
+            require_daemon(&sock, "decisions")?;
+            let mut uri = format!("/v1/decisions?limit={limit}");
+            if let Some(id) = cgroup_id {
+                uri.push_str(&format!("&cgroup_id={id}"));
+            }
+            let v: serde_json::Value = serde_json::from_str(&get(&uri)?)?;
+            for r in v.as_array().into_iter().flatten() {
+                println!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
+            match std::io::stdout().write_all(&buf) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Suggest(args) => {
+            print!("{}", crate::suggest::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
         Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args)),
         Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
-        Cmd::Daemon { config } => runtime()?.block_on(crate::daemon::run(&config)),
+        Cmd::Daemon { config, metrics } => {
+            runtime()?.block_on(crate::daemon::run(&config, &sock, metrics))
+        }
+    }
+}
+
+fn require_daemon(sock: &Path, what: &str) -> Result<()> {
+    if !crate::control::daemon_running(sock) {
+        bail!(
+            "{what} needs a running daemon, and none answers on {} (start `egress-agent daemon`, or pass --control PATH)",
+            sock.display()
+        );
+    }
+    Ok(())
+}
+
+fn post_json(sock: &Path, uri: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+    let b = crate::control::call_blocking(sock, hyper::Method::POST, uri, Some(body))?;
+    Ok(serde_json::from_slice(&b)?)
+}
+
+fn attach_via_daemon(sock: &Path, args: &AttachArgs) -> Result<ExitCode> {
+    if args.policy.is_some() || args.audit_log.is_some() {
+        bail!(
+            "a daemon is running on {}: it enforces its own policy and audit log; drop --policy/--audit-log (or use --control for another socket)",
+            sock.display()
+        );
+    }
+    let req = crate::daemon::AttachRequest {
+        cgroup: args.target.cgroup.clone(),
+        pid: args.target.pid,
+        profile: args.profile.clone(),
+        netns: args.netns.clone(),
+    };
+    let v = post_json(sock, "/v1/attach", serde_json::to_value(req)?)?;
+    println!(
+        "attached cgroup {} (id {}) with profile {} (adopted pins: {})",
+        v["cgroup"].as_str().unwrap_or("?"),
+        v["cgroup_id"],
+        v["profile"].as_str().unwrap_or("?"),
+        v["adopted"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_daemon_status(v: &serde_json::Value) {
+    println!(
+        "daemon pid {} up {}s, policy {} ({}, {}), audit {} written {} lost {}",
+        v["pid"],
+        v["uptime_s"],
+        v["policy"]["version"].as_str().unwrap_or("?"),
+        v["policy"]["mode"].as_str().unwrap_or("?"),
+        v["policy"]["file"].as_str().unwrap_or("?"),
+        v["audit"]["path"].as_str().unwrap_or("-"),
+        v["audit"]["written"],
+        v["audit"]["lost"],
+    );
+    let atts = v["attachments"].as_array().cloned().unwrap_or_default();
+    if atts.is_empty() {
+        println!("no attachments");
+    }
+    for a in atts {
+        println!(
+            "cgroup id {}: {} profile {} tcp {} dns {}",
+            a["cgroup_id"],
+            a["cgroup"].as_str().unwrap_or("?"),
+            a["profile"].as_str().unwrap_or("?"),
+            a["listeners"]["tcp"],
+            a["listeners"]["dns"],
+        );
     }
 }
 
@@ -266,18 +456,26 @@ pub fn target_cgroup(t: &Target) -> Result<Cgroup> {
     })
 }
 
-fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
+/// The decision for HOST[:PORT] under each protocol, one line each.
+pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String> {
+    use std::fmt::Write;
     let (h, port) = crate::policy::name::split_host_port(host, 443)
         .map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
     let name = CanonicalName::parse(&h).map_err(|e| anyhow::anyhow!("{h}: {e}"))?;
+    if !policy.has_profile(profile) {
+        bail!("profile `{profile}` is not defined in the policy");
+    }
+    let mut o = String::new();
     for proto in [Protocol::Tls, Protocol::Http, Protocol::Opaque] {
-        match policy.decide(profile, &name, port, proto) {
-            Decision::Allow { rule, inspect } => println!(
+        let _ = match policy.decide(profile, &name, port, proto) {
+            Decision::Allow { rule, inspect } => writeln!(
+                o,
                 "{name}:{port} {proto:?}: allow ({}) by {rule}",
                 if inspect { "inspect" } else { "passthrough" },
                 name = name.as_str()
             ),
-            Decision::Deny(d) => println!(
+            Decision::Deny(d) => writeln!(
+                o,
                 "{name}:{port} {proto:?}: deny {}: {}{}",
                 d.code.as_str(),
                 d.reason,
@@ -288,9 +486,9 @@ fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
                 },
                 name = name.as_str()
             ),
-        }
+        };
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(o)
 }
 
 fn status(json: bool) -> Result<ExitCode> {
@@ -328,8 +526,13 @@ fn status(json: bool) -> Result<ExitCode> {
 }
 
 async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
-    let policy = load_policy(&args.policy)?;
+    let Some(policy) = &args.policy else {
+        bail!("no daemon is running: give --policy FILE to enforce in the foreground (or start `egress-agent daemon`)");
+    };
+    let policy = load_policy(policy)?;
     let cg = target_cgroup(&args.target)?;
+    cg.check_enforceable()?;
+    cg.check_dedicated(args.target.pid)?;
     let netns = match (&args.netns, args.target.pid) {
         (Some(p), _) => Netns::open(p)?,
         (None, Some(pid)) => Netns::of_pid(pid)?,

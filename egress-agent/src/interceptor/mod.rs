@@ -3,6 +3,7 @@
 //! says (ClientHello, HTTP head, CONNECT, or nothing), decide by *name*, resolve
 //! the name ourselves, re-check every address, dial one we checked, and splice.
 
+mod monitor;
 mod respond;
 pub(crate) mod upstream;
 
@@ -72,6 +73,7 @@ struct Wanted {
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
     let started = Instant::now();
+    let _active = att.shared.audit.metrics().connection();
     let _ = client.set_nodelay(true);
     let mut rec = att.record("tcp");
     rec.client = peer.to_string();
@@ -109,6 +111,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
     // One policy snapshot for the whole connection: a reload never changes a
     // decision already made.
     let policy = att.shared.policy.load_full();
+    rec.policy = policy.version().to_string();
 
     // 2. Peek.
     let mut buf = Vec::new();
@@ -177,6 +180,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
         }) => {
             rec.protocol = reply.label();
             rec.name = host.clone();
+            if policy.mode() == crate::policy::Mode::Monitor && !service {
+                (rec.decision, rec.code) = ("would_deny", Some(code.as_str().into()));
+                rec.reason = Some(reason);
+                monitor::pass_nameless(client, buf, dst, att, &policy, rec, started).await;
+                return;
+            }
             let denial = respond::denial(
                 &policy,
                 code,
@@ -192,6 +201,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
     };
     rec.protocol = wanted.reply.label();
     rec.name = Some(wanted.name.as_str().to_string());
+    rec.port = Some(wanted.port);
 
     // 4. Decide.
     let decision = policy.decide(&att.profile, &wanted.name, wanted.port, wanted.protocol);

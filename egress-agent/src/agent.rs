@@ -127,6 +127,7 @@ impl Attachment {
             profile: self.profile.clone(),
             protocol,
             decision: "allow",
+            policy: self.shared.policy.load().version().to_string(),
             ..Default::default()
         }
     }
@@ -259,6 +260,7 @@ fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
         orig_dst: ev.destination().map(|d| d.to_string()).unwrap_or_default(),
         protocol: "kernel",
         decision: "deny",
+        policy: att.shared.policy.load().version().to_string(),
         code: Some(
             reason
                 .map(|r| r.label().to_string())

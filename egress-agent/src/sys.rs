@@ -377,7 +377,7 @@ pub fn raise_nofile() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// The soft RLIMIT_NOFILE.
@@ -390,5 +390,21 @@ pub fn nofile_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: Ok(true) when taken, Ok(false) when another open
+/// file description holds it. (std's `File::try_lock` is newer than our MSRV.)
+pub fn try_flock_exclusive(f: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own for the duration of the call.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }

@@ -235,9 +235,10 @@ fn cargo_test(args: &[&str]) -> Result<()> {
 /// `threats: N attacks, N blocked, 0 bypassed (A: n, B: n, ...)` from the JSONL the tests wrote
 /// (`{"class","name","blocked","test"}` per attack), naming every bypass.
 fn threat_summary(jsonl: &str) -> String {
-    let (mut total, mut blocked) = (0usize, 0usize);
-    let mut by_class: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut bypassed = Vec::new();
+    // One attack per (class, name), however many times a test checked it (loops, repeated
+    // rounds); it counts as bypassed if any check was not blocked.
+    let mut attacks: std::collections::BTreeMap<(String, String), (bool, String)> =
+        Default::default();
     for line in jsonl.lines() {
         // Minimal field extraction: the helper writes flat one-line JSON objects.
         let field = |k: &str| -> Option<String> {
@@ -252,16 +253,22 @@ fn threat_summary(jsonl: &str) -> String {
         let Some(class) = field("class") else {
             continue;
         };
-        total += 1;
-        *by_class.entry(class.clone()).or_default() += 1;
-        if field("blocked").as_deref() == Some("true") {
-            blocked += 1;
-        } else {
-            bypassed.push(format!(
-                "{class}: {} ({})",
-                field("name").unwrap_or_default(),
-                field("test").unwrap_or_default()
-            ));
+        let name = field("name").unwrap_or_default();
+        let ok = field("blocked").as_deref() == Some("true");
+        let test = field("test").unwrap_or_default();
+        let e = attacks.entry((class, name)).or_insert((true, test.clone()));
+        if !ok && e.0 {
+            *e = (false, test);
+        }
+    }
+    let total = attacks.len();
+    let blocked = attacks.values().filter(|(ok, _)| *ok).count();
+    let mut by_class: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut bypassed = Vec::new();
+    for ((class, name), (ok, test)) in &attacks {
+        *by_class.entry(class).or_default() += 1;
+        if !ok {
+            bypassed.push(format!("{class}: {name} ({test})"));
         }
     }
     let classes: Vec<String> = by_class.iter().map(|(c, n)| format!("{c}: {n}")).collect();
@@ -286,4 +293,29 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threat_summary_counts_each_attack_once_and_names_bypasses() {
+        let log = concat!(
+            r#"{"blocked":true,"class":"A","name":"raw socket","test":"t1"}"#,
+            "\n",
+            r#"{"blocked":true,"class":"E","name":"disk full","test":"t2"}"#,
+            "\n",
+            r#"{"blocked":true,"class":"E","name":"disk full","test":"t2"}"#,
+            "\n",
+            r#"{"blocked":false,"class":"C","name":"sni spoofing","test":"t3"}"#,
+            "\n",
+        );
+        assert_eq!(
+            super::threat_summary(log),
+            "threats: 3 attacks, 2 blocked, 1 bypassed (A: 1, C: 1, E: 1)\n  BYPASSED C: sni spoofing (t3)"
+        );
+        assert_eq!(
+            super::threat_summary(""),
+            "threats: 0 attacks, 0 blocked, 0 bypassed ()"
+        );
+    }
 }

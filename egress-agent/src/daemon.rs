@@ -10,6 +10,8 @@
 //! cgroup = "/sys/fs/cgroup/sandbox/job1"   # or: pid = 1234
 //! profile = "default"
 //! netns = "/run/netns/job1"                # optional
+//! [kubernetes]                              # optional: pods by annotation (see `kube`)
+//! annotation = "egress-agent.io/profile"
 //! ```
 
 use std::{

@@ -3,7 +3,7 @@
 //! ships the schemas; `cargo xtask deps` installs it into
 //! /opt/egress-agent-tools/venv). As root the validator runs in a fresh network
 //! namespace with no interfaces up: proof that validation needs no network.
-//! Copies with a typo'd field and a wrong type must be rejected.
+//! Copies with a typo'd field or a wrong type must be rejected.
 //!
 //! Also: the ConfigMap's daemon.toml and policy.toml are what the agent
 //! accepts, and the manifest keeps the properties the README promises.
@@ -102,11 +102,11 @@ fn daemonset_manifest_validates_offline_and_broken_copies_do_not() {
         ("hostPID: true", "hostPid: true", "'hostPid' was unexpected"),
         // A wrong type.
         ("maxUnavailable: 1", "maxUnavailable: [1]", "maxUnavailable"),
-        // A misspelt enum value.
+        // A number as a string.
         (
-            "mountPropagation: Bidirectional",
-            "mountPropagation: Bidirectonal",
-            "Bidirectonal",
+            "periodSeconds: 20",
+            "periodSeconds: \"20\"",
+            "periodSeconds",
         ),
     ];
     for (from, to, expect) in broken {

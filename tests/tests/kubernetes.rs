@@ -216,3 +216,125 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
         assert_eq!(vol["hostPath"]["path"], path, "{name}");
     }
 }
+
+/// The daemon's `[kubernetes]` reconcile loop end to end, without a cluster: a
+/// stand-in `crictl` reports one pod whose sandbox is a real process (in its own
+/// pid namespace, in the container's network namespace, in a pod-shaped cgroup
+/// `kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`). While the pod
+/// carries the annotation, a process in another container cgroup of the same
+/// pod is enforced; once the pod is gone from crictl's list, it is not.
+#[test]
+fn annotated_pod_is_enforced_then_released_by_the_reconcile_loop() {
+    if !egress_tests::require_root() {
+        return;
+    }
+    use egress_tests::{
+        addrs::METADATA,
+        agent::{test_policy, Agent},
+        topology::{run_probe_in, Topology},
+    };
+    use std::time::{Duration, Instant};
+
+    let topo = Topology::new("kube_reconcile");
+    let _net = topo.start_fakenet();
+    let uid = "0b6a4e2c-9d1f-4c3a-8e7b-2f5d6c1a9e03";
+    let pod = topo.ctr_cgroup_path().join(format!(
+        "kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    ));
+    let sandbox = pod.join("cri-containerd-5f0a8c1e.scope");
+    let app = pod.join("cri-containerd-app.scope");
+    for d in [&sandbox, &app] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // The sandbox ("pause") process: its own pid namespace, the container's netns.
+    let mut holder = topo
+        .ctr_command("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid: u32 = loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id()))
+            .unwrap_or_default();
+        if let Some(p) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox process did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Only the sandbox process in the sandbox cgroup (its unshare parent is in
+    // the host's pid namespace and stays in the topology's cgroup).
+    std::fs::write(sandbox.join("cgroup.procs"), pid.to_string()).unwrap();
+
+    let gone = topo.workdir().join("pod-gone");
+    let crictl = topo.workdir().join("crictl");
+    std::fs::write(
+        &crictl,
+        format!(
+            r#"#!/bin/sh
+# Stand-in for crictl: one annotated pod until {gone} exists.
+while [ "$1" = "--runtime-endpoint" ]; do shift 2; done
+case "$1" in
+  pods)
+    if [ -e {gone} ]; then echo '{{"items": []}}'; exit 0; fi
+    echo '{{"items": [{{"id": "p1", "metadata": {{"name": "agent-0", "namespace": "sandboxes", "uid": "{uid}"}}, "state": "SANDBOX_READY", "annotations": {{"egress-agent.io/profile": "default"}}}}]}}' ;;
+  inspectp)
+    echo '{{"status": {{"id": "p1", "metadata": {{"name": "agent-0", "namespace": "sandboxes", "uid": "{uid}"}}, "state": "SANDBOX_READY", "annotations": {{}}}}, "info": {{"pid": {pid}}}}}' ;;
+  *) exit 1 ;;
+esac
+"#,
+            gone = gone.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&crictl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let metadata = format!("{METADATA}:80");
+    let probe = || run_probe_in(&topo, &app, &["--timeout-ms", "2000", "tcp", &metadata]);
+    let before = probe();
+    assert_eq!(
+        before["ok"], true,
+        "the pod reaches the metadata server without the agent: {before}"
+    );
+
+    let kube = format!("[kubernetes]\ncrictl = {:?}\ninterval_secs = 1\n", crictl);
+    let agent = Agent::daemon_with_config(&topo, &test_policy(&[]), &kube, vec![pod.clone()]);
+    let wait_for = |want_eperm: bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = probe();
+            if (v["errno"].as_i64() == Some(1)) == want_eperm {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod enforcement never became {want_eperm}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait_for(true);
+    let status = agent.cli().args(["status", "--json"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("kubepods-besteffort-pod"),
+        "{status:?}"
+    );
+
+    std::fs::write(&gone, "").unwrap();
+    let after = wait_for(false);
+    assert_eq!(
+        after["ok"], true,
+        "released pod reaches the server again: {after}"
+    );
+    drop(agent);
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -207,6 +207,36 @@ impl Agent {
         a
     }
 
+    /// `egress-agent daemon` whose config gets `extra_config` appended (e.g. a
+    /// `[kubernetes]` section); `cgroups` are detached on drop.
+    pub fn daemon_with_config(
+        topo: &Topology,
+        policy_toml: &str,
+        extra_config: &str,
+        cgroups: Vec<PathBuf>,
+    ) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let control = dir.join("control.sock");
+        let config = dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!("policy = {policy:?}\naudit_log = {audit:?}\n{extra_config}"),
+        )
+        .unwrap();
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config);
+        let mut a = Self::start(cmd, policy, audit, cgroups);
+        a.control = Some(control);
+        a
+    }
+
     /// The `egress-agent` CLI, talking to this daemon's control socket.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(bin_path("egress-agent"));

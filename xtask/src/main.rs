@@ -70,7 +70,14 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/tests/kubernetes.rs: a venv for kubernetes-validate.
+    "python3-venv",
 ];
+
+/// The offline Kubernetes schema validator (PyPI; ships the schemas), in a
+/// venv of its own (Debian's python3 refuses system-wide pip installs).
+const K8S_VENV: &str = "/opt/egress-agent-tools/venv";
+const K8S_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -153,6 +160,38 @@ fn fuzz(seconds: u64) -> Result<()> {
 }
 
 fn deps() -> Result<()> {
+    apt_deps()?;
+    k8s_validator()
+}
+
+fn k8s_validator() -> Result<()> {
+    let venv = std::path::Path::new(K8S_VENV);
+    let have = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("xtask: not root: {K8S_VALIDATE} not installed into {K8S_VENV} (the manifest test skips)");
+        return Ok(());
+    }
+    eprintln!("xtask: installing {K8S_VALIDATE} into {K8S_VENV}");
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .arg(K8S_VALIDATE),
+    )
+}
+
+fn apt_deps() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()

@@ -699,21 +699,43 @@ async fn dns_tcp(st: Arc<State>, l: TcpListener) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// An address just added to the namespace can be briefly unusable
+/// (EADDRNOTAVAIL) on a loaded machine: retry for a bounded time.
+const BIND_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn not_yet(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}
+
 async fn tcp(addr: SocketAddr) -> Result<TcpListener> {
-    let sock = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)
-        .with_context(|| format!("bind tcp {addr}"))?;
-    Ok(sock.listen(1024)?)
+    let deadline = tokio::time::Instant::now() + BIND_SETTLE;
+    loop {
+        let sock = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        sock.set_reuseaddr(true)?;
+        match sock.bind(addr) {
+            Ok(()) => return Ok(sock.listen(1024)?),
+            Err(e) if not_yet(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind tcp {addr}")),
+        }
+    }
 }
 
 async fn udp(addr: SocketAddr) -> Result<UdpSocket> {
-    UdpSocket::bind(addr)
-        .await
-        .with_context(|| format!("bind udp {addr}"))
+    let deadline = tokio::time::Instant::now() + BIND_SETTLE;
+    loop {
+        match UdpSocket::bind(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) if not_yet(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind udp {addr}")),
+        }
+    }
 }
 
 fn parse_records(args: &Args) -> Result<Vec<(String, IpAddr)>> {

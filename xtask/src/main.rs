@@ -102,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             if with_fuzz || std::env::var("CI").is_ok_and(|v| v == "true") {
                 fuzz(30)?;
             }
-            let mut a = vec!["test", "--workspace"];
+            let mut a = vec!["test", "--workspace", "--no-fail-fast"];
             a.extend(args.iter().map(String::as_str));
             cargo_test(&a)
         }

@@ -216,7 +216,18 @@ fn run() -> Option<Vec<Row>> {
         if INTERRUPTED.load(Ordering::SeqCst) {
             return None;
         }
-        let recs = agent.audit_records(seen + 1);
+        // Records are written off the data path: wait until they stop arriving
+        // (150 ms quiet, 2 s at most) so a step's decision is never missed.
+        let mut recs = agent.audit_records(seen + 1);
+        let settle = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            let more = agent.audit_records(0);
+            if more.len() == recs.len() || std::time::Instant::now() > settle {
+                break;
+            }
+            recs = more;
+        }
         let reason = audit_reason(&recs[seen.min(recs.len())..], tried.contains("(allowed)"));
         seen = recs.len();
         rows.push(Row {
@@ -285,9 +296,10 @@ fn dns_saw(d: &Value) -> String {
 /// denial other than DNS, else any denial, else the last non-DNS record, else the last one.
 fn audit_reason(new: &[Value], allowed: bool) -> String {
     let is_dns = |r: &Value| r["protocol"].as_str().unwrap_or("").starts_with("dns");
-    let allow = new
-        .iter()
-        .rfind(|r| allowed && r["decision"] == "allow" && !is_dns(r));
+    // Records about egress.internal itself (the proxy's own name) are not the decision.
+    let allow = new.iter().rfind(|r| {
+        allowed && r["decision"] == "allow" && !is_dns(r) && r["name"] != "egress.internal"
+    });
     let pick = allow
         .or_else(|| new.iter().rfind(|r| r["decision"] != "allow" && !is_dns(r)))
         .or_else(|| new.iter().rfind(|r| r["decision"] != "allow"))

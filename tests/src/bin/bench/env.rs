@@ -133,6 +133,7 @@ impl Tools {
 /// Fields drop in order: the peers and the agent first, then the upstream, the topology last.
 pub struct Env {
     pub haproxy: Option<Haproxy>,
+    pub httpjail: Option<Httpjail>,
     pub agent: Agent,
     _fake: FakeNet,
     pub plain: PathBuf,
@@ -152,9 +153,16 @@ pub struct Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.haproxy = None;
+        self.httpjail = None;
         // The plain sibling cgroup is the bench's own (Topology removes only the container's).
         let _ = std::fs::remove_dir(&self.plain);
     }
+}
+
+pub struct Httpjail {
+    pub proc: Proc,
+    pub https_port: u16,
+    pub http_port: u16,
 }
 
 pub struct Haproxy {
@@ -246,6 +254,7 @@ impl Env {
             tools,
             inspect_missing: None,
             haproxy: None,
+            httpjail: None,
             haproxy_missing: None,
             httpjail_missing: None,
             agent_threads,
@@ -265,12 +274,13 @@ impl Env {
             },
             Err(e) => env.haproxy_missing = Some(e.clone()),
         }
-        env.httpjail_missing = Some(match &env.tools.httpjail {
-            Ok(_) => {
-                "httpjail installed, but its runner is not written yet (see RESULTS notes)".into()
-            }
-            Err(e) => e.clone(),
-        });
+        match &env.tools.httpjail {
+            Ok(bin) => match env.start_httpjail(bin.clone(), &bundle_pem) {
+                Ok(h) => env.httpjail = Some(h),
+                Err(e) => env.httpjail_missing = Some(e),
+            },
+            Err(e) => env.httpjail_missing = Some(e.clone()),
+        }
         env
     }
 
@@ -410,6 +420,92 @@ impl Env {
         })
     }
 
+    /// httpjail `--server` (transparent TLS interception on its HTTPS port, JS rule `true`). It runs in
+    /// the container's netns in the plain cgroup — its server mode binds 127.0.0.1 of its own netns —
+    /// so its upstream dials leave from ctr-* (one veth hop fewer than the agent and HAProxy).
+    fn start_httpjail(&self, bin: PathBuf, bundle_pem: &[u8]) -> Result<Httpjail, String> {
+        let https_port = free_port_hint(self.topo.id(), 21443);
+        let http_port = https_port + 100;
+        let home = self.topo.workdir().join("httpjail-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut cmd = self.topo.ctr_command_in(&self.plain, "taskset");
+        cmd.args(["-c", PROXY_CPU])
+            .arg(&bin)
+            .args(["--server", "--js", "true"])
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("HTTPJAIL_HTTP_BIND", format!("127.0.0.1:{http_port}"))
+            .env("HTTPJAIL_HTTPS_BIND", format!("127.0.0.1:{https_port}"))
+            // Its upstream TLS verification: fakenet's CA.
+            .env("SSL_CERT_FILE", &self.bundle)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("httpjail: {e}"))?;
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[httpjail] {line}");
+            }
+        });
+        let proc = Proc { child };
+        // Its CA appears on first start somewhere under HOME; add it to the clients' bundle.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let ca = loop {
+            if let Some(f) = find_file(&home, "ca-cert.pem") {
+                break f;
+            }
+            if Instant::now() > deadline {
+                return Err("httpjail --server wrote no ca-cert.pem under its HOME".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut pem = bundle_pem.to_vec();
+        pem.extend_from_slice(&std::fs::read(&ca).unwrap_or_default());
+        std::fs::write(&self.bundle, pem).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self
+                .topo
+                .ctr_command_in(&self.plain, "curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .arg("--cacert")
+                .arg(&self.bundle)
+                .args([
+                    "--connect-to",
+                    &format!("{PASS_HOST}:443:127.0.0.1:{https_port}"),
+                    &format!("https://{PASS_HOST}/bytes/16"),
+                ])
+                .output()
+                .map_err(|e| format!("curl: {e}"))?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "200" {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "httpjail --server did not proxy https://{PASS_HOST}/ on 127.0.0.1:{https_port}: {} {}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(Httpjail {
+            proc,
+            https_port,
+            http_port,
+        })
+    }
+
     /// The agent's tokio worker count (its runtime's default: one per CPU).
     fn agent_threads_worker(&self) -> usize {
         std::thread::available_parallelism()
@@ -455,7 +551,17 @@ impl Env {
                     proxy_pid: Some(h.proc.pid()),
                 }
             }
-            Config::Httpjail => unreachable!("httpjail has no runner"),
+            Config::Httpjail => {
+                let h = self.httpjail.as_ref().expect("httpjail available");
+                Target {
+                    cgroup: self.plain.clone(),
+                    host: PASS_HOST.into(),
+                    connect_https: Some(format!("127.0.0.1:{}", h.https_port)),
+                    connect_http: Some(format!("127.0.0.1:{}", h.http_port)),
+                    proxy: None,
+                    proxy_pid: Some(h.proc.pid()),
+                }
+            }
         }
     }
 
@@ -467,6 +573,20 @@ impl Env {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// fakenet's pid: the one process in up-* (found by its netns).

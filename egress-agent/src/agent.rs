@@ -95,7 +95,14 @@ impl DnsMemory {
         let now = Instant::now();
         let m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         m.get(&ip)
-            .map(|names| names.iter().rev().filter(|(_, t)| *t > now).map(|(n, _)| n.clone()).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .rev()
+                    .filter(|(_, t)| *t > now)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -118,6 +125,7 @@ impl Attachment {
             profile: self.profile.clone(),
             protocol,
             decision: "allow",
+            policy: self.shared.policy.load().version().to_string(),
             ..Default::default()
         }
     }
@@ -249,6 +257,7 @@ fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
         orig_dst: ev.destination().map(|d| d.to_string()).unwrap_or_default(),
         protocol: "kernel",
         decision: "deny",
+        policy: att.shared.policy.load().version().to_string(),
         code: Some(
             reason
                 .map(|r| r.label().to_string())
@@ -278,7 +287,10 @@ mod tests {
         m.remember("cdn.test", &[ip], 0);
         m.remember("other.test", &[ip], 0);
         m.remember("cdn.test", &[ip], 0);
-        assert_eq!(m.names_of(ip), vec!["cdn.test".to_string(), "other.test".to_string()]);
+        assert_eq!(
+            m.names_of(ip),
+            vec!["cdn.test".to_string(), "other.test".to_string()]
+        );
         for i in 0..20 {
             m.remember(&format!("n{i}.test"), &[ip], 0);
         }

@@ -38,10 +38,18 @@ pub struct Record {
     /// The name the decision was about (SNI, Host, CONNECT target, DNS question).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// tls | http | connect | opaque | dns | dns-tcp | kernel
+    /// The port the decision was about: the CONNECT target's, else the
+    /// original destination's (absent for DNS and early refusals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// tls | https (inspected) | http | connect | opaque | dns | dns-tcp | kernel
     pub protocol: &'static str,
     /// allow | deny | would_deny (monitor mode)
     pub decision: &'static str,
+    /// Version of the policy the decision was made with (a reload never
+    /// changes a decision already made).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub policy: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub rule: Option<String>,
@@ -50,6 +58,14 @@ pub struct Record {
     /// The address the agent dialed (never the client's choice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Inspected HTTPS and plain HTTP: one record per request, with its method, path
+    /// (without the query) and the status returned to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
@@ -66,6 +82,8 @@ impl Record {
 
 const CHANNEL_DEPTH: usize = 65_536;
 const RECENT_DENIALS: usize = 256;
+/// Recent decisions of every kind, for the control socket's `decisions`.
+const RECENT_DECISIONS: usize = 256;
 
 /// Handle to the audit log; cheap to clone.
 #[derive(Clone)]
@@ -80,6 +98,9 @@ struct Inner {
     written: Arc<AtomicU64>,
     /// Recent denials for `http://egress.internal/status`, newest last.
     recent: Mutex<VecDeque<Record>>,
+    /// Recent decisions of every kind, newest last.
+    decisions: Mutex<VecDeque<Record>>,
+    metrics: crate::metrics::Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +173,25 @@ impl Audit {
                 lost: AtomicU64::new(0),
                 written,
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_DENIALS)),
+                decisions: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+                metrics: crate::metrics::Metrics::default(),
             }),
         })
     }
 
     pub fn record(&self, rec: Record) {
+        self.inner.metrics.observe(&rec);
+        {
+            let mut d = self
+                .inner
+                .decisions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if d.len() == RECENT_DECISIONS {
+                d.pop_front();
+            }
+            d.push_back(rec.clone());
+        }
         if rec.is_denial() {
             let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
             if recent.len() == RECENT_DENIALS {
@@ -181,6 +216,26 @@ impl Audit {
             .take(max)
             .cloned()
             .collect()
+    }
+
+    /// Recent decisions of every cgroup (or of one), newest first.
+    pub fn recent_decisions(&self, cgroup_id: Option<u64>, max: usize) -> Vec<Record> {
+        let d = self
+            .inner
+            .decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        d.iter()
+            .rev()
+            .filter(|r| cgroup_id.is_none_or(|id| r.cgroup_id == id))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    /// The counters every record feeds.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     pub fn path(&self) -> Option<&Path> {

@@ -29,6 +29,13 @@ pub enum CgroupError {
     HoldsAgent { target: PathBuf, own: PathBuf },
     #[error("process {0} has no cgroup v2 membership (0::/...) in /proc/{0}/cgroup")]
     NoV2Membership(u32),
+    #[error("refusing to enforce {path}: it also holds process {other} ({comm}) from another pid namespace than process {pid}; this is not a dedicated container cgroup (does the runtime give the container its own cgroup v2?)")]
+    Shared {
+        path: PathBuf,
+        pid: u32,
+        other: u32,
+        comm: String,
+    },
     #[error("mounting bpffs at {path}: {source}")]
     MountBpffs {
         path: PathBuf,
@@ -153,6 +160,66 @@ impl Cgroup {
             });
         }
         Ok(())
+    }
+
+    /// Refuse a cgroup that is not dedicated to one container: every process
+    /// in it and below it must share the pid namespace of `pid` (the
+    /// container's process; default: the first process found). A container
+    /// without a cgroup v2 of its own shows up here as a cgroup shared with
+    /// host processes, which live in the host's pid namespace. (A container
+    /// run with the host's pid namespace cannot be told apart this way.)
+    pub fn check_dedicated(&self, pid: Option<u32>) -> Result<(), CgroupError> {
+        let pids = self.pids_recursive()?;
+        let Some(reference) = pid.or_else(|| pids.first().copied()) else {
+            return Ok(());
+        };
+        let ns_of = |p: u32| {
+            fs::metadata(format!("/proc/{p}/ns/pid"))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        let Some(want) = ns_of(reference) else {
+            return Ok(());
+        };
+        for p in pids {
+            // A process that exited meanwhile is no evidence either way.
+            if let Some(ns) = ns_of(p) {
+                if ns != want {
+                    let comm = fs::read_to_string(format!("/proc/{p}/comm"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    return Err(CgroupError::Shared {
+                        path: self.path.clone(),
+                        pid: reference,
+                        other: p,
+                        comm,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes in this cgroup and every cgroup below it.
+    pub fn pids_recursive(&self) -> Result<Vec<u32>, CgroupError> {
+        let mut out = self.pids()?;
+        let mut stack = vec![self.path.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let p = e.path().join("cgroup.procs");
+                    if let Ok(text) = fs::read_to_string(&p) {
+                        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                    }
+                    stack.push(e.path());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Create `<cgroup2 mount>/<parent>/<name>` (parents included).

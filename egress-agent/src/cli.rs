@@ -27,6 +27,19 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The daemon's control socket (attach, detach, status, policy show,
+    /// explain talk to a running daemon through it; without one they work
+    /// standalone).
+    #[arg(long, global = true, env = "EGRESS_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// State directory (the inspection CA, trust files); default $EGRESS_STATE_DIR or
+    /// /var/lib/egress-agent.
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Issue the inspection CA name-constrained to the policy's inspected names
+    /// (also EGRESS_CA_NAME_CONSTRAINTS=1). A change of those names issues a new CA.
+    #[arg(long, global = true)]
+    pub ca_name_constraints: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -41,30 +54,72 @@ pub enum LogFormat {
 pub enum Cmd {
     /// Run CMD in a fresh cgroup (and with --netns a fresh network namespace) under enforcement.
     Exec(ExecArgs),
-    /// Long-running agent for a static list of cgroups/pids (see README: daemon config).
+    /// Long-running agent: the config's cgroups/pids plus whatever `attach`
+    /// adds through the control socket (see README: daemon).
     Daemon {
         #[arg(long)]
         config: PathBuf,
+        /// Also serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
-    /// Enforce a cgroup or a process's cgroup, serving in the foreground until SIGTERM.
+    /// Enforce a cgroup or a process's cgroup: through the running daemon, or
+    /// (no daemon) serving in the foreground until SIGTERM.
     Attach(AttachArgs),
-    /// Remove the pinned enforcement from a cgroup (the only way enforcement ends).
+    /// Remove the enforcement from a cgroup (the only way enforcement ends).
     Detach(Target),
-    /// Show enforced cgroups and kernel denial counters.
+    /// Show enforced cgroups (the daemon's attachments, or the pins).
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon to reload its policy file (as SIGHUP does).
+    Reload,
+    /// The running daemon's metrics (Prometheus text).
+    Metrics,
+    /// The running daemon's recent decisions, newest first (JSON lines).
+    Decisions {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cgroup_id: Option<u64>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the minimal policy that would have allowed what an audit log
+    /// (typically a monitor-mode session) recorded.
+    Suggest(crate::suggest::SuggestArgs),
     /// Policy file tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Explain the decision for HOST[:PORT].
+    /// The TLS inspection CA: `export` (PEM on stdout), `env` (shell exports for common tools).
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
         #[arg(long, default_value = "default")]
         profile: String,
         #[arg(long)]
-        policy: PathBuf,
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Print the CA certificate (PEM), creating the CA on first use.
+    Export {
+        /// The policy whose inspected names constrain the CA (with --ca-name-constraints).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Write the trust files (CA, system roots + CA bundle, JKS truststore) under the state
+    /// directory and print `export` lines for SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+    /// NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO, PIP_CERT, CARGO_HTTP_CAINFO, AWS_CA_BUNDLE,
+    /// DENO_CERT and JAVA_TOOL_OPTIONS.
+    Env {
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -85,6 +140,10 @@ pub struct ExecArgs {
     /// Append decisions to this JSONL file.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Make CMD trust the inspection CA: write the trust files (never the key) under the state
+    /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
+    #[arg(long)]
+    pub trust_ca: bool,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -104,12 +163,14 @@ pub struct AttachArgs {
     pub target: Target,
     #[arg(long, default_value = "default")]
     pub profile: String,
+    /// Policy file: standalone mode only (a daemon enforces its own policy).
     #[arg(long)]
-    pub policy: PathBuf,
+    pub policy: Option<PathBuf>,
     /// Network namespace for the listeners (default: that of --pid, or of the
     /// first process in --cgroup).
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// Audit log: standalone mode only.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
 }
@@ -118,8 +179,8 @@ pub struct AttachArgs {
 pub enum PolicyCmd {
     /// Validate a policy file: exit 0, or one line naming file:line:column and key, exit 2.
     Check { file: PathBuf },
-    /// Print the effective policy exactly as enforced.
-    Show { file: PathBuf },
+    /// Print the effective policy exactly as enforced (the daemon's without FILE).
+    Show { file: Option<PathBuf> },
 }
 
 pub fn init_logging(cli: &Cli) {
@@ -148,7 +209,27 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let sock = crate::control::socket_path(cli.control.as_deref());
+    let daemon = || crate::control::daemon_running(&sock);
+    let get = |uri: &str| -> Result<String> {
+        let b = crate::control::call_blocking(&sock, hyper::Method::GET, uri, None)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    };
+    if let Some(d) = &cli.state_dir {
+        crate::tls::ca::set_state_dir(d.clone());
+    }
+    crate::tls::set_name_constraints(cli.ca_name_constraints);
     match cli.cmd {
+        Cmd::Ca(CaCmd::Export { policy }) => {
+            print!("{}", load_ca(policy.as_deref())?.cert_pem);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ca(CaCmd::Env { policy }) => {
+            let ca = load_ca(policy.as_deref())?;
+            let trust = ca.write_trust(&crate::tls::ca::state_dir())?;
+            print!("{}", trust.shell_exports());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Policy(PolicyCmd::Check { file }) => {
             let p = load_policy(&file)?;
             println!(
@@ -159,25 +240,181 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Policy(PolicyCmd::Show { file }) => {
+        Cmd::Policy(PolicyCmd::Show { file: Some(file) }) => {
             print!("{}", load_policy(&file)?.show());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy(PolicyCmd::Show { file: None }) => {
+            require_daemon(&sock, "policy show without FILE")?;
+            print!("{}", get("/v1/policy")?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Explain {
             host,
             profile,
-            policy,
-        } => explain(&load_policy(&policy)?, &host, &profile),
+            policy: Some(policy),
+        } => {
+            print!("{}", explain_text(&load_policy(&policy)?, &host, &profile)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Explain {
+            host,
+            profile,
+            policy: None,
+        } => {
+            require_daemon(&sock, "explain without --policy")?;
+            print!(
+                "{}",
+                get(&format!(
+                    "/v1/explain?host={}&profile={}",
+                    crate::control::percent_encode(&host),
+                    crate::control::percent_encode(&profile)
+                ))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Detach(t) if daemon() => {
+            let req = crate::daemon::DetachRequest {
+                cgroup: t.cgroup.clone(),
+                pid: t.pid,
+            };
+            let v = post_json(&sock, "/v1/detach", serde_json::to_value(req)?)?;
+            println!(
+                "detached {} (cgroup id {})",
+                v["detached"].as_str().unwrap_or("?"),
+                v["cgroup_id"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Detach(t) => {
             let cg = target_cgroup(&t)?;
             crate::bpf::detach(&cg)?;
             println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Status { json } if daemon() => {
+            let v: serde_json::Value = serde_json::from_str(&get("/v1/status")?)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_daemon_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { json } => status(json),
+        Cmd::Reload => {
+            require_daemon(&sock, "reload")?;
+            let v = post_json(&sock, "/v1/reload", serde_json::json!({}))?;
+            println!("reloaded: policy {}", v["policy"].as_str().unwrap_or("?"));
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("egress-agent: warning: {}", w.as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Metrics => {
+            require_daemon(&sock, "metrics")?;
+            print!("{}", get("/metrics")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decisions { limit, cgroup_id } => {
+            require_daemon(&sock, "decisions")?;
+            let mut uri = format!("/v1/decisions?limit={limit}");
+            if let Some(id) = cgroup_id {
+                uri.push_str(&format!("&cgroup_id={id}"));
+            }
+            let v: serde_json::Value = serde_json::from_str(&get(&uri)?)?;
+            for r in v.as_array().into_iter().flatten() {
+                println!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
+            match std::io::stdout().write_all(&buf) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Suggest(args) => {
+            print!("{}", crate::suggest::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
         Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args)),
         Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
-        Cmd::Daemon { config } => runtime()?.block_on(crate::daemon::run(&config)),
+        Cmd::Daemon { config, metrics } => {
+            runtime()?.block_on(crate::daemon::run(&config, &sock, metrics))
+        }
+    }
+}
+
+fn require_daemon(sock: &Path, what: &str) -> Result<()> {
+    if !crate::control::daemon_running(sock) {
+        bail!(
+            "{what} needs a running daemon, and none answers on {} (start `egress-agent daemon`, or pass --control PATH)",
+            sock.display()
+        );
+    }
+    Ok(())
+}
+
+fn post_json(sock: &Path, uri: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+    let b = crate::control::call_blocking(sock, hyper::Method::POST, uri, Some(body))?;
+    Ok(serde_json::from_slice(&b)?)
+}
+
+fn attach_via_daemon(sock: &Path, args: &AttachArgs) -> Result<ExitCode> {
+    if args.policy.is_some() || args.audit_log.is_some() {
+        bail!(
+            "a daemon is running on {}: it enforces its own policy and audit log; drop --policy/--audit-log (or use --control for another socket)",
+            sock.display()
+        );
+    }
+    let req = crate::daemon::AttachRequest {
+        cgroup: args.target.cgroup.clone(),
+        pid: args.target.pid,
+        profile: args.profile.clone(),
+        netns: args.netns.clone(),
+    };
+    let v = post_json(sock, "/v1/attach", serde_json::to_value(req)?)?;
+    println!(
+        "attached cgroup {} (id {}) with profile {} (adopted pins: {})",
+        v["cgroup"].as_str().unwrap_or("?"),
+        v["cgroup_id"],
+        v["profile"].as_str().unwrap_or("?"),
+        v["adopted"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_daemon_status(v: &serde_json::Value) {
+    println!(
+        "daemon pid {} up {}s, policy {} ({}, {}), audit {} written {} lost {}",
+        v["pid"],
+        v["uptime_s"],
+        v["policy"]["version"].as_str().unwrap_or("?"),
+        v["policy"]["mode"].as_str().unwrap_or("?"),
+        v["policy"]["file"].as_str().unwrap_or("?"),
+        v["audit"]["path"].as_str().unwrap_or("-"),
+        v["audit"]["written"],
+        v["audit"]["lost"],
+    );
+    let atts = v["attachments"].as_array().cloned().unwrap_or_default();
+    if atts.is_empty() {
+        println!("no attachments");
+    }
+    for a in atts {
+        println!(
+            "cgroup id {}: {} profile {} tcp {} dns {}",
+            a["cgroup_id"],
+            a["cgroup"].as_str().unwrap_or("?"),
+            a["profile"].as_str().unwrap_or("?"),
+            a["listeners"]["tcp"],
+            a["listeners"]["dns"],
+        );
     }
 }
 
@@ -185,6 +422,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// The inspection CA of the state directory (created on first use); constrained to the
+/// policy's inspected names when asked to.
+pub fn load_ca(policy: Option<&Path>) -> Result<crate::tls::ca::Ca> {
+    let constraints = match (crate::tls::name_constraints_wanted(), policy) {
+        (false, _) => None,
+        (true, Some(p)) => {
+            let p = load_policy(p)?;
+            Some(crate::tls::ca::constraints_for(
+                p.inspect_hosts().iter().map(String::as_str),
+            ))
+        }
+        (true, None) => bail!("--ca-name-constraints needs --policy FILE (the inspected names)"),
+    };
+    Ok(crate::tls::ca::Ca::load_or_create(
+        &crate::tls::ca::state_dir(),
+        constraints.as_deref(),
+    )?)
 }
 
 pub fn load_policy(path: &Path) -> Result<Policy> {
@@ -200,18 +456,26 @@ pub fn target_cgroup(t: &Target) -> Result<Cgroup> {
     })
 }
 
-fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
+/// The decision for HOST[:PORT] under each protocol, one line each.
+pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String> {
+    use std::fmt::Write;
     let (h, port) = crate::policy::name::split_host_port(host, 443)
         .map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
     let name = CanonicalName::parse(&h).map_err(|e| anyhow::anyhow!("{h}: {e}"))?;
+    if !policy.has_profile(profile) {
+        bail!("profile `{profile}` is not defined in the policy");
+    }
+    let mut o = String::new();
     for proto in [Protocol::Tls, Protocol::Http, Protocol::Opaque] {
-        match policy.decide(profile, &name, port, proto) {
-            Decision::Allow { rule, inspect } => println!(
+        let _ = match policy.decide(profile, &name, port, proto) {
+            Decision::Allow { rule, inspect } => writeln!(
+                o,
                 "{name}:{port} {proto:?}: allow ({}) by {rule}",
                 if inspect { "inspect" } else { "passthrough" },
                 name = name.as_str()
             ),
-            Decision::Deny(d) => println!(
+            Decision::Deny(d) => writeln!(
+                o,
                 "{name}:{port} {proto:?}: deny {}: {}{}",
                 d.code.as_str(),
                 d.reason,
@@ -222,9 +486,9 @@ fn explain(policy: &Policy, host: &str, profile: &str) -> Result<ExitCode> {
                 },
                 name = name.as_str()
             ),
-        }
+        };
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(o)
 }
 
 fn status(json: bool) -> Result<ExitCode> {
@@ -262,8 +526,13 @@ fn status(json: bool) -> Result<ExitCode> {
 }
 
 async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
-    let policy = load_policy(&args.policy)?;
+    let Some(policy) = &args.policy else {
+        bail!("no daemon is running: give --policy FILE to enforce in the foreground (or start `egress-agent daemon`)");
+    };
+    let policy = load_policy(policy)?;
     let cg = target_cgroup(&args.target)?;
+    cg.check_enforceable()?;
+    cg.check_dedicated(args.target.pid)?;
     let netns = match (&args.netns, args.target.pid) {
         (Some(p), _) => Netns::open(p)?,
         (None, Some(pid)) => Netns::of_pid(pid)?,

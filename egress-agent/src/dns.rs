@@ -176,15 +176,20 @@ async fn answer(
     rec.name = Some(raw.trim_end_matches('.').to_string());
     rec.orig_dst = "dns".into();
     let policy = att.shared.policy.load_full();
+    rec.policy = policy.version().to_string();
 
-    let outcome = decide(&q, &raw, att, &policy).await;
+    let (outcome, would_deny) = decide(&q, &raw, att, &policy).await;
+    if let Some(reason) = would_deny {
+        // Monitor mode: answered, but recorded as what enforce mode would do.
+        rec.decision = "would_deny";
+        rec.code = Some("host_not_allowed".into());
+        rec.reason = Some(reason);
+    }
     if let Outcome::Blocked { code, reason, .. } = &outcome {
-        let monitor = policy.mode() == crate::policy::Mode::Monitor;
-        rec.decision = if monitor && *code == "host_not_allowed" {
-            "would_deny"
-        } else {
-            "deny"
-        };
+        // Refused in either mode: monitor mode answers every name it can, so
+        // what is left is a real refusal (unparseable name, prohibited
+        // addresses only, resolver failure).
+        rec.decision = "deny";
         rec.code = Some((*code).into());
         rec.reason = Some(reason.clone());
     }
@@ -204,7 +209,34 @@ pub enum Outcome {
     },
 }
 
-async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::Policy) -> Outcome {
+/// The outcome, and in monitor mode the reason enforce mode would have refused
+/// the name (it is answered all the same).
+async fn decide(
+    q: &Query,
+    raw: &str,
+    att: &Attachment,
+    policy: &crate::policy::Policy,
+) -> (Outcome, Option<String>) {
+    let would_deny = |name: &CanonicalName| {
+        format!(
+            "{} is not allowed by the policy (profile {})",
+            name.as_str(),
+            att.profile
+        )
+    };
+    let mut would = None;
+    let outcome = decide_inner(q, raw, att, policy, &mut would, would_deny).await;
+    (outcome, would)
+}
+
+async fn decide_inner(
+    q: &Query,
+    raw: &str,
+    att: &Attachment,
+    policy: &crate::policy::Policy,
+    would: &mut Option<String>,
+    would_deny: impl Fn(&CanonicalName) -> String,
+) -> Outcome {
     let qtype = q.query_type();
     let name = match CanonicalName::parse(raw) {
         Ok(n) => n,
@@ -227,16 +259,15 @@ async fn decide(q: &Query, raw: &str, att: &Attachment, policy: &crate::policy::
         Decision::Allow { .. } => true,
         Decision::Deny(d) => d.code != crate::deny::DenyCode::HostNotAllowed,
     };
-    if !allowed && policy.mode() != crate::policy::Mode::Monitor {
-        return Outcome::Blocked {
-            rcode: ResponseCode::NXDomain,
-            code: "host_not_allowed",
-            reason: format!(
-                "{} is not allowed by the policy (profile {})",
-                name.as_str(),
-                att.profile
-            ),
-        };
+    if !allowed {
+        if policy.mode() != crate::policy::Mode::Monitor {
+            return Outcome::Blocked {
+                rcode: ResponseCode::NXDomain,
+                code: "host_not_allowed",
+                reason: would_deny(&name),
+            };
+        }
+        *would = Some(would_deny(&name));
     }
     if !matches!(qtype, RecordType::A | RecordType::AAAA) {
         // No TXT/MX/SVCB/...: nothing but addresses leaves, and nothing is forwarded.

@@ -61,6 +61,24 @@ async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) ->
 
     let mut cmd = tokio::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
+    if args.trust_ca {
+        // Certificates only: the CA key stays in the state directory's `ca/` (mode 0600).
+        let policy = running.attachment.shared.policy.load_full();
+        let inspector =
+            crate::tls::Inspector::get(&policy).map_err(|e| anyhow::anyhow!("--trust-ca: {e}"))?;
+        let trust = inspector
+            .ca
+            .write_trust(&crate::tls::ca::state_dir())
+            .context("--trust-ca")?;
+        for (k, v) in trust.env() {
+            cmd.env(k, v);
+        }
+        let java = match std::env::var("JAVA_TOOL_OPTIONS") {
+            Ok(prev) if !prev.is_empty() => format!("{prev} {}", trust.java_options()),
+            _ => trust.java_options(),
+        };
+        cmd.env("JAVA_TOOL_OPTIONS", java);
+    }
     // SAFETY: the closure only makes async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(move || {

@@ -11,18 +11,24 @@ pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod control;
 pub mod copy;
 pub mod daemon;
 pub mod deny;
 pub mod dns;
 pub mod exec;
+pub mod http_proxy;
 pub mod interceptor;
+pub mod metrics;
 pub mod netns;
 pub mod peek;
 pub mod policy;
 pub mod resolve;
+pub mod rewind;
 pub mod status;
+pub mod suggest;
 pub mod sys;
+pub mod tls;
 
 /// `egress.internal`: the agent's own address inside every sandbox (status page,
 /// explicit proxy for clients that honour HTTPS_PROXY). From TEST-NET-1

@@ -61,6 +61,8 @@ pub struct Agent {
     cgroups: Vec<PathBuf>,
     /// First stdout line: "enforcing cgroup id N (adopted pins: B)".
     pub banner: String,
+    /// The daemon's control socket (`daemon_control` only).
+    pub control: Option<PathBuf>,
 }
 
 impl Agent {
@@ -71,6 +73,33 @@ impl Agent {
         std::fs::write(&policy, policy_toml).unwrap();
         let audit = dir.join("audit.jsonl");
         Self::spawn_attach(topo, policy, audit)
+    }
+
+    /// [`Agent::attach`] with extra environment for the agent (e.g. `EGRESS_STATE_DIR`, the
+    /// secrets an inspected host's credentials are read from).
+    pub fn attach_with_env(topo: &Topology, policy_toml: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let mut cmd = Self::attach_command(topo, &policy, &audit);
+        cmd.envs(env.iter().copied());
+        let cgroups = vec![topo.ctr_cgroup_path().to_path_buf()];
+        Self::start(cmd, policy, audit, cgroups)
+    }
+
+    fn attach_command(topo: &Topology, policy: &Path, audit: &Path) -> Command {
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("attach")
+            .arg("--cgroup")
+            .arg(topo.ctr_cgroup_path())
+            .arg("--netns")
+            .arg(topo.ctr_netns_path())
+            .arg("--policy")
+            .arg(policy)
+            .arg("--audit-log")
+            .arg(audit);
+        cmd
     }
 
     fn spawn_attach(topo: &Topology, policy: PathBuf, audit: PathBuf) -> Agent {
@@ -84,8 +113,14 @@ impl Agent {
             .arg(&policy)
             .arg("--audit-log")
             .arg(&audit);
+        // A per-test control path nobody serves: standalone mode, whatever
+        // daemon may listen on the machine's default socket.
+        let control = topo.workdir().join("control.sock");
+        cmd.env("EGRESS_CONTROL", &control);
         let cgroups = vec![topo.ctr_cgroup_path().to_path_buf()];
-        Self::start(cmd, policy, audit, cgroups)
+        let mut a = Self::start(cmd, policy, audit, cgroups);
+        a.control = Some(control);
+        a
     }
 
     /// `egress-agent daemon` over several topologies' containers, run in the
@@ -113,13 +148,63 @@ impl Agent {
         }
         let config = dir.join("daemon.toml");
         std::fs::write(&config, cfg).unwrap();
+        // Its own control socket: never the machine's default one.
+        let control = dir.join("control.sock");
         let mut cmd = topos[0].ag_command(bin_path("egress-agent"));
-        cmd.arg("daemon").arg("--config").arg(&config);
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config);
         let cgroups = topos
             .iter()
             .map(|t| t.ctr_cgroup_path().to_path_buf())
             .collect();
-        Self::start(cmd, policy, audit, cgroups)
+        let mut a = Self::start(cmd, policy, audit, cgroups);
+        a.control = Some(control);
+        a
+    }
+
+    /// `egress-agent daemon` with nothing attached by its config and its own
+    /// control socket (`<workdir>/control.sock`), in the topology's agent
+    /// namespace; `extra` are more daemon arguments (e.g. `--metrics ADDR`).
+    /// The topology's cgroup is detached on drop, whoever attached it.
+    pub fn daemon_control(topo: &Topology, policy_toml: &str, extra: &[&str]) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let control = dir.join("control.sock");
+        let config = dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!("policy = {policy:?}\naudit_log = {audit:?}\n"),
+        )
+        .unwrap();
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .args(extra);
+        let mut a = Self::start(
+            cmd,
+            policy,
+            audit,
+            vec![topo.ctr_cgroup_path().to_path_buf()],
+        );
+        a.control = Some(control);
+        a
+    }
+
+    /// The `egress-agent` CLI, talking to this daemon's control socket.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin_path("egress-agent"));
+        if let Some(s) = &self.control {
+            c.env("EGRESS_CONTROL", s);
+        }
+        c
     }
 
     fn start(mut cmd: Command, policy: PathBuf, audit: PathBuf, cgroups: Vec<PathBuf>) -> Agent {
@@ -153,6 +238,7 @@ impl Agent {
             audit,
             cgroups,
             banner,
+            control: None,
         }
     }
 
@@ -161,6 +247,7 @@ impl Agent {
         self.stop();
         let mut a = Self::spawn_attach(topo, self.policy.clone(), self.audit.clone());
         self.child = a.child.take();
+        self.control = a.control.take();
         self.banner = std::mem::take(&mut a.banner);
         // `a` has no child left: its Drop only re-detaches nothing we still need...
         a.cgroups.clear();
@@ -226,7 +313,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
         for cg in &self.cgroups {
-            let _ = Command::new(bin_path("egress-agent"))
+            // The daemon is stopped: this is the standalone detach (pins).
+            let _ = self
+                .cli()
                 .arg("detach")
                 .arg("--cgroup")
                 .arg(cg)

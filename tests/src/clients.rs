@@ -352,6 +352,24 @@ pub fn http_get(host: &str) -> Vec<u8> {
 /// literal or garbage; `None` = no SNI extension), ALPN http/1.1. Split into records of at most
 /// `record_max` bytes of handshake data each (`0` = one record).
 pub fn client_hello(sni: Option<&[u8]>, record_max: usize) -> Vec<u8> {
+    client_hello_with(sni, record_max, &[])
+}
+
+/// A GREASE-style `encrypted_client_hello` (0xfe0d) outer extension, as every
+/// Chromium sends: outer type, HPKE suite, config id, a 32-byte enc, a payload.
+pub fn grease_ech_extension() -> Vec<u8> {
+    let mut body = vec![0u8, 0, 1, 0, 1, 0x42, 0, 32];
+    body.extend_from_slice(&[0x11u8; 32]);
+    body.extend_from_slice(&[0, 144]);
+    body.extend_from_slice(&[0x22u8; 144]);
+    let mut ext = vec![0xfe, 0x0d];
+    ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&body);
+    ext
+}
+
+/// [`client_hello`] with extra raw extensions appended (type, length, body each).
+pub fn client_hello_with(sni: Option<&[u8]>, record_max: usize, extra: &[u8]) -> Vec<u8> {
     fn u16b(n: usize) -> [u8; 2] {
         (n as u16).to_be_bytes()
     }
@@ -379,6 +397,7 @@ pub fn client_hello(sni: Option<&[u8]>, record_max: usize) -> Vec<u8> {
     // key_share: x25519 with a fixed (valid-length) public key
     ext.extend_from_slice(&[0, 51, 0, 38, 0, 36, 0, 0x1d, 0, 32]);
     ext.extend_from_slice(&[9u8; 32]);
+    ext.extend_from_slice(extra);
 
     let mut body = vec![3, 3];
     body.extend_from_slice(&[7u8; 32]); // random

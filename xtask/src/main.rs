@@ -2,6 +2,8 @@
 //! `test` and `demo` install what a fresh Debian machine lacks first, so the
 //! README's two commands are all a newcomer (or CI) needs.
 
+mod install;
+
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
@@ -49,6 +51,11 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Release build; binary to <prefix>/bin, systemd unit, default policy
+    /// under /etc/egress-agent/ (kept if present), shell completions.
+    Install(install::InstallArgs),
+    /// Remove what `install` put in place (configuration only with --purge).
+    Uninstall(install::UninstallArgs),
 }
 
 /// The fuzz targets of fuzz/ (each has a seed corpus in fuzz/corpus/<name>).
@@ -72,6 +79,10 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "dnsutils",
     "linux-libc-dev",
+    // tests/tests/containers.rs: a real container attached by PID.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 fn main() -> ExitCode {
@@ -112,6 +123,8 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "--workspace", "--bins"])?;
             cargo(&["run", "--quiet", "-p", "egress-tests", "--bin", "demo"])
         }
+        Cmd::Install(a) => install::install(&a),
+        Cmd::Uninstall(a) => install::uninstall(&a),
     }
 }
 

@@ -3,8 +3,9 @@
 //! says (ClientHello, HTTP head, CONNECT, or nothing), decide by *name*, resolve
 //! the name ourselves, re-check every address, dial one we checked, and splice.
 
+mod monitor;
 mod respond;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -70,8 +71,9 @@ struct Wanted {
     reply: Reply,
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
     let started = Instant::now();
+    let _active = att.shared.audit.metrics().connection();
     let _ = client.set_nodelay(true);
     let mut rec = att.record("tcp");
     rec.client = peer.to_string();
@@ -109,6 +111,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     // One policy snapshot for the whole connection: a reload never changes a
     // decision already made.
     let policy = att.shared.policy.load_full();
+    rec.policy = policy.version().to_string();
 
     // 2. Peek.
     let mut buf = Vec::new();
@@ -177,6 +180,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
         }) => {
             rec.protocol = reply.label();
             rec.name = host.clone();
+            if policy.mode() == crate::policy::Mode::Monitor && !service {
+                (rec.decision, rec.code) = ("would_deny", Some(code.as_str().into()));
+                rec.reason = Some(reason);
+                monitor::pass_nameless(client, buf, dst, att, &policy, rec, started).await;
+                return;
+            }
             let denial = respond::denial(
                 &policy,
                 code,
@@ -192,11 +201,19 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
     };
     rec.protocol = wanted.reply.label();
     rec.name = Some(wanted.name.as_str().to_string());
+    rec.port = Some(wanted.port);
 
     // 4. Decide.
     let decision = policy.decide(&att.profile, &wanted.name, wanted.port, wanted.protocol);
+    let mut inspect = false;
     match decision {
-        Decision::Allow { rule, .. } => rec.rule = Some(rule.to_string()),
+        Decision::Allow {
+            rule,
+            inspect: inspected,
+        } => {
+            rec.rule = Some(rule.to_string());
+            inspect = inspected;
+        }
         Decision::Deny(d) => {
             let denial = respond::denial(
                 &policy,
@@ -215,6 +232,20 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
                 deny(att, &policy, client, wanted.reply, denial, rec, started).await;
                 return;
             }
+        }
+    }
+
+    // ECH under inspection is stripped, not refused: our TLS server (rustls)
+    // ignores the extension and answers for the outer name, which is the name
+    // the policy just judged. A GREASE-ECH client (every Chromium) carries on;
+    // a client with real ECH cannot verify ECH acceptance and aborts itself, so
+    // its hidden inner name never gets a connection. Noted in the audit log.
+    if let (true, Peeked::Tls(hello)) = (inspect, &peeked) {
+        if hello.offers_ech() {
+            rec.reason = Some(
+                "ClientHello offered ECH; stripped under inspection (decided on the outer SNI)"
+                    .into(),
+            );
         }
     }
 
@@ -239,6 +270,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
 
     // 6. CONNECT: answer, then hold the tunnel's first bytes to the same name.
     let mut upstream = upstream;
+    let mut inner = None;
     if let Reply::Connect = wanted.reply {
         if client
             .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
@@ -256,20 +288,43 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Attachment) {
         };
         buf.drain(..head_len);
         match check_tunnel(&mut client, &mut buf, &wanted, &policy, att).await {
-            Ok(()) => {}
+            Ok(p) => inner = Some(p),
             Err((reply, denial)) => {
                 deny(att, &policy, client, reply, denial, rec, started).await;
                 return;
             }
         }
-    } else if let Peeked::Http(head) = &peeked {
-        // Absolute-form proxy requests go upstream as origin-form.
-        if let Target::Absolute { .. } = head.target {
-            buf = respond::origin_form(&buf, head);
-        }
     }
 
-    // 7. Passthrough: replay what we read, then copy both ways.
+    // 7. Hand-off: inspected TLS and plain HTTP are served request by request (every
+    //    request's Host, method and path checked); the rest is spliced.
+    let first = inner.as_ref().unwrap_or(&peeked);
+    let engine = match first {
+        Peeked::Tls(_) if inspect => Some(true),
+        Peeked::Http(_) => Some(false),
+        _ => None,
+    };
+    if let Some(tls) = engine {
+        rec.protocol = "http";
+        let conn = crate::http_proxy::Conn::new(
+            att.clone(),
+            policy,
+            wanted.name,
+            wanted.port,
+            None,
+            rec,
+            Some(upstream),
+        );
+        if tls {
+            crate::tls::inspect(client, buf, conn).await;
+        } else {
+            let io = crate::rewind::Rewind::new(buf, client);
+            crate::http_proxy::serve(io, Arc::new(conn), false).await;
+        }
+        return;
+    }
+
+    // 8. Passthrough: replay what we read, then copy both ways.
     if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
         finish(att, rec, started);
         return;
@@ -422,7 +477,12 @@ fn what_is_wanted(
             let chosen = names
                 .iter()
                 .filter_map(|n| CanonicalName::parse(n).ok())
-                .find(|n| matches!(policy.decide(&att.profile, n, dst.port(), Protocol::Opaque), Decision::Allow { .. }))
+                .find(|n| {
+                    matches!(
+                        policy.decide(&att.profile, n, dst.port(), Protocol::Opaque),
+                        Decision::Allow { .. }
+                    )
+                })
                 .map(|n| n.as_str().to_string())
                 .or_else(|| names.first().cloned());
             let Some(name) = chosen else {
@@ -451,7 +511,7 @@ async fn check_tunnel(
     wanted: &Wanted,
     policy: &Policy,
     att: &Attachment,
-) -> Result<(), (Reply, crate::deny::Denial)> {
+) -> Result<Peeked, (Reply, crate::deny::Denial)> {
     let host = wanted.name.as_str().to_string();
     let mismatch = |reply: Reply, what: &str, got: &str| {
         (
@@ -469,7 +529,7 @@ async fn check_tunnel(
     };
     match peek::peek(client, buf, PeekLimits::default()).await {
         Ok(Peeked::Tls(hello)) => match hello.sni.as_deref().map(CanonicalName::parse) {
-            Some(Ok(n)) if n == wanted.name => Ok(()),
+            Some(Ok(n)) if n == wanted.name => Ok(Peeked::Tls(hello)),
             Some(_) => Err(mismatch(
                 Reply::Tls,
                 "SNI",
@@ -483,13 +543,14 @@ async fn check_tunnel(
                 .ok()
                 .and_then(|(h, _)| CanonicalName::parse(&h).ok());
             if name.as_ref() == Some(&wanted.name) {
-                Ok(())
+                Ok(Peeked::Http(head))
             } else {
                 Err(mismatch(Reply::Http, "Host", h))
             }
         }
-        Ok(_) => match policy.decide(&att.profile, &wanted.name, wanted.port, Protocol::Opaque) {
-            Decision::Allow { .. } => Ok(()),
+        Ok(other) => match policy.decide(&att.profile, &wanted.name, wanted.port, Protocol::Opaque)
+        {
+            Decision::Allow { .. } => Ok(other),
             Decision::Deny(d) => Err((
                 Reply::Reset,
                 respond::denial(

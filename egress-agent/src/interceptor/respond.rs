@@ -4,7 +4,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     deny::{Denial, DenyCode},
-    peek::{http::RequestHead, tls::AlertDescription},
+    peek::tls::AlertDescription,
     policy::Policy,
 };
 
@@ -85,23 +85,4 @@ pub fn json_ok(body: &str) -> Vec<u8> {
         body
     )
     .into_bytes()
-}
-
-/// Rewrite `GET http://host/path HTTP/1.1` to `GET /path HTTP/1.1` (the Host
-/// header is already checked to name the same host), keeping the rest.
-pub fn origin_form(buf: &[u8], head: &RequestHead) -> Vec<u8> {
-    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return buf.to_vec();
-    };
-    let path = match &head.target {
-        crate::peek::http::Target::Absolute { path, .. } if !path.is_empty() => path.as_str(),
-        _ => "/",
-    };
-    let mut out = Vec::with_capacity(buf.len());
-    out.extend_from_slice(head.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(format!(" HTTP/1.{}", head.version).as_bytes());
-    out.extend_from_slice(&buf[line_end..]);
-    out
 }

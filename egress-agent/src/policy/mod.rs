@@ -583,6 +583,20 @@ impl Policy {
         &self.addr
     }
 
+    /// Every inspected pattern's host (`api.example.com`, `*.example.org`) across profiles,
+    /// sorted, without duplicates: what a name-constrained CA must permit.
+    pub fn inspect_hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .profiles
+            .values()
+            .flat_map(|p| p.patterns(RuleKind::Inspect))
+            .map(|p| p.host.to_string())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Profile names, sorted.
     pub fn profile_names(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)

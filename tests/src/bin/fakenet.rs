@@ -421,7 +421,109 @@ struct ConnInfo {
     alpn: Option<String>,
 }
 
-async fn respond(req: Request<Incoming>, info: ConnInfo) -> Response<Full<Bytes>> {
+/// `GET /ws` with `Upgrade: websocket`: a minimal RFC 6455 echo (text, binary, ping → pong,
+/// close), enough to prove upgrades pass through the agent.
+fn websocket_echo(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let upgrade = req.headers().get(http::header::UPGRADE)?.to_str().ok()?;
+    if req.uri().path() != "/ws" || !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let key = req.headers().get("sec-websocket-key")?.as_bytes().to_vec();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(&key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64(ctx.finish().as_ref());
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let _ = ws_echo(TokioIo::new(up)).await;
+        }
+    });
+    Some(
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+}
+
+async fn ws_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    loop {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await?;
+        let opcode = h[0] & 0x0f;
+        let masked = h[1] & 0x80 != 0;
+        let len = match h[1] & 0x7f {
+            126 => s.read_u16().await? as u64,
+            127 => s.read_u64().await?,
+            n => n as u64,
+        };
+        if len > 1 << 20 {
+            return Ok(());
+        }
+        let mut mask = [0u8; 4];
+        if masked {
+            s.read_exact(&mut mask).await?;
+        }
+        let mut payload = vec![0u8; len as usize];
+        s.read_exact(&mut payload).await?;
+        if masked {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        let reply_op = match opcode {
+            0x9 => 0xA,
+            0xA => continue,
+            op => op,
+        };
+        let mut out = vec![0x80 | reply_op];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n < 65536 => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&payload);
+        s.write_all(&out).await?;
+        if opcode == 0x8 {
+            return Ok(());
+        }
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn respond(mut req: Request<Incoming>, info: ConnInfo) -> Response<Full<Bytes>> {
+    if info.kind == Kind::Echo {
+        if let Some(r) = websocket_echo(&mut req) {
+            return r;
+        }
+    }
     let (parts, body) = req.into_parts();
     let body_len = body
         .collect()
@@ -498,7 +600,10 @@ where
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().half_close(true);
-    if b.serve_connection(TokioIo::new(io), svc).await.is_err() {
+    if b.serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+        .is_err()
+    {
         STATS.conn_errors.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -170,8 +170,8 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Debian packages of the benchmarks: the HAProxy peer (`taskset` and `prlimit` are in
-/// util-linux, always present).
+/// Debian packages of the benchmarks: the HAProxy peer (`taskset` is in util-linux,
+/// always present).
 const BENCH_APT_PACKAGES: &[&str] = &["haproxy"];
 
 fn workspace_root() -> std::path::PathBuf {
@@ -246,6 +246,10 @@ fn bench(quick: bool, sanity: bool, only: Option<String>) -> Result<()> {
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
         cmd.env("PATH", std::env::join_paths(path)?);
+    }
+    let marker = target_dir().join("bench-httpjail-install-failed");
+    if let Ok(why) = std::fs::read_to_string(&marker) {
+        cmd.env("BENCH_HTTPJAIL_MISSING", why.trim());
     }
     if quick {
         cmd.arg("--quick");

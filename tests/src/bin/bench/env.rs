@@ -125,7 +125,14 @@ impl Tools {
         Tools {
             oha,
             haproxy: which("haproxy").ok_or_else(|| "haproxy not installed".to_string()),
-            httpjail: which("httpjail").ok_or_else(|| "httpjail not installed".to_string()),
+            httpjail: which("httpjail").ok_or_else(|| {
+                match std::env::var("BENCH_HTTPJAIL_MISSING") {
+                    Ok(why) => format!("httpjail could not be installed: {why}"),
+                    Err(_) => {
+                        "httpjail not installed (`cargo install httpjail --locked`)".to_string()
+                    }
+                }
+            }),
         }
     }
 }

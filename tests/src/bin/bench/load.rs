@@ -13,8 +13,10 @@ pub struct Load {
     pub path: String,
     /// Concurrent connections.
     pub conns: u32,
-    /// Requests per second, open loop (`-q` with `--latency-correction`).
+    /// Requests per second (`-q`).
     pub rate: Option<u32>,
+    /// `--latency-correction` (open loop: latency counted from the scheduled send time).
+    pub open_loop: bool,
     /// Seconds (`-z`), else `requests` (`-n`).
     pub seconds: Option<f64>,
     pub requests: Option<u64>,
@@ -49,7 +51,8 @@ pub fn run(env: &Env, t: &Target, l: &Load) -> Outcome {
     let scheme = if l.https { "https" } else { "http" };
     let port = if l.https { 443 } else { 80 };
     let url = match &l.host_regex {
-        Some(re) => format!("{scheme}://{re}{}", regex_escape(&l.path)),
+        // oha's regex URLs take `.` literally; the path has no other metacharacter.
+        Some(re) => format!("{scheme}://{re}{}", l.path),
         None => format!("{scheme}://{}{}", t.host, l.path),
     };
     let mut cmd = env.topo.ctr_command_in(&t.cgroup, "taskset");
@@ -57,6 +60,8 @@ pub fn run(env: &Env, t: &Target, l: &Load) -> Outcome {
         .arg(&env.tools.oha)
         .args(["--no-tui", "--output-format", "json", "-t", "10s"])
         .args(["-c", &l.conns.to_string()])
+        .arg("--cacert")
+        .arg(&env.bundle)
         .env("SSL_CERT_FILE", &env.bundle)
         .stdin(Stdio::null());
     if let (None, Some(to)) = (
@@ -74,7 +79,10 @@ pub fn run(env: &Env, t: &Target, l: &Load) -> Outcome {
         cmd.args(["-x", p]);
     }
     if let Some(r) = l.rate {
-        cmd.args(["-q", &r.to_string(), "--latency-correction"]);
+        cmd.args(["-q", &r.to_string()]);
+        if l.open_loop {
+            cmd.arg("--latency-correction");
+        }
     }
     match (l.seconds, l.requests) {
         (Some(s), _) => {
@@ -93,29 +101,27 @@ pub fn run(env: &Env, t: &Target, l: &Load) -> Outcome {
         cmd.args(["-m", "POST", "-d", &"x".repeat(1024)]);
     }
     if l.host_regex.is_some() {
-        cmd.arg("--rand-regex-url");
+        // fakenet's never-seen names have A records only.
+        cmd.args(["--rand-regex-url", "--ipv4"]);
     }
     cmd.arg(&url);
     let out = cmd.output().expect("run oha");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "oha printed no JSON ({e}; status {}): {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    parse(&v)
-}
-
-/// `--rand-regex-url` treats the whole URL as a regex: escape the literal part.
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$".contains(c);
-            special.then_some('\\').into_iter().chain(Some(c))
-        })
-        .collect()
+    match serde_json::from_slice::<Value>(&out.stdout) {
+        Ok(v) => parse(&v),
+        // A run that fails as a whole (e.g. a DNS error) counts as one error, with oha's message.
+        Err(_) => Outcome {
+            errors: 1,
+            error_kinds: serde_json::json!({"oha": String::from_utf8_lossy(&out.stderr).trim(),
+                "status": out.status.code()}),
+            p50: f64::NAN,
+            p90: f64::NAN,
+            p99: f64::NAN,
+            max: f64::NAN,
+            seconds: f64::NAN,
+            rps: f64::NAN,
+            ..Outcome::default()
+        },
+    }
 }
 
 fn parse(v: &Value) -> Outcome {

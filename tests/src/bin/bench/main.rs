@@ -265,12 +265,14 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
          TLS frontend: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto`; plain HTTP frontend: `mode http`, Host routing."
             .into(),
         "TLS everywhere: TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificates (fakenet `--bench`); the client verifies the upstream \
-         (fakenet's CA, plus the agent's CA for inspect)."
+         (fakenet's CA, plus the agent's CA for inspect). Caveat: the client↔proxy leg of **inspect** negotiates what oha \
+         prefers among the agent's defaults (rustls ring: TLS_AES_256_GCM_SHA384 first); oha has no cipher option and the agent's \
+         server config is not the bench's to change — the upstream leg is AES-128-GCM."
             .into(),
         format!(
             "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`). \
              W2: `/bytes/N`, {} MiB total split over the streams; Gbit/s from oha's elapsed time; proxy CPU = utime+stime from /proc/PID/stat. \
-             W3: `--disable-keepalive`, ladder {:?} conn/s × {} s, 64 workers; a step passes with p99 (time to the whole 1 KiB response, ≈ TTFB) < 10 ms, \
+             W3: `--disable-keepalive`, paced by `-q` without latency correction, ladder {:?} conn/s × {} s, 64 workers; a step passes with p99 (time to the whole 1 KiB response, ≈ TTFB) < 10 ms, \
              zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes). \
              W5: a helper opens {} TLS connections (one request each) and holds them; proxy VmRSS delta and /proc/meminfo Slab delta \
              (machine-wide: noisy on a shared machine) per connection.",

@@ -346,7 +346,7 @@ impl Env {
         let ns = self.topo.ctr_netns();
         let threads = self.agent_threads_worker();
         let cfg = format!(
-            "global\n  nbthread {threads}\n  maxconn 9100\n  ulimit-n 20000\n  tune.bufsize 65536\n\n\
+            "global\n  nbthread {threads}\n  maxconn 9100\n  maxpipes 500\n  ulimit-n 20000\n  tune.bufsize 65536\n\n\
              defaults\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
              \x20 option splice-auto\n\n\
              frontend tls\n  mode tcp\n  bind 127.0.0.1:{https_port} namespace {ns}\n\

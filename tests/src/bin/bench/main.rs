@@ -46,7 +46,7 @@ impl Params {
             w1_rate: 500,
             w1_seconds: 5.0,
             w2_bytes: 1 << 30,
-            w3_rates: vec![250, 500, 1000, 1500, 2000, 3000, 4000, 6000],
+            w3_rates: vec![100, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000],
             w3_seconds: 2.0,
             w5_count: 9000,
         }
@@ -58,7 +58,7 @@ impl Params {
             w1_rate: 500,
             w1_seconds: 1.5,
             w2_bytes: 64 << 20,
-            w3_rates: vec![250, 500, 1000, 2000],
+            w3_rates: vec![100, 250, 500, 1000, 2000],
             w3_seconds: 1.0,
             w5_count: 1000,
         }
@@ -262,7 +262,7 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
             .into(),
         "HAProxy 2.6 (Debian): runs in the agent's netns; its listeners are bound in the container's netns (`bind 127.0.0.1:P namespace ctr-…`) \
          so the client-side hop is the same loopback hop as the agent's redirected connections; the client reaches it by address (`--connect-to`). \
-         TLS frontend: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto`; plain HTTP frontend: `mode http`, Host routing."
+         TLS frontend: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto` (`maxpipes 500`, `maxconn 9100`: RLIMIT_NOFILE is 20,000); plain HTTP frontend: `mode http`, Host routing."
             .into(),
         "TLS everywhere: TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificates (fakenet `--bench`); the client verifies the upstream \
          (fakenet's CA, plus the agent's CA for inspect). Caveat: the client↔proxy leg of **inspect** negotiates what oha \

@@ -273,7 +273,7 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
             "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`). \
              W2: `/bytes/N`, {} MiB total split over the streams; Gbit/s from oha's elapsed time; proxy CPU = utime+stime from /proc/PID/stat. \
              W3: `--disable-keepalive`, paced by `-q` without latency correction, ladder {:?} conn/s × {} s, 64 workers; a step passes with p99 (time to the whole 1 KiB response, ≈ TTFB) < 10 ms, \
-             zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes). \
+             zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes); a max rate of 0 means not even the first step passed. \
              W5: a helper opens {} TLS connections (one request each) and holds them; proxy VmRSS delta and /proc/meminfo Slab delta \
              (machine-wide: noisy on a shared machine) per connection.",
             p.w1_rate, p.w1_seconds, p.w2_bytes >> 20, p.w3_rates, p.w3_seconds, p.w5_count

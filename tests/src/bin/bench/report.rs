@@ -104,9 +104,10 @@ impl Results {
                 Vs::Delta => {
                     let _ = write!(s, "<br>{:+} {}", fmt(med - d), m.unit);
                 }
-                Vs::Ratio => {
+                Vs::Ratio if (med / d).is_finite() => {
                     let _ = write!(s, "<br>{:.2}×", med / d);
                 }
+                Vs::Ratio => {}
                 Vs::None => {}
             }
         }

@@ -114,6 +114,8 @@ pub struct Attachment {
     pub orig: OrigDstTable,
     pub dns: DnsMemory,
     pub shared: Arc<Shared>,
+    /// The container's connection budget, shared by its v4 and v6 listeners.
+    pub conn_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Attachment {
@@ -168,6 +170,7 @@ impl Running {
             orig,
             dns: DnsMemory::default(),
             shared: shared.clone(),
+            conn_permits: crate::interceptor::connection_permits(),
         });
         let mut tasks = JoinSet::new();
         let Listeners {

@@ -36,6 +36,12 @@ pub enum CgroupError {
         other: u32,
         comm: String,
     },
+    #[error("refusing to enforce pod cgroup {path}: it holds process {other} ({comm}) in the agent's (host's) pid namespace; this is not a dedicated pod cgroup (hostPID pods cannot be enforced)")]
+    PodShared {
+        path: PathBuf,
+        other: u32,
+        comm: String,
+    },
     #[error("mounting bpffs at {path}: {source}")]
     MountBpffs {
         path: PathBuf,
@@ -196,6 +202,36 @@ impl Cgroup {
                         comm,
                     });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse a pod cgroup that is not dedicated to the pod. A pod's containers
+    /// normally each have their own pid namespace (and the sandbox's pause
+    /// process yet another), so `check_dedicated`'s "one pid namespace" rule
+    /// does not fit; instead no process in it or below it may live in the
+    /// agent's own pid namespace, which on a node (hostPID) is the host's.
+    pub fn check_dedicated_pod(&self) -> Result<(), CgroupError> {
+        let ns_of = |p: &str| {
+            fs::metadata(format!("/proc/{p}/ns/pid"))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        let Some(host) = ns_of("self") else {
+            return Ok(());
+        };
+        for p in self.pids_recursive()? {
+            if ns_of(&p.to_string()) == Some(host) {
+                let comm = fs::read_to_string(format!("/proc/{p}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return Err(CgroupError::PodShared {
+                    path: self.path.clone(),
+                    other: p,
+                    comm,
+                });
             }
         }
         Ok(())

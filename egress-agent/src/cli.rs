@@ -72,6 +72,10 @@ pub enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// Fail (exit 2) unless a daemon answers on the control socket: a
+        /// liveness/readiness probe (the Kubernetes DaemonSet uses it).
+        #[arg(long)]
+        daemon: bool,
     },
     /// Ask the running daemon to reload its policy file (as SIGHUP does).
     Reload,
@@ -292,7 +296,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { json } if daemon() => {
+        Cmd::Status { json, .. } if daemon() => {
             let v: serde_json::Value = serde_json::from_str(&get("/v1/status")?)?;
             if json {
                 println!("{v}");
@@ -301,7 +305,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { json } => status(json),
+        Cmd::Status { daemon: true, .. } => {
+            require_daemon(&sock, "status --daemon")?;
+            // It answered a moment ago (the arm above) but not any more.
+            bail!("the daemon on {} stopped answering", sock.display())
+        }
+        Cmd::Status { json, .. } => status(json),
         Cmd::Reload => {
             require_daemon(&sock, "reload")?;
             let v = post_json(&sock, "/v1/reload", serde_json::json!({}))?;

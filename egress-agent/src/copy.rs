@@ -9,7 +9,7 @@ use std::io;
 
 use tokio::{
     io::AsyncWriteExt,
-    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+    net::tcp::{ReadHalf, WriteHalf},
     net::TcpStream,
 };
 
@@ -38,34 +38,59 @@ pub struct Transferred {
     pub down: u64,
 }
 
-/// Copy client <-> upstream until both directions are done.
+/// Copy client <-> upstream until both directions are done, or until either
+/// side resets: then the other side is reset too (SO_LINGER 0), instead of the
+/// surviving direction waiting forever for a peer that is gone, and instead of
+/// a clean FIN that would make a truncated reply look complete.
 pub async fn bidirectional(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
 ) -> (Transferred, Option<Disconnect>) {
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let (up, down) = tokio::join!(one_way(cr, uw), one_way(ur, cw));
-    let t = Transferred {
-        up: up.as_ref().map_or_else(|(n, _)| *n, |n| *n),
-        down: down.as_ref().map_or_else(|(n, _)| *n, |n| *n),
+    let mut t = Transferred::default();
+    let (up, down) = {
+        let (cr, cw) = client.split();
+        let (ur, uw) = upstream.split();
+        let up = one_way(cr, uw, &mut t.up);
+        let down = one_way(ur, cw, &mut t.down);
+        tokio::pin!(up, down);
+        let (mut a, mut b) = (None, None);
+        loop {
+            tokio::select! {
+                r = &mut up, if a.is_none() => a = Some(r),
+                r = &mut down, if b.is_none() => b = Some(r),
+            }
+            let failed = matches!(a, Some(Err(_))) || matches!(b, Some(Err(_)));
+            if failed || (a.is_some() && b.is_some()) {
+                break (a, b);
+            }
+        }
     };
     let err = match (up, down) {
-        (Err((_, e)), _) => Some(Disconnect::ClientReset(e)),
-        (_, Err((_, e))) => Some(Disconnect::UpstreamReset(e)),
+        (Some(Err(e)), _) => Some(Disconnect::ClientReset(e)),
+        (_, Some(Err(e))) => Some(Disconnect::UpstreamReset(e)),
         _ => None,
     };
+    match &err {
+        Some(Disconnect::ClientReset(_)) => reset(upstream),
+        Some(Disconnect::UpstreamReset(_)) => reset(client),
+        None => {}
+    }
     (t, err)
 }
 
-async fn one_way(from: OwnedReadHalf, mut to: OwnedWriteHalf) -> Result<u64, (u64, io::Error)> {
+/// Close with RST (linger 0 never blocks).
+fn reset(s: TcpStream) {
+    let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+    drop(s);
+}
+
+/// One direction. A read error is the reading side's reset; a write error is
+/// the writing side's — both count as "this direction failed".
+async fn one_way(from: ReadHalf<'_>, mut to: WriteHalf<'_>, total: &mut u64) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
-    let mut total = 0u64;
     let mut full_reads = 0u32;
     loop {
-        if let Err(e) = from.readable().await {
-            return Err((total, e));
-        }
+        from.readable().await?;
         if buf.is_empty() {
             buf.resize(INITIAL, 0);
         }
@@ -73,12 +98,10 @@ async fn one_way(from: OwnedReadHalf, mut to: OwnedWriteHalf) -> Result<u64, (u6
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err((total, e)),
+            Err(e) => return Err(e),
         };
-        if let Err(e) = to.write_all(&buf[..n]).await {
-            return Err((total, e));
-        }
-        total += n as u64;
+        to.write_all(&buf[..n]).await?;
+        *total += n as u64;
         if n == buf.len() && buf.len() < LARGE {
             full_reads += 1;
             if full_reads >= FULL_READS_TO_GROW {
@@ -90,7 +113,7 @@ async fn one_way(from: OwnedReadHalf, mut to: OwnedWriteHalf) -> Result<u64, (u6
     }
     // EOF from this side: pass the half-close on, let the other direction finish.
     let _ = to.shutdown().await;
-    Ok(total)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -127,5 +150,26 @@ mod tests {
         let (t, err) = relay.await.unwrap();
         assert!(err.is_none());
         assert_eq!((t.up, t.down), (payload.len() as u64, 5));
+    }
+
+    #[tokio::test]
+    async fn an_upstream_reset_resets_the_client_instead_of_hanging() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, server) = pair().await;
+        let relay = tokio::spawn(bidirectional(client_side, upstream_side));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // The client keeps its side open, waiting for a reply; the upstream resets.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        reset(server);
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut got),
+        )
+        .await
+        .expect("the client was left hanging");
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        let (_, err) = relay.await.unwrap();
+        assert!(matches!(err, Some(Disconnect::UpstreamReset(_))), "{err:?}");
     }
 }

@@ -10,6 +10,8 @@
 //! cgroup = "/sys/fs/cgroup/sandbox/job1"   # or: pid = 1234
 //! profile = "default"
 //! netns = "/run/netns/job1"                # optional
+//! [kubernetes]                              # optional: pods by annotation (see `kube`)
+//! annotation = "egress-agent.io/profile"
 //! ```
 
 use std::{
@@ -37,6 +39,8 @@ pub struct DaemonConfig {
     pub audit_log: Option<PathBuf>,
     #[serde(default)]
     pub attach: Vec<AttachEntry>,
+    /// Pods selected by annotation on this node (see `kube`).
+    pub kubernetes: Option<crate::kube::KubeConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +160,30 @@ impl Daemon {
     /// they were pinned before, by an earlier agent: then they stay, as found).
     pub async fn attach(&self, req: AttachRequest) -> Result<serde_json::Value, DaemonError> {
         let (cg, netns) = resolve_target(&req)?;
+        let pid = req.pid;
+        self.attach_resolved(cg, netns, req.profile, move |cg| cg.check_dedicated(pid))
+            .await
+    }
+
+    /// A Kubernetes pod's cgroup (see `kube`): dedicated means no process of
+    /// the host's pid namespace in it (its containers' namespaces differ).
+    pub async fn attach_pod(
+        &self,
+        cg: Cgroup,
+        netns: Netns,
+        profile: String,
+    ) -> Result<serde_json::Value, DaemonError> {
+        self.attach_resolved(cg, netns, profile, Cgroup::check_dedicated_pod)
+            .await
+    }
+
+    async fn attach_resolved(
+        &self,
+        cg: Cgroup,
+        netns: Netns,
+        profile: String,
+        dedicated: impl FnOnce(&Cgroup) -> Result<(), crate::cgroup::CgroupError>,
+    ) -> Result<serde_json::Value, DaemonError> {
         let mut map = self.attachments.lock().await;
         if let Some(r) = map.get(&cg.id) {
             return Err(DaemonError::AlreadyAttached {
@@ -165,12 +193,12 @@ impl Daemon {
             });
         }
         cg.check_enforceable()?;
-        cg.check_dedicated(req.pid)?;
-        if !self.shared.policy.load().has_profile(&req.profile) {
-            return Err(crate::agent::AgentError::UnknownProfile(req.profile).into());
+        dedicated(&cg)?;
+        if !self.shared.policy.load().has_profile(&profile) {
+            return Err(crate::agent::AgentError::UnknownProfile(profile).into());
         }
         let was_pinned = crate::bpf::is_attached(&cg)?;
-        let running = match Running::start(self.shared.clone(), cg.clone(), netns, req.profile) {
+        let running = match Running::start(self.shared.clone(), cg.clone(), netns, profile) {
             Ok(r) => r,
             Err(e) => {
                 if !was_pinned {
@@ -218,6 +246,27 @@ impl Daemon {
                 cg.id
             ))),
         }
+    }
+
+    /// Detach by cgroup id: for a cgroup whose directory may be gone already
+    /// (a deleted pod). The pins are keyed by the id and removed all the same.
+    pub async fn detach_id(&self, id: u64) -> Result<serde_json::Value, DaemonError> {
+        let r = self
+            .attachments
+            .lock()
+            .await
+            .remove(&id)
+            .ok_or_else(|| DaemonError::NotAttached(format!("cgroup id {id}")))?;
+        let counters = kernel_counters(&r);
+        let path = r.attachment.cgroup.path.clone();
+        r.detach()?;
+        self.shared.audit.metrics().retire_kernel(&counters);
+        Ok(serde_json::json!({"detached": path, "cgroup_id": id}))
+    }
+
+    /// Ids of the cgroups served now.
+    pub async fn attached_ids(&self) -> std::collections::BTreeSet<u64> {
+        self.attachments.lock().await.keys().copied().collect()
     }
 
     pub async fn list(&self) -> Vec<serde_json::Value> {
@@ -407,6 +456,10 @@ pub async fn run(
         }
         None => None,
     };
+    let kube_task = config
+        .kubernetes
+        .clone()
+        .map(|k| tokio::spawn(crate::kube::run(daemon.clone(), k)));
     let server = tokio::spawn(crate::control::serve(listener, daemon.clone()));
     tracing::info!(
         attachments = daemon.list().await.len(),
@@ -416,6 +469,9 @@ pub async fn run(
     );
     wait_for_shutdown_with_reload(&daemon).await;
     server.abort();
+    if let Some(t) = kube_task {
+        t.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -29,14 +29,35 @@ use crate::{
     policy::{name::CanonicalName, Decision, Protocol},
 };
 
-/// RFC 8914 info-code 15: Blocked.
+/// RFC 8914 info-codes: 15 Blocked (policy), 23 Network Error (the agent's
+/// resolver failed), 0 Other (overload).
 const EDE_BLOCKED: u16 = 15;
+const EDE_NETWORK_ERROR: u16 = 23;
+const EDE_OTHER: u16 = 0;
+
+fn ede_info_code(code: &str) -> u16 {
+    match code {
+        "dns_error" => EDE_NETWORK_ERROR,
+        "dns_overloaded" => EDE_OTHER,
+        _ => EDE_BLOCKED,
+    }
+}
 const EDNS_EDE: u16 = 15;
 /// Answers are short-lived: the agent re-checks at connect time anyway.
 const MAX_TTL: u32 = 60;
 
+/// Queries answered at once per DNS listener. A flood of names the upstream
+/// resolver must look up (random labels under an allowed wildcard, or a slow
+/// resolver) would otherwise spawn one task per datagram without bound; past
+/// the cap a query is refused at once (REFUSED + EDE), which costs nothing and
+/// tells the client to back off. Other containers have their own listeners.
+const MAX_QUERIES_IN_FLIGHT: usize = 512;
+
 pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
     let sock = Arc::new(sock);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT));
+    // At most one warning per 10 s while at the cap: a flood must not flood the log too.
+    let mut warned: Option<Instant> = None;
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -46,12 +67,34 @@ pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if warned.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(10)) {
+                warned = Some(Instant::now());
+                tracing::warn!(
+                    cgroup_id = att.cgroup.id,
+                    max = MAX_QUERIES_IN_FLIGHT,
+                    "dns queries in flight at the cap; refusing until some finish"
+                );
+            }
+            if let Parsed::Query(req) = parse(&buf[..n]) {
+                let outcome = Outcome::Blocked {
+                    rcode: ResponseCode::Refused,
+                    code: "dns_overloaded",
+                    reason: format!("too many queries in flight from this container (max {MAX_QUERIES_IN_FLIGHT})"),
+                };
+                if let Some(reply) = respond(&req, &outcome) {
+                    let _ = sock.try_send_to(&reply, from);
+                }
+            }
+            continue;
+        };
         let packet = buf[..n].to_vec();
         let (sock, att) = (sock.clone(), att.clone());
         tokio::spawn(async move {
             if let Some(reply) = answer(&packet, &att, from, "dns").await {
                 let _ = sock.send_to(&reply, from).await;
             }
+            drop(permit);
         });
     }
 }
@@ -143,9 +186,13 @@ pub fn respond(req: &Message, outcome: &Outcome) -> Option<Vec<u8>> {
             }
         }
         Outcome::NoData => {}
-        Outcome::Blocked { rcode, reason, .. } => {
+        Outcome::Blocked {
+            rcode,
+            reason,
+            code,
+        } => {
             resp.metadata.response_code = *rcode;
-            let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
+            let mut data = ede_info_code(code).to_be_bytes().to_vec();
             data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
             edns.options_mut()
                 .insert(EdnsOption::Unknown(EDNS_EDE, data));

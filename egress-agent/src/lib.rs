@@ -19,6 +19,7 @@ pub mod dns;
 pub mod exec;
 pub mod http_proxy;
 pub mod interceptor;
+pub mod kube;
 pub mod metrics;
 pub mod netns;
 pub mod peek;

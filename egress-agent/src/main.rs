@@ -7,6 +7,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = egress_agent::cli::Cli::parse();
     egress_agent::cli::init_logging(&cli);
+    // Two descriptors per intercepted connection: use every one we may.
+    let _ = egress_agent::sys::raise_nofile();
     match egress_agent::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -25,6 +25,9 @@ pub enum ResolveError {
     Lookup { name: String, msg: String },
 }
 
+/// The longest a lookup may take, all attempts included.
+const LOOKUP_BUDGET: Duration = Duration::from_secs(4);
+
 pub struct Resolver {
     inner: TokioResolver,
     pub server: SocketAddr,
@@ -51,7 +54,8 @@ impl Resolver {
         }
         let config = ResolverConfig::from_name_servers(vec![ns]);
         let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(3);
+        // Two tries of 1.5 s fit the lookup budget (a lost datagram is retried).
+        opts.timeout = Duration::from_millis(1500);
         opts.attempts = 2;
         opts.cache_size = 4096;
         // Rebinding defence does not rely on caching: every dial re-checks the
@@ -68,13 +72,22 @@ impl Resolver {
     /// smallest TTL seen.
     pub async fn lookup(&self, name: &str) -> Result<(Vec<IpAddr>, u32), ResolveError> {
         let fqdn = format!("{name}.");
-        let res = self
-            .inner
-            .lookup_ip(fqdn.as_str())
+        // One bound for the whole lookup (every attempt, UDP and TCP): a resolver
+        // that is down or slow must give the client dns_error / SERVFAIL before its
+        // own timeout (glibc's is 5 s), not hold the connection or query longer.
+        let res = tokio::time::timeout(LOOKUP_BUDGET, self.inner.lookup_ip(fqdn.as_str()))
             .await
+            .map_err(|_| ResolveError::Lookup {
+                name: name.to_string(),
+                msg: format!(
+                    "resolver {} did not answer within {}s",
+                    self.server,
+                    LOOKUP_BUDGET.as_secs()
+                ),
+            })?
             .map_err(|e| ResolveError::Lookup {
                 name: name.to_string(),
-                msg: e.to_string(),
+                msg: format!("resolver {}: {e}", self.server),
             })?;
         let ttl = res
             .valid_until()

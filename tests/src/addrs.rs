@@ -36,6 +36,18 @@ pub const BANNER_PORT: u16 = 25;
 /// UDP echo ports (on WEB1 and WEB1_V6), stand-ins for QUIC.
 pub const UDP_ECHO_PORTS: [u16; 2] = [4433, 443];
 
+/// Accepts, reads the request, then resets the connection (on WEB1 and WEB1_V6): an upstream that
+/// fails mid-exchange.
+pub const RESET_PORT: u16 = 81;
+/// Accepts and reads, never answers (on WEB1 and WEB1_V6): an upstream that hangs.
+pub const SILENT_PORT: u16 = 82;
+/// Routed to a blackhole in up-* (SYNs and datagrams vanish, no ICMP): an upstream whose connect
+/// times out. `blackhole.test` resolves to it.
+pub const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+pub const BLACKHOLE_NAME: &str = "blackhole.test";
+/// Nothing answers here and up-* has no route for it (ICMP unreachable): a resolver that is down.
+pub const DEAD_RESOLVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 54);
+
 /// The banner the `:25` server sends first.
 pub const BANNER: &str = "220 fake smtp\r\n";
 /// The body the private server answers.
@@ -65,6 +77,7 @@ pub const ZONE: &[(&str, &[Ipv4Addr], &[Ipv6Addr])] = &[
     ("alt.test", &[ALT], &[]),
     ("internal.test", &[PRIVATE], &[PRIVATE_V6]),
     ("metadata.test", &[METADATA], &[METADATA_V6]),
+    (BLACKHOLE_NAME, &[BLACKHOLE], &[]),
 ];
 /// Alternates WEB1 / PRIVATE per A query, TTL 0.
 pub const REBIND_NAME: &str = "rebind.test";

@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Arc, Mutex},
     time::Duration,
 };
 
@@ -61,6 +61,8 @@ pub struct Agent {
     cgroups: Vec<PathBuf>,
     /// First stdout line: "enforcing cgroup id N (adopted pins: B)".
     pub banner: String,
+    /// Every stderr line so far (also echoed as `[agent] ...`).
+    log: Arc<Mutex<Vec<String>>>,
     /// The daemon's control socket (`daemon_control` only).
     pub control: Option<PathBuf>,
 }
@@ -73,6 +75,13 @@ impl Agent {
         std::fs::write(&policy, policy_toml).unwrap();
         let audit = dir.join("audit.jsonl");
         Self::spawn_attach(topo, policy, audit)
+    }
+
+    /// `egress-agent attach` with the audit log at `audit` (e.g. on a tiny tmpfs).
+    pub fn attach_with_audit(topo: &Topology, policy_toml: &str, audit: &Path) -> Agent {
+        let policy = topo.workdir().join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        Self::spawn_attach(topo, policy, audit.to_path_buf())
     }
 
     /// [`Agent::attach`] with extra environment for the agent (e.g. `EGRESS_STATE_DIR`, the
@@ -198,6 +207,36 @@ impl Agent {
         a
     }
 
+    /// `egress-agent daemon` whose config gets `extra_config` appended (e.g. a
+    /// `[kubernetes]` section); `cgroups` are detached on drop.
+    pub fn daemon_with_config(
+        topo: &Topology,
+        policy_toml: &str,
+        extra_config: &str,
+        cgroups: Vec<PathBuf>,
+    ) -> Agent {
+        let dir = topo.workdir().to_path_buf();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_toml).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let control = dir.join("control.sock");
+        let config = dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!("policy = {policy:?}\naudit_log = {audit:?}\n{extra_config}"),
+        )
+        .unwrap();
+        let mut cmd = topo.ag_command(bin_path("egress-agent"));
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config);
+        let mut a = Self::start(cmd, policy, audit, cgroups);
+        a.control = Some(control);
+        a
+    }
+
     /// The `egress-agent` CLI, talking to this daemon's control socket.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(bin_path("egress-agent"));
@@ -221,9 +260,12 @@ impl Agent {
                 let _ = tx.send(line);
             }
         });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent] {line}");
+                log2.lock().unwrap().push(line.clone());
                 if line.contains("daemon ready") {
                     let _ = tx2.send(line);
                 }
@@ -238,7 +280,27 @@ impl Agent {
             audit,
             cgroups,
             banner,
+            log,
             control: None,
+        }
+    }
+
+    /// The agent's stderr lines so far (every process this `Agent` started).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
+                return Some(l);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -249,6 +311,10 @@ impl Agent {
         self.child = a.child.take();
         self.control = a.control.take();
         self.banner = std::mem::take(&mut a.banner);
+        // One log across restarts: the earlier process's lines first.
+        let old = self.log.lock().unwrap().clone();
+        a.log.lock().unwrap().splice(0..0, old);
+        self.log = a.log.clone();
         // `a` has no child left: its Drop only re-detaches nothing we still need...
         a.cgroups.clear();
     }

@@ -55,6 +55,52 @@ macro_rules! require_root {
     };
 }
 
+/// Environment variable naming the THREATS catalogue log (set by `cargo xtask test`).
+pub const THREAT_LOG_ENV: &str = "EGRESS_THREAT_LOG";
+
+/// Records one attack of the THREATS.md catalogue, run WITH the enforcer: `class` is the
+/// catalogue's letter (A-E), `name` the attack, `blocked` whether it failed the documented way.
+/// Call it right before the assertion, so a bypass is recorded before the test panics. Appends
+/// one JSON line to the file named by `EGRESS_THREAT_LOG` (nothing when unset); `cargo xtask
+/// test` summarises it as `threats: N attacks, N blocked, 0 bypassed`.
+pub fn threat(class: &str, name: &str, blocked: bool) {
+    let Some(path) = std::env::var_os(THREAT_LOG_ENV) else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let mut line =
+        serde_json::json!({"class": class, "name": name, "blocked": blocked, "test": test})
+            .to_string();
+    line.push('\n');
+    // O_APPEND and one write per line: test threads and processes never interleave.
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// A [`threat`] recorded when dropped: blocked unless the test is panicking. For tests that
+/// check one attack through many assertions: create it right after the enforcer starts.
+pub struct ThreatGuard {
+    class: &'static str,
+    name: &'static str,
+}
+
+/// See [`ThreatGuard`].
+pub fn threat_guard(class: &'static str, name: &'static str) -> ThreatGuard {
+    ThreatGuard { class, name }
+}
+
+impl Drop for ThreatGuard {
+    fn drop(&mut self) {
+        threat(self.class, self.name, !std::thread::panicking());
+    }
+}
+
 /// The cgroup v2 mount point, read from /proc/self/mountinfo (`/sys/fs/cgroup` on most hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones).
 pub fn cgroup2_root() -> Option<PathBuf> {

@@ -379,6 +379,8 @@ impl Topology {
              link set {up_a} up\naddr add {UP_AG_LINK}/30 dev {up_a}\n\
              addr add {UP_AG_LINK_V6}/64 dev {up_a} nodad\n"
         );
+        // Connections to BLACKHOLE vanish without an answer (a connect that times out).
+        script.push_str(&format!("route add blackhole {BLACKHOLE}/32\n"));
         for a in self.server_addrs() {
             let plen = if a.is_ipv4() { 32 } else { 128 };
             script.push_str(&format!("addr add {a}/{plen} dev lo\n"));

@@ -58,6 +58,10 @@ fn a_name_resolving_to_the_agents_own_host_is_refused() {
     assert_eq!(up, "200", "the host service did not come up");
 
     let agent = Agent::attach(&topo, &test_policy(&["hostself.test"]));
+    let _threat = egress_tests::threat_guard(
+        "B",
+        "a name resolving to the agent's own host (proxy loop, host services)",
+    );
     // The sandbox's DNS does not hand the address out...
     let v = topo.probe(&["dns", "203.0.113.53", "hostself.test", "--type", "A"]);
     assert_eq!(v["rcode_num"], 3, "{v}");

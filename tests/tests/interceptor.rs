@@ -310,6 +310,14 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
     let web2_before = net.connections_to(WEB2.into()).len();
 
     let agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard(
+        "C",
+        "denied name: 403 over HTTP, http_proxy, CONNECT; TLS alert; reset for opaque TCP",
+    );
+    let _threat1 = egress_tests::threat_guard(
+        "D",
+        "DNS for a denied name: NXDOMAIN + EDE 15, never forwarded",
+    );
 
     // Plain HTTP (python http.client, curl with --resolve since DNS refuses the name).
     let v = python(
@@ -497,6 +505,8 @@ fn sni_spoofing_reaches_the_agents_own_resolution_not_the_clients_address() {
     assert_echo("direct spoofed Host", &c.json(), "198.51.100.11:80");
 
     let agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 =
+        egress_tests::threat_guard("C", "SNI spoofing: allowed SNI to an attacker's address");
     let before = net.connections_to(WEB2.into()).len();
     let c = curl(&topo, &spoof_tls, &[]);
     assert_eq!(c.status, 200, "{c:?}");
@@ -543,6 +553,10 @@ fn absolute_form_and_connect_targets_are_judged_by_what_they_name() {
     assert_eq!(r.http_json()["uri"], "http://other.test/");
 
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard(
+        "C",
+        "absolute-form target vs Host; CONNECT target vs SNI/Host; https absolute-form",
+    );
     let r = raw(
         &topo,
         &w1(),
@@ -657,6 +671,7 @@ fn name_tricks_are_canonicalised_or_refused() {
     assert_eq!(r.http_status(), Some(200), "{r:?}");
 
     let _agent = Agent::attach(&topo, &policy);
+    let _threat0 = egress_tests::threat_guard("C", "name tricks: case, trailing dot, ports, IDN, NUL/CR/LF, wildcard boundaries (Host and SNI)");
     for (host, want) in cases {
         let r = http_to(&topo, WEB1, 80, host);
         match want {
@@ -751,6 +766,10 @@ fn allowed_names_that_resolve_internal_are_refused_by_address() {
     .map(|ip: &IpAddr| net.connections_to(*ip).len())
     .sum::<usize>();
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard(
+        "B",
+        "allowed names resolving to private and metadata addresses (DNS, Host, proxy, SNI)",
+    );
     // DNS never hands out the private addresses.
     for (name, qtype) in [
         ("internal.test", "A"),
@@ -828,6 +847,7 @@ fn dns_rebinding_with_ttl_zero_never_reaches_the_private_address() {
     );
 
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard("C", "DNS rebinding, TTL 0");
     let (mut served, mut refused) = (0, 0);
     for _ in 0..6 {
         let d = topo.probe(&["dns", "203.0.113.53", "rebind.test"]);
@@ -864,6 +884,10 @@ fn tls_without_sni_with_ip_sni_split_or_in_tiny_records() {
     assert_eq!(v["ok"], true, "direct, no SNI: {v}");
 
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard(
+        "C",
+        "no SNI, IP-literal SNI, split ClientHello, tiny records, truncated hello",
+    );
     // No SNI (python ssl without server_hostname, and a raw hello): refused.
     let v = python(&topo, PY_TLS, &[&w1(), "443", "", &ca], &[]);
     assert!(
@@ -952,6 +976,10 @@ fn non_http_bytes_and_unlisted_ports_on_allowed_hosts_are_refused() {
     assert_eq!(p["reply"], "hi", "{p}");
 
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard(
+        "C",
+        "non-HTTP bytes to an allowed host; an allowed host on an unlisted port",
+    );
     // The container resolved allowed.test through the agent; still, bytes that are neither
     // TLS nor HTTP to it are opaque TCP, allowed only by a host:port rule.
     let d = topo.probe(&["dns", "203.0.113.53", "allowed.test"]);
@@ -1021,6 +1049,10 @@ fn direct_dns_to_outside_resolvers_and_tunnelling_never_leave() {
     assert_eq!(d["ips"], serde_json::json!(["203.0.113.10"]), "{d}");
 
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard(
+        "D",
+        "direct DNS over UDP and TCP to outside resolvers; tunnelling labels; non-address records",
+    );
     let label = "a".repeat(63);
     let long = format!("{label}.{label}.{label}.exfil.test");
     let secrets = [
@@ -1084,6 +1116,7 @@ fn quic_and_other_udp_fail_at_once_with_eperm() {
     assert_eq!(p["ok"], true, "direct QUIC stand-in: {p}");
 
     let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _threat0 = egress_tests::threat_guard("D", "QUIC / HTTP3 and other UDP");
     for op in ["udp-sendto", "udp-connect-send", "udp-sendmmsg"] {
         for target in ["198.51.100.10:443", "[2001:db8:100::10]:443"] {
             let t = std::time::Instant::now();
@@ -1196,6 +1229,10 @@ fn status_page_shows_the_containers_own_denials_not_the_allowlist() {
     let topo = Topology::new("icpt_status");
     let _net = topo.start_fakenet();
     let _agent = Agent::attach(&topo, &test_policy(&["secret-partner.test"]));
+    let _threat0 = egress_tests::threat_guard(
+        "E",
+        "status page does not leak the allowlist or other containers' denials",
+    );
     let r = http_to(&topo, WEB2, 80, "other.test");
     assert_eq!(r.http_status(), Some(403));
     let d = topo.probe(&["dns", "203.0.113.53", "leak.exfil.test"]);

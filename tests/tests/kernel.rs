@@ -8,7 +8,7 @@ use egress_agent::addr::{AddrPolicy, Verdict};
 use egress_tests::{
     addrs::*,
     agent::{attached_programs, test_policy, Agent},
-    require_root,
+    require_root, threat,
     topology::Topology,
 };
 use serde_json::Value;
@@ -78,6 +78,11 @@ fn tcp_is_redirected_with_the_exact_original_destination_and_getpeername_hides_i
         assert!(rec["pid"].as_u64().unwrap() > 0, "{rec}");
     }
     // Opaque TCP with no name never reached the fake internet.
+    threat(
+        "C",
+        "opaque TCP to an address never given by the agent's DNS",
+        net.connections_to(WEB2.into()).is_empty(),
+    );
     assert!(net.connections_to(WEB2.into()).is_empty());
 }
 
@@ -149,6 +154,11 @@ fn kernel_and_rust_classifier_agree_on_every_range_edge() {
             disagreements.push(format!("{ip}: rust {:?}, kernel {}", rust.classify(*ip), v));
         }
     }
+    threat(
+        "B",
+        "every special-purpose range edge and embedded-IPv4 spelling (kernel = classifier)",
+        disagreements.is_empty(),
+    );
     assert!(
         disagreements.is_empty(),
         "{} disagreements:\n{}",
@@ -299,11 +309,24 @@ fn kernel_refuses_the_ways_around_the_hooks() {
     let _agent = Agent::attach(&topo, &test_policy(&[]));
     for (name, args) in &attacks {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_eperm(&topo.probe(&a), name);
+        let v = topo.probe(&a);
+        let class = if ["metadata", "private"].contains(name) {
+            "B"
+        } else {
+            "A"
+        };
+        threat(class, name, errno(&v) == Some(EPERM));
+        assert_eperm(&v, name);
     }
     // Broadcast and multicast UDP.
     for dst in ["255.255.255.255:9", "224.0.0.251:5353", "[ff02::fb]:5353"] {
-        assert_eperm(&topo.probe(&["udp-sendto", dst]), dst);
+        let v = topo.probe(&["udp-sendto", dst]);
+        threat(
+            "D",
+            &format!("broadcast/multicast UDP to {dst}"),
+            errno(&v) == Some(EPERM),
+        );
+        assert_eperm(&v, dst);
     }
 }
 
@@ -341,6 +364,13 @@ fn dns_to_any_resolver_reaches_the_agent_and_the_reply_comes_from_the_resolver_a
     }
     // A name outside the policy: NXDOMAIN + EDE 15, never forwarded upstream.
     let v = topo.probe(&["dns", "8.8.8.8", "secret-data.exfil.test", "--type", "A"]);
+    threat(
+        "D",
+        "DNS to an outside resolver for a tunnelling name",
+        v["rcode_num"] == 3
+            && v["ede"][0]["info_code"] == 15
+            && !net.was_queried("secret-data.exfil.test"),
+    );
     assert_eq!(v["rcode_num"], 3, "NXDOMAIN expected: {v}");
     assert_eq!(v["ede"][0]["info_code"], 15, "{v}");
     assert!(
@@ -391,11 +421,21 @@ fn fail_closed_when_the_agent_dies_and_adopted_on_restart() {
     let before = net.connections_to(WEB1.into()).len();
     for _ in 0..5 {
         let v = topo.probe(&["tcp", &target(WEB1.into(), 80), "--timeout-ms", "500"]);
+        threat(
+            "E",
+            "agent killed: redirected connection refused",
+            v["ok"] == false,
+        );
         assert_eq!(
             v["ok"], false,
             "a connection succeeded with the agent down: {v}"
         );
         let v = topo.probe(&["tcp", &target(METADATA.into(), 80)]);
+        threat(
+            "E",
+            "agent killed: metadata still EPERM",
+            errno(&v) == Some(EPERM),
+        );
         assert_eperm(&v, "metadata with the agent down");
     }
     assert_eq!(
@@ -415,6 +455,11 @@ fn fail_closed_when_the_agent_dies_and_adopted_on_restart() {
         agent.banner
     );
     let programs = attached_programs(topo.ctr_cgroup_path());
+    threat(
+        "E",
+        "restart adopts the pins (no gap, no double attachment)",
+        programs.len() == egress_agent::bpf::PROGRAMS.len(),
+    );
     assert_eq!(
         programs.len(),
         egress_agent::bpf::PROGRAMS.len(),
@@ -485,6 +530,11 @@ fn a_child_cgroup_cannot_detach_or_override_the_programs() {
     let overridden = run(&[
         "cgroup", "attach", child_s, "connect4", "pinned", &pin, "override",
     ]);
+    threat(
+        "A",
+        "child cgroup attaches an override program",
+        !overridden.status.success(),
+    );
     assert!(
         !overridden.status.success(),
         "override attach in a child succeeded"
@@ -493,6 +543,11 @@ fn a_child_cgroup_cannot_detach_or_override_the_programs() {
     // A process in the child still cannot reach the metadata service.
     let v =
         egress_tests::topology::run_probe_in(&topo, &child, &["tcp", &target(METADATA.into(), 80)]);
+    threat(
+        "A",
+        "child cgroup with its own allow-all connect4",
+        errno(&v) == Some(EPERM),
+    );
     assert_eperm(
         &v,
         "metadata from a child cgroup with its own allow-all program",
@@ -505,6 +560,11 @@ fn a_child_cgroup_cannot_detach_or_override_the_programs() {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .expect("our connect4 program id");
     let detach = run(&["cgroup", "detach", child_s, "connect4", "id", &id]);
+    threat(
+        "A",
+        "child cgroup detaches the enforcer's program",
+        !detach.status.success(),
+    );
     assert!(
         !detach.status.success(),
         "detached our program from a child"
@@ -589,6 +649,14 @@ fn two_thousand_concurrent_connections_from_two_cgroups_map_exactly() {
         } else {
             (&dst_b, &pb)
         };
+        let exact = r["orig_dst"] == want_dst.as_str() && ports.contains(&port);
+        if !exact {
+            threat(
+                "E",
+                "original destination under load, colliding ports",
+                false,
+            );
+        }
         assert_eq!(
             r["orig_dst"],
             want_dst.as_str(),
@@ -600,6 +668,11 @@ fn two_thousand_concurrent_connections_from_two_cgroups_map_exactly() {
         );
         *seen.entry(r["cgroup_id"].to_string()).or_insert(0) += 1;
     }
+    threat(
+        "E",
+        "original destination under load, colliding ports",
+        seen.values().sum::<i32>() == 2000,
+    );
     assert_eq!(seen.values().sum::<i32>(), 2000, "{seen:?}");
     eprintln!("{collisions} source ports were used by both containers at once");
 }

@@ -83,7 +83,14 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/tests/kubernetes.rs: a venv for kubernetes-validate.
+    "python3-venv",
 ];
+
+/// The offline Kubernetes schema validator (PyPI; ships the schemas), in a
+/// venv of its own (Debian's python3 refuses system-wide pip installs).
+const K8S_VENV: &str = "/opt/egress-agent-tools/venv";
+const K8S_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -108,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
             if with_fuzz || std::env::var("CI").is_ok_and(|v| v == "true") {
                 fuzz(30)?;
             }
-            let mut a = vec!["test", "--workspace"];
+            let mut a = vec!["test", "--workspace", "--no-fail-fast"];
             a.extend(args.iter().map(String::as_str));
             cargo_test(&a)
         }
@@ -230,7 +237,7 @@ fn cargo_install(name: &str, required: bool) -> Result<()> {
 }
 
 fn bench(quick: bool, sanity: bool, only: Option<String>) -> Result<()> {
-    deps()?;
+    apt_deps()?;
     apt_install(BENCH_APT_PACKAGES)?;
     cargo_install("oha", true)?;
     cargo_install("httpjail", false)?;
@@ -264,6 +271,38 @@ fn bench(quick: bool, sanity: bool, only: Option<String>) -> Result<()> {
 }
 
 fn deps() -> Result<()> {
+    apt_deps()?;
+    k8s_validator()
+}
+
+fn k8s_validator() -> Result<()> {
+    let venv = std::path::Path::new(K8S_VENV);
+    let have = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("xtask: not root: {K8S_VALIDATE} not installed into {K8S_VENV} (the manifest test skips)");
+        return Ok(());
+    }
+    eprintln!("xtask: installing {K8S_VALIDATE} into {K8S_VENV}");
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .arg(K8S_VALIDATE),
+    )
+}
+
+fn apt_deps() -> Result<()> {
     apt_install(APT_PACKAGES)
 }
 
@@ -307,8 +346,14 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 /// every test binary (cargo's own last lines are per-binary, often doc tests).
 fn cargo_test(args: &[&str]) -> Result<()> {
     use std::io::{BufRead, BufReader};
+    // Every attack of the THREATS catalogue the suites run with the enforcer appends one line
+    // here (`egress_tests::threat`); summarised below, before the overall tests line.
+    let threat_log =
+        std::env::temp_dir().join(format!("egress-threats-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&threat_log);
     let mut child = Command::new(env!("CARGO"))
         .args(args)
+        .env("EGRESS_THREAT_LOG", &threat_log)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -330,11 +375,66 @@ fn cargo_test(args: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    println!();
+    let threats = std::fs::read_to_string(&threat_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&threat_log);
+    println!("{}", threat_summary(&threats));
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
     Ok(())
+}
+
+/// `threats: N attacks, N blocked, 0 bypassed (A: n, B: n, ...)` from the JSONL the tests wrote
+/// (`{"class","name","blocked","test"}` per attack), naming every bypass.
+fn threat_summary(jsonl: &str) -> String {
+    // One attack per (class, name), however many times a test checked it (loops, repeated
+    // rounds); it counts as bypassed if any check was not blocked.
+    let mut attacks: std::collections::BTreeMap<(String, String), (bool, String)> =
+        Default::default();
+    for line in jsonl.lines() {
+        // Minimal field extraction: the helper writes flat one-line JSON objects.
+        let field = |k: &str| -> Option<String> {
+            let rest = line.split(&format!("\"{k}\":")).nth(1)?;
+            let rest = rest.trim_start();
+            Some(if let Some(r) = rest.strip_prefix('"') {
+                r.split('"').next()?.to_string()
+            } else {
+                rest.split([',', '}']).next()?.trim().to_string()
+            })
+        };
+        let Some(class) = field("class") else {
+            continue;
+        };
+        let name = field("name").unwrap_or_default();
+        let ok = field("blocked").as_deref() == Some("true");
+        let test = field("test").unwrap_or_default();
+        let e = attacks.entry((class, name)).or_insert((true, test.clone()));
+        if !ok && e.0 {
+            *e = (false, test);
+        }
+    }
+    let total = attacks.len();
+    let blocked = attacks.values().filter(|(ok, _)| *ok).count();
+    let mut by_class: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut bypassed = Vec::new();
+    for ((class, name), (ok, test)) in &attacks {
+        *by_class.entry(class).or_default() += 1;
+        if !ok {
+            bypassed.push(format!("{class}: {name} ({test})"));
+        }
+    }
+    let classes: Vec<String> = by_class.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    let mut out = format!(
+        "threats: {total} attacks, {blocked} blocked, {} bypassed ({})",
+        bypassed.len(),
+        classes.join(", ")
+    );
+    for b in bypassed {
+        out.push_str(&format!("\n  BYPASSED {b}"));
+    }
+    out
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -347,4 +447,29 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threat_summary_counts_each_attack_once_and_names_bypasses() {
+        let log = concat!(
+            r#"{"blocked":true,"class":"A","name":"raw socket","test":"t1"}"#,
+            "\n",
+            r#"{"blocked":true,"class":"E","name":"disk full","test":"t2"}"#,
+            "\n",
+            r#"{"blocked":true,"class":"E","name":"disk full","test":"t2"}"#,
+            "\n",
+            r#"{"blocked":false,"class":"C","name":"sni spoofing","test":"t3"}"#,
+            "\n",
+        );
+        assert_eq!(
+            super::threat_summary(log),
+            "threats: 3 attacks, 2 blocked, 1 bypassed (A: 1, C: 1, E: 1)\n  BYPASSED C: sni spoofing (t3)"
+        );
+        assert_eq!(
+            super::threat_summary(""),
+            "threats: 0 attacks, 0 blocked, 0 bypassed ()"
+        );
+    }
 }

@@ -79,6 +79,8 @@ pub enum BpfError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is already enforced by a running egress-agent ({holder}); stop it first, or use its control socket")]
+    AlreadyServed { path: PathBuf, holder: String },
     #[error("{0} is not enforced by egress-agent (no pins under {1})")]
     NotAttached(PathBuf, PathBuf),
 }
@@ -112,6 +114,45 @@ pub struct Enforcement {
     /// True when every link was already pinned by an earlier agent.
     pub adopted: bool,
     ebpf: Ebpf,
+    /// Held (flock) for as long as this process serves the cgroup; see [`serve_lock`].
+    _lock: fs::File,
+}
+
+/// Where the per-cgroup serve locks live (regular files: bpffs cannot hold them).
+pub const LOCK_DIR: &str = "/run/egress-agent/locks";
+
+/// One agent per cgroup: adopting the pins is right after a crash, but a second
+/// live agent would re-point the programs at its own listeners under the first
+/// one's feet. An exclusive flock on `<LOCK_DIR>/<cgroup id>.lock`, released by
+/// the kernel when the holder exits however it exits (kill -9 included), so a
+/// restart is never refused by a stale lock.
+pub fn serve_lock(cg: &Cgroup) -> Result<fs::File, BpfError> {
+    let dir = Path::new(LOCK_DIR);
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(format!("{}.lock", cg.id));
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
+    match crate::sys::try_flock_exclusive(&f) {
+        Ok(true) => {
+            use std::io::Write;
+            let _ = f.set_len(0);
+            let _ = writeln!(f, "{}", std::process::id());
+            Ok(f)
+        }
+        Ok(false) => {
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            Err(BpfError::AlreadyServed {
+                path: cg.path.clone(),
+                holder: format!("pid {}, lock {}", pid.trim(), path.display()),
+            })
+        }
+        Err(e) => Err(BpfError::Io { path, source: e }),
+    }
 }
 
 impl Enforcement {
@@ -119,6 +160,8 @@ impl Enforcement {
     /// earlier agent left (a restart must neither leave a gap nor attach twice).
     pub fn attach(cg: &Cgroup) -> Result<Self, BpfError> {
         cg.check_enforceable()?;
+        // Before anything is touched: a refused second agent changes nothing.
+        let lock = serve_lock(cg)?;
         let pin_dir = pin_dir(cg)?;
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
@@ -165,6 +208,7 @@ impl Enforcement {
             pin_dir,
             adopted,
             ebpf,
+            _lock: lock,
         })
     }
 

@@ -29,12 +29,33 @@ use crate::{
 };
 pub use respond::Reply;
 
-/// Connections served at once per listener; beyond it new ones are reset
-/// (bounded memory; other containers have their own listeners and budget).
+/// Connections served at once per container (its v4 and v6 listeners share
+/// the budget); beyond it new ones are reset. Each costs two descriptors, and
+/// descriptors are one pool for the whole agent: the cap is also held under
+/// half of what RLIMIT_NOFILE leaves after a reserve, so one container filling
+/// its budget cannot make accept() fail (EMFILE) for the others.
 const MAX_CONNECTIONS: usize = 16_384;
+/// Descriptors kept for everything else: other containers' first connections,
+/// listeners, DNS sockets, upstream resolver sockets, the audit log, bpf maps.
+const FD_RESERVE: u64 = 1024;
+
+/// The per-container connection cap for this process's descriptor limit.
+pub fn connection_cap() -> usize {
+    let nofile = crate::sys::nofile_limit().unwrap_or(1024);
+    (MAX_CONNECTIONS as u64)
+        .min(nofile.saturating_sub(FD_RESERVE) / 2)
+        .max(64) as usize
+}
+
+/// The semaphore an attachment's listeners share.
+pub fn connection_permits() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(connection_cap()))
+}
 
 pub async fn serve(listener: TcpListener, att: Arc<Attachment>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = att.conn_permits.clone();
+    // At most one warning per 10 s while at the cap.
+    let mut warned: Option<Instant> = None;
     let mut backoff = Duration::from_millis(5);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -51,6 +72,14 @@ pub async fn serve(listener: TcpListener, att: Arc<Attachment>) {
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                warned = Some(Instant::now());
+                tracing::warn!(
+                    cgroup_id = att.cgroup.id,
+                    max = connection_cap(),
+                    "connections at the per-container cap; resetting new ones until some end"
+                );
+            }
             respond::reset(stream);
             continue;
         };
@@ -330,9 +359,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
         return;
     }
     drop(buf);
-    let (t, _err) = crate::copy::bidirectional(client, upstream).await;
+    let (t, err) = crate::copy::bidirectional(client, upstream).await;
     rec.bytes_up = t.up;
     rec.bytes_down = t.down;
+    if let Some(e) = err {
+        // The record says why the connection ended early (the peer got a reset too).
+        if let crate::copy::Disconnect::UpstreamReset(_) = e {
+            tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");
+        }
+        rec.reason = Some(e.to_string());
+    }
     finish(att, rec, started);
 }
 

@@ -44,15 +44,21 @@ pub async fn connect(
         };
         return Err((code, reason));
     }
+    // One budget for all addresses, shared out among those left: a name with
+    // many blackholed addresses must not keep the client waiting N x the timeout.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     let mut last = String::new();
-    for addr in allowed {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let n = allowed.len();
+    for (i, addr) in allowed.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let slot = left / (n - i) as u32;
+        match tokio::time::timeout(slot, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out after {CONNECT_TIMEOUT:?}"),
+            Err(_) => last = format!("{addr}: connect timed out after {}ms", slot.as_millis()),
         }
     }
     Err((

@@ -757,6 +757,41 @@ async fn banner(st: Arc<State>, l: TcpListener) {
     }
 }
 
+/// Reads the client's first bytes, then closes with SO_LINGER 0: an RST instead of a reply.
+async fn reset(st: Arc<State>, l: TcpListener) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": "reset"}));
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+            drop(s);
+        });
+    }
+}
+
+/// Reads and never answers, until the peer closes (or a minute passes).
+async fn silent(st: Arc<State>, l: TcpListener) {
+    let server = l.local_addr().unwrap();
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": "silent"}));
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
 async fn udp_echo(st: Arc<State>, sock: UdpSocket) {
     let local = sock.local_addr().unwrap();
     let mut buf = vec![0u8; 65535];
@@ -788,21 +823,43 @@ async fn dns_tcp(st: Arc<State>, l: TcpListener) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// An address just added to the namespace can be briefly unusable
+/// (EADDRNOTAVAIL) on a loaded machine: retry for a bounded time.
+const BIND_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn not_yet(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}
+
 async fn tcp(addr: SocketAddr) -> Result<TcpListener> {
-    let sock = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)
-        .with_context(|| format!("bind tcp {addr}"))?;
-    Ok(sock.listen(1024)?)
+    let deadline = tokio::time::Instant::now() + BIND_SETTLE;
+    loop {
+        let sock = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        sock.set_reuseaddr(true)?;
+        match sock.bind(addr) {
+            Ok(()) => return Ok(sock.listen(1024)?),
+            Err(e) if not_yet(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind tcp {addr}")),
+        }
+    }
 }
 
 async fn udp(addr: SocketAddr) -> Result<UdpSocket> {
-    UdpSocket::bind(addr)
-        .await
-        .with_context(|| format!("bind udp {addr}"))
+    let deadline = tokio::time::Instant::now() + BIND_SETTLE;
+    loop {
+        match UdpSocket::bind(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) if not_yet(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind udp {addr}")),
+        }
+    }
 }
 
 fn parse_records(args: &Args) -> Result<Vec<(String, IpAddr)>> {
@@ -909,6 +966,14 @@ async fn run(args: Args) -> Result<()> {
             tokio::spawn(banner(
                 st.clone(),
                 tcp(SocketAddr::new(ip, BANNER_PORT)).await?,
+            ));
+            tokio::spawn(reset(
+                st.clone(),
+                tcp(SocketAddr::new(ip, RESET_PORT)).await?,
+            ));
+            tokio::spawn(silent(
+                st.clone(),
+                tcp(SocketAddr::new(ip, SILENT_PORT)).await?,
             ));
             for port in UDP_ECHO_PORTS {
                 tokio::spawn(udp_echo(st.clone(), udp(SocketAddr::new(ip, port)).await?));

@@ -1,0 +1,340 @@
+//! `packaging/kubernetes/daemonset.yaml` validated offline against the
+//! Kubernetes OpenAPI schemas (`kubernetes-validate --strict`, PyPI, which
+//! ships the schemas; `cargo xtask deps` installs it into
+//! /opt/egress-agent-tools/venv). As root the validator runs in a fresh network
+//! namespace with no interfaces up: proof that validation needs no network.
+//! Copies with a typo'd field or a wrong type must be rejected.
+//!
+//! Also: the ConfigMap's daemon.toml and policy.toml are what the agent
+//! accepts, and the manifest keeps the properties the README promises.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use egress_tests::is_ci;
+
+const VENV: &str = "/opt/egress-agent-tools/venv/bin";
+
+fn manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/daemonset.yaml")
+}
+
+/// (validator, python with PyYAML): $EGRESS_K8S_VALIDATE, xtask's venv, PATH.
+fn tools() -> Option<(PathBuf, PathBuf)> {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let candidates = [
+        std::env::var_os("EGRESS_K8S_VALIDATE").map(|v| (PathBuf::from(v), "python3".into())),
+        Some((
+            Path::new(VENV).join("kubernetes-validate"),
+            Path::new(VENV).join("python3"),
+        )),
+        Some(("kubernetes-validate".into(), "python3".into())),
+    ];
+    let found = candidates.into_iter().flatten().find(|(v, _)| works(v));
+    if found.is_none() {
+        assert!(
+            !is_ci(),
+            "CI=true: kubernetes-validate is required (cargo xtask deps installs it)"
+        );
+        eprintln!("SKIPPED: kubernetes-validate not found (run `cargo xtask deps`)");
+    }
+    found
+}
+
+fn is_root() -> bool {
+    egress_tests::sys::geteuid() == 0
+}
+
+/// `kubernetes-validate --strict FILE`, offline when root.
+fn validate(validator: &Path, file: &Path) -> Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("unshare");
+        c.arg("--net").arg("--").arg(validator);
+        c
+    } else {
+        Command::new(validator)
+    };
+    cmd.args(["--strict", "--no-warn"]).arg(file);
+    cmd.output().expect("running kubernetes-validate")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn daemonset_manifest_validates_offline_and_broken_copies_do_not() {
+    let Some((validator, _)) = tools() else {
+        return;
+    };
+    let o = validate(&validator, &manifest());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for kind in [
+        "namespace/egress-agent",
+        "serviceaccount/egress-agent",
+        "configmap/egress-agent-config",
+        "daemonset/egress-agent",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {kind}")),
+            "{out}"
+        );
+    }
+
+    let good = std::fs::read_to_string(manifest()).unwrap();
+    let dir = std::env::temp_dir().join(format!("egress-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = [
+        // A typo'd field: strict validation rejects unknown properties.
+        ("hostPID: true", "hostPid: true", "'hostPid' was unexpected"),
+        // A wrong type.
+        ("maxUnavailable: 1", "maxUnavailable: [1]", "maxUnavailable"),
+        // A number as a string.
+        (
+            "periodSeconds: 20",
+            "periodSeconds: \"20\"",
+            "periodSeconds",
+        ),
+    ];
+    for (from, to, expect) in broken {
+        assert!(good.contains(from), "{from}");
+        let f = dir.join("broken.yaml");
+        std::fs::write(&f, good.replacen(from, to, 1)).unwrap();
+        let o = validate(&validator, &f);
+        let out = text(&o);
+        assert!(!o.status.success(), "{to}: accepted: {out}");
+        assert!(out.contains(expect), "{to}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The manifest as JSON documents (PyYAML, which kubernetes-validate needs anyway).
+fn documents(python: &Path) -> Vec<serde_json::Value> {
+    let o = Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(manifest())
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promises() {
+    let Some((_, python)) = tools() else {
+        return;
+    };
+    let docs = documents(&python);
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let cm = find("ConfigMap");
+    let dir = std::env::temp_dir().join(format!("egress-k8s-cm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let daemon_toml = dir.join("daemon.toml");
+    std::fs::write(&daemon_toml, cm["data"]["daemon.toml"].as_str().unwrap()).unwrap();
+    let cfg = egress_agent::daemon::load_config(&daemon_toml).expect("daemon.toml");
+    let k = cfg.kubernetes.expect("[kubernetes] section");
+    assert_eq!(k.annotation, "egress-agent.io/profile");
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, cm["data"]["policy.toml"].as_str().unwrap()).unwrap();
+    let p = egress_agent::cli::load_policy(&policy).expect("policy.toml");
+    assert!(p.has_profile("default"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ds = find("DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["tolerations"][0]["operator"], "Exists");
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    let c = &spec["containers"][0];
+    let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for cap in [
+        "BPF",
+        "NET_ADMIN",
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "DAC_READ_SEARCH",
+    ] {
+        assert!(caps.contains(&cap), "{cap} in {caps:?}");
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let cmd = &c[probe]["exec"]["command"];
+        assert_eq!(cmd[0], "egress-agent", "{probe}");
+        assert_eq!(cmd[1], "status", "{probe}");
+        assert_eq!(cmd[2], "--daemon", "{probe}");
+    }
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount at {path}"))
+    };
+    assert_eq!(mount("/sys/fs/bpf")["mountPropagation"], "Bidirectional");
+    for path in [
+        "/sys/fs/cgroup",
+        "/run/containerd/containerd.sock",
+        "/var/lib/egress-agent",
+        "/var/log/egress-agent",
+    ] {
+        let name = mount(path)["name"].as_str().unwrap();
+        let vol = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap();
+        assert_eq!(vol["hostPath"]["path"], path, "{name}");
+    }
+}
+
+/// The daemon's `[kubernetes]` reconcile loop end to end, without a cluster: a
+/// stand-in `crictl` reports one pod whose sandbox is a real process (in its own
+/// pid namespace, in the container's network namespace, in a pod-shaped cgroup
+/// `kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`). While the pod
+/// carries the annotation, a process in another container cgroup of the same
+/// pod is enforced; once the pod is gone from crictl's list, it is not.
+#[test]
+fn annotated_pod_is_enforced_then_released_by_the_reconcile_loop() {
+    if !egress_tests::require_root() {
+        return;
+    }
+    use egress_tests::{
+        addrs::METADATA,
+        agent::{test_policy, Agent},
+        topology::{run_probe_in, Topology},
+    };
+    use std::time::{Duration, Instant};
+
+    let topo = Topology::new("kube_reconcile");
+    let _net = topo.start_fakenet();
+    let uid = "0b6a4e2c-9d1f-4c3a-8e7b-2f5d6c1a9e03";
+    let pod = topo.ctr_cgroup_path().join(format!(
+        "kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    ));
+    let sandbox = pod.join("cri-containerd-5f0a8c1e.scope");
+    let app = pod.join("cri-containerd-app.scope");
+    for d in [&sandbox, &app] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // The sandbox ("pause") process: its own pid namespace, the container's netns.
+    let mut holder = topo
+        .ctr_command("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid: u32 = loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id()))
+            .unwrap_or_default();
+        if let Some(p) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox process did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Only the sandbox process in the sandbox cgroup (its unshare parent is in
+    // the host's pid namespace and stays in the topology's cgroup).
+    std::fs::write(sandbox.join("cgroup.procs"), pid.to_string()).unwrap();
+
+    let gone = topo.workdir().join("pod-gone");
+    let crictl = topo.workdir().join("crictl");
+    std::fs::write(
+        &crictl,
+        format!(
+            r#"#!/bin/sh
+# Stand-in for crictl: one annotated pod until {gone} exists.
+while [ "$1" = "--runtime-endpoint" ]; do shift 2; done
+case "$1" in
+  pods)
+    if [ -e {gone} ]; then echo '{{"items": []}}'; exit 0; fi
+    echo '{{"items": [{{"id": "p1", "metadata": {{"name": "agent-0", "namespace": "sandboxes", "uid": "{uid}"}}, "state": "SANDBOX_READY", "annotations": {{"egress-agent.io/profile": "default"}}}}]}}' ;;
+  inspectp)
+    echo '{{"status": {{"id": "p1", "metadata": {{"name": "agent-0", "namespace": "sandboxes", "uid": "{uid}"}}, "state": "SANDBOX_READY", "annotations": {{}}}}, "info": {{"pid": {pid}}}}}' ;;
+  *) exit 1 ;;
+esac
+"#,
+            gone = gone.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&crictl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let metadata = format!("{METADATA}:80");
+    let probe = || run_probe_in(&topo, &app, &["--timeout-ms", "2000", "tcp", &metadata]);
+    let before = probe();
+    assert_eq!(
+        before["ok"], true,
+        "the pod reaches the metadata server without the agent: {before}"
+    );
+
+    let kube = format!("[kubernetes]\ncrictl = {:?}\ninterval_secs = 1\n", crictl);
+    let agent = Agent::daemon_with_config(&topo, &test_policy(&[]), &kube, vec![pod.clone()]);
+    let wait_for = |want_eperm: bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = probe();
+            if (v["errno"].as_i64() == Some(1)) == want_eperm {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod enforcement never became {want_eperm}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait_for(true);
+    let status = agent.cli().args(["status", "--json"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("kubepods-besteffort-pod"),
+        "{status:?}"
+    );
+
+    std::fs::write(&gone, "").unwrap();
+    let after = wait_for(false);
+    assert_eq!(
+        after["ok"], true,
+        "released pod reaches the server again: {after}"
+    );
+    drop(agent);
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -492,6 +492,11 @@ impl Topology {
     pub fn ctr_command(&self, program: impl AsRef<OsStr>) -> Command {
         Self::command_in(&self.ctr_netns_path(), Some(&self.cgroup), program.as_ref())
     }
+    /// A command in the container's netns but in `cgroup` (e.g. a plain sibling cgroup without the
+    /// programs, for baselines).
+    pub fn ctr_command_in(&self, cgroup: &Path, program: impl AsRef<OsStr>) -> Command {
+        Self::command_in(&self.ctr_netns_path(), Some(cgroup), program.as_ref())
+    }
     /// A command in the fake internet's netns (no cgroup change).
     pub fn up_command(&self, program: impl AsRef<OsStr>) -> Command {
         Self::command_in(&self.up_netns_path(), None, program.as_ref())

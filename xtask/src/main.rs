@@ -32,6 +32,19 @@ enum Cmd {
     },
     /// Install deps, build, and show allowed vs denied traffic from a throwaway container.
     Demo,
+    /// Benchmarks (../shared/BENCH.md): installs HAProxy, oha and httpjail if missing, builds in
+    /// release and writes bench/RESULTS.md, bench/results.json and bench/raw/ (≈ 20 min; root).
+    Bench {
+        /// 3 rounds, smaller sizes (< 5 min): checks the machinery, not for comparison.
+        #[arg(long)]
+        quick: bool,
+        /// Every configuration completes every workload once, tiny; fails on any error (CI).
+        #[arg(long, conflicts_with = "quick")]
+        sanity: bool,
+        /// Only these workloads, e.g. `W1,W4`.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Run every fuzz target for a bounded time (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
@@ -107,6 +120,11 @@ fn run(cli: Cli) -> Result<()> {
             cargo_test(&a)
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Bench {
+            quick,
+            sanity,
+            only,
+        } => bench(quick, sanity, only),
         Cmd::Demo => {
             deps()?;
             cargo(&["build", "--workspace", "--bins"])?;
@@ -159,6 +177,99 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// Debian packages of the benchmarks: the HAProxy peer (`taskset` is in util-linux,
+/// always present).
+const BENCH_APT_PACKAGES: &[&str] = &["haproxy"];
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        || std::env::var_os("HOME").is_some_and(|h| {
+            Command::new(std::path::Path::new(&h).join(".cargo/bin").join(cmd))
+                .arg(arg)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+}
+
+/// `cargo install NAME --locked` unless NAME already runs. A failed install is remembered (a
+/// marker in the target dir) so every later run does not rebuild it; delete the marker to retry.
+fn cargo_install(name: &str, required: bool) -> Result<()> {
+    if have(name, "--version") {
+        return Ok(());
+    }
+    let marker = target_dir().join(format!("bench-{name}-install-failed"));
+    if !required && marker.exists() {
+        eprintln!(
+            "xtask: {name} failed to install before ({}); the bench skips it",
+            marker.display()
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: installing {name} (cargo install {name} --locked)");
+    match cargo(&["install", name, "--locked"]) {
+        Ok(()) => Ok(()),
+        Err(e) if !required => {
+            let _ = std::fs::create_dir_all(target_dir());
+            let _ = std::fs::write(&marker, format!("{e:#}\n"));
+            eprintln!("xtask: {name} did not install ({e:#}); the bench records it and skips it");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn bench(quick: bool, sanity: bool, only: Option<String>) -> Result<()> {
+    apt_deps()?;
+    apt_install(BENCH_APT_PACKAGES)?;
+    cargo_install("oha", true)?;
+    cargo_install("httpjail", false)?;
+    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin_dir = target_dir().join("release");
+    let mut cmd = Command::new(bin_dir.join("bench"));
+    cmd.current_dir(workspace_root())
+        .env("EGRESS_BIN_DIR", &bin_dir);
+    if let Some(home) = std::env::var_os("HOME") {
+        // oha and httpjail live in ~/.cargo/bin.
+        let mut path = vec![std::path::Path::new(&home).join(".cargo/bin")];
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        cmd.env("PATH", std::env::join_paths(path)?);
+    }
+    let marker = target_dir().join("bench-httpjail-install-failed");
+    if let Ok(why) = std::fs::read_to_string(&marker) {
+        cmd.env("BENCH_HTTPJAIL_MISSING", why.trim());
+    }
+    if quick {
+        cmd.arg("--quick");
+    }
+    if sanity {
+        cmd.arg("--sanity");
+    }
+    if let Some(o) = &only {
+        cmd.args(["--only", o]);
+    }
+    run_cmd(&mut cmd)
+}
+
 fn deps() -> Result<()> {
     apt_deps()?;
     k8s_validator()
@@ -192,7 +303,11 @@ fn k8s_validator() -> Result<()> {
 }
 
 fn apt_deps() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -20,7 +20,7 @@ use egress_tests::addrs::*;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -60,6 +60,60 @@ struct Args {
     /// Do not bind the built-in server addresses (only DNS on --dns-extra; for local experiments).
     #[arg(long)]
     dns_only: bool,
+    /// Benchmark upstream (see /work/shared/BENCH.md): TLS 1.3 with AES-128-GCM and X25519 only, and
+    /// no per-connection log line for the HTTP/HTTPS servers (DNS and other services still log).
+    #[arg(long)]
+    bench: bool,
+    /// Rewrite this file every 100 ms with the HTTP/HTTPS servers' counters (JSON: accepted,
+    /// tls_ok, tls_failed, requests, conn_errors, bytes_sent) — the upstream side of "zero errors".
+    #[arg(long)]
+    stats_out: Option<PathBuf>,
+}
+
+/// Counters of the HTTP/HTTPS servers, for `--stats-out`.
+#[derive(Default)]
+struct HttpStats {
+    accepted: AtomicU64,
+    tls_ok: AtomicU64,
+    tls_failed: AtomicU64,
+    requests: AtomicU64,
+    /// hyper's serve_connection ended with an error (reset mid-message, malformed request, ...).
+    conn_errors: AtomicU64,
+    /// Body bytes of `/bytes/N` responses.
+    bytes_sent: AtomicU64,
+}
+
+static STATS: HttpStats = HttpStats {
+    accepted: AtomicU64::new(0),
+    tls_ok: AtomicU64::new(0),
+    tls_failed: AtomicU64::new(0),
+    requests: AtomicU64::new(0),
+    conn_errors: AtomicU64::new(0),
+    bytes_sent: AtomicU64::new(0),
+};
+
+impl HttpStats {
+    fn json(&self) -> Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "accepted": g(&self.accepted),
+            "tls_ok": g(&self.tls_ok),
+            "tls_failed": g(&self.tls_failed),
+            "requests": g(&self.requests),
+            "conn_errors": g(&self.conn_errors),
+            "bytes_sent": g(&self.bytes_sent),
+        })
+    }
+}
+
+async fn write_stats(path: PathBuf) {
+    let tmp = path.with_extension("tmp");
+    loop {
+        if std::fs::write(&tmp, STATS.json().to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Append-only JSONL log shared by every server task.
@@ -94,6 +148,8 @@ impl Log {
 
 struct State {
     conns: Log,
+    /// `--bench`: HTTP/HTTPS connections are counted (STATS), not logged.
+    quiet_http: bool,
     queries: Log,
     zone: Zone,
 }
@@ -528,15 +584,78 @@ async fn serve_http<S>(io: S, info: ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let info = info.clone();
-        async move { Ok::<_, Infallible>(respond(req, info).await) }
+        async move {
+            STATS.requests.fetch_add(1, Ordering::Relaxed);
+            let bytes = match info.kind {
+                Kind::Echo => bytes_len(req.uri().path()),
+                _ => None,
+            };
+            Ok::<_, Infallible>(match bytes {
+                Some(n) => bytes_response(req, n).await,
+                None => respond(req, info).await.map(Either::Left),
+            })
+        }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().half_close(true);
-    let _ = b
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
+    if b.serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+        .is_err()
+    {
+        STATS.conn_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `/bytes/N`: N bytes (N ≤ 64 GiB), for the benchmarks' bulk and 1 KiB workloads.
+fn bytes_len(path: &str) -> Option<u64> {
+    path.strip_prefix("/bytes/")?
+        .parse()
+        .ok()
+        .filter(|n| *n <= 64 << 30)
+}
+
+async fn bytes_response(req: Request<Incoming>, n: u64) -> Response<Either<Full<Bytes>, Zeros>> {
+    // Read the request body (W1 posts 1 KiB) before answering.
+    let _ = req.into_body().collect().await;
+    STATS.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/octet-stream")
+        .body(Either::Right(Zeros { left: n }))
+        .unwrap()
+}
+
+/// A body of `left` zero bytes, sent in 64 KiB frames of one static buffer (no allocation per frame).
+struct Zeros {
+    left: u64,
+}
+
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+impl hyper::body::Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(ZEROS.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &ZEROS[..n],
+        )))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 async fn http_listener(
@@ -557,7 +676,10 @@ async fn http_listener(
             (Kind::Echo, true) => "https",
             (Kind::Echo, false) => "http",
         };
-        st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": service}));
+        STATS.accepted.fetch_add(1, Ordering::Relaxed);
+        if !st.quiet_http {
+            st.conns.write(json!({"proto": "tcp", "server": server.to_string(), "peer": peer.to_string(), "service": service}));
+        }
         let tls = tls.clone();
         tokio::spawn(async move {
             let mut info = ConnInfo {
@@ -575,8 +697,10 @@ async fn http_listener(
                         tokio::time::timeout(std::time::Duration::from_secs(10), acc.accept(s))
                             .await
                     else {
+                        STATS.tls_failed.fetch_add(1, Ordering::Relaxed);
                         return;
                     };
+                    STATS.tls_ok.fetch_add(1, Ordering::Relaxed);
                     let conn = ts.get_ref().1;
                     info.tls = true;
                     info.sni = conn.server_name().map(str::to_string);
@@ -764,6 +888,7 @@ fn parse_records(args: &Args) -> Result<Vec<(String, IpAddr)>> {
 async fn run(args: Args) -> Result<()> {
     let st = Arc::new(State {
         conns: Log::open(&args.conn_log)?,
+        quiet_http: args.bench,
         queries: Log::open(&args.query_log)?,
         zone: Zone::new(&parse_records(&args)?),
     });
@@ -788,12 +913,22 @@ async fn run(args: Args) -> Result<()> {
         if let Some(p) = &args.ca_out {
             std::fs::write(p, &ca_pem).with_context(|| format!("write {}", p.display()))?;
         }
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(certs));
+        let mut provider = rustls::crypto::ring::default_provider();
+        if args.bench {
+            // The benchmarks' one TLS profile: TLS 1.3, AES-128-GCM, X25519 (P-256 certificates).
+            provider.cipher_suites =
+                vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+            provider.kx_groups = vec![rustls::crypto::ring::kx_group::X25519];
+        }
+        let versions: &[&rustls::SupportedProtocolVersion] = if args.bench {
+            &[&rustls::version::TLS13]
+        } else {
+            rustls::DEFAULT_VERSIONS
+        };
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(certs));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
 
@@ -846,6 +981,9 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    if let Some(p) = &args.stats_out {
+        tokio::spawn(write_stats(p.clone()));
+    }
     println!("READY");
     std::io::stdout().flush()?;
 

@@ -1,0 +1,295 @@
+//! Benchmarks (/work/shared/BENCH.md): programs that report figures, never tests that pass or fail
+//! on time. Configurations are interleaved in one run (A B C A B C ...) and every figure is stated
+//! next to **direct** measured in that same run. `cargo xtask bench [--quick|--sanity]` installs
+//! the tools, builds in release and runs this.
+//!
+//! Topology (one `Topology`): the client runs in the container's netns — in the enforced cgroup
+//! for the agent's configurations, in a plain sibling cgroup for direct and HAProxy; the upstream
+//! is fakenet `--bench` (rustls + hyper, ECDSA P-256 leaf, TLS 1.3 AES-128-GCM X25519 only, h1 +
+//! h2) in up-*; the proxies run in ag-* and dial the upstream from there. The proxy is pinned to
+//! CPU 0, the load generator and the upstream to CPU 1.
+//!
+//! Output: `bench/RESULTS.md`, `bench/results.json` (summary), `bench/raw/<time>.json` (every run).
+
+mod env;
+mod idle;
+mod load;
+mod report;
+mod w4;
+mod work;
+
+use std::{process::Command, time::Instant};
+
+use egress_tests::require_root;
+use serde_json::json;
+
+use env::{Config, Env, Tools};
+use report::Results;
+
+/// Sizes and durations of one run.
+pub struct Params {
+    pub mode: &'static str,
+    pub rounds: usize,
+    pub w1_rate: u32,
+    pub w1_seconds: f64,
+    pub w2_bytes: u64,
+    pub w3_rates: Vec<u32>,
+    pub w3_seconds: f64,
+    pub w5_count: u64,
+}
+
+impl Params {
+    fn full() -> Params {
+        Params {
+            mode: "full",
+            rounds: 5,
+            w1_rate: 500,
+            w1_seconds: 5.0,
+            w2_bytes: 1 << 30,
+            w3_rates: vec![100, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000],
+            w3_seconds: 2.0,
+            w5_count: 9000,
+        }
+    }
+    fn quick() -> Params {
+        Params {
+            mode: "quick",
+            rounds: 3,
+            w1_rate: 500,
+            w1_seconds: 1.5,
+            w2_bytes: 64 << 20,
+            w3_rates: vec![100, 250, 500, 1000, 2000],
+            w3_seconds: 1.0,
+            w5_count: 1000,
+        }
+    }
+    /// Every configuration completes every workload once, tiny: for CI (`--sanity`).
+    fn sanity() -> Params {
+        Params {
+            mode: "sanity",
+            rounds: 1,
+            w1_rate: 100,
+            w1_seconds: 0.5,
+            w2_bytes: 8 << 20,
+            w3_rates: vec![100],
+            w3_seconds: 0.5,
+            w5_count: 50,
+        }
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s).trim().to_string()
+        })
+        .unwrap_or_else(|e| format!("({cmd}: {e})"))
+}
+
+fn machine(tools: &Tools) -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let ver = |r: &Result<std::path::PathBuf, String>, flag: &str| match r {
+        Ok(p) => sh(&p.to_string_lossy(), &[flag])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        Err(e) => e.clone(),
+    };
+    json!({
+        "cpu": model,
+        "cpus": cpus,
+        "uname": sh("uname", &["-srvm"]),
+        "date": sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "loadavg_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "commit": sh("git", &["describe", "--always", "--dirty"]),
+        "oha": sh(&tools.oha.to_string_lossy(), &["--version"]),
+        "haproxy": ver(&tools.haproxy, "-v"),
+        "httpjail": ver(&tools.httpjail, "--version"),
+        "agent_binary": egress_tests::bin_path("egress-agent"),
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("idle-client") {
+        return idle::main(&args[2..]);
+    }
+    if !require_root() {
+        return;
+    }
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let p = if has("--sanity") {
+        Params::sanity()
+    } else if has("--quick") {
+        Params::quick()
+    } else {
+        Params::full()
+    };
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| {
+            s.split(',')
+                .map(|w| w.trim().to_ascii_uppercase())
+                .collect()
+        })
+        .unwrap_or_else(|| ["W1", "W2", "W3", "W4", "W5"].map(String::from).to_vec());
+    let out_dir = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "bench".into());
+    let started = Instant::now();
+    let tools = Tools::find();
+    let mut machine = machine(&tools);
+    let env = Env::new(tools);
+    let mut r = Results::default();
+    let mut configs = Vec::new();
+    for c in Config::ALL {
+        match env.available(c) {
+            Ok(()) => configs.push(c),
+            Err(why) => r
+                .notes
+                .push(format!("**{}** not measured: {why}", c.name())),
+        }
+    }
+    eprintln!(
+        "bench ({}): configurations {:?}, workloads {only:?}",
+        p.mode,
+        configs.iter().map(|c| c.name()).collect::<Vec<_>>()
+    );
+    let mut timings = serde_json::Map::new();
+    for w in &only {
+        let t = Instant::now();
+        eprintln!("bench: {w} ...");
+        match w.as_str() {
+            "W1" => work::w1(&env, &p, &configs, &mut r),
+            "W2" => work::w2(&env, &p, &configs, &mut r),
+            "W3" => work::w3(&env, &p, &configs, &mut r),
+            "W4" => w4::w4(&env, &p, &mut r),
+            "W5" => work::w5(&env, &p, &configs, &mut r),
+            other => panic!("unknown workload {other}"),
+        }
+        timings.insert(w.clone(), json!(t.elapsed().as_secs_f64()));
+        eprintln!("bench: {w} done in {:.0} s", t.elapsed().as_secs_f64());
+    }
+    machine["loadavg_end"] = json!(std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim());
+    machine["seconds"] = json!(started.elapsed().as_secs_f64());
+    machine["workload_seconds"] = json!(timings);
+    machine["mode"] = json!(p.mode);
+    machine["rounds"] = json!(p.rounds);
+    r.notes.extend(method_notes(&p, &env));
+
+    let header = format!(
+        "# Benchmark results\n\n`cargo xtask bench{}` — {}, {} rounds, interleaved.\n\n\
+         Machine: {} × {} · {} · {} · load average {} → {} · commit {} · {:.0} s.\n",
+        match p.mode {
+            "full" => "",
+            "quick" => " --quick",
+            _ => " --sanity",
+        },
+        p.mode,
+        p.rounds,
+        machine["cpus"],
+        machine["cpu"].as_str().unwrap_or(""),
+        machine["uname"].as_str().unwrap_or(""),
+        machine["date"].as_str().unwrap_or(""),
+        machine["loadavg_start"].as_str().unwrap_or(""),
+        machine["loadavg_end"].as_str().unwrap_or(""),
+        machine["commit"].as_str().unwrap_or(""),
+        started.elapsed().as_secs_f64(),
+    );
+    let md = r.markdown(&configs, &header);
+    println!("{md}");
+    let raw_dir = std::path::Path::new(&out_dir).join("raw");
+    std::fs::create_dir_all(&raw_dir).expect("create bench/raw");
+    let stamp = machine["date"].as_str().unwrap_or("run").replace(':', "");
+    let summary = r.summary_json(&configs, &machine);
+    std::fs::write(
+        raw_dir.join(format!("{stamp}-{}.json", p.mode)),
+        serde_json::to_string_pretty(&json!({"summary": summary, "runs": r.raw})).unwrap(),
+    )
+    .expect("write raw samples");
+    if p.mode != "sanity" {
+        std::fs::write(std::path::Path::new(&out_dir).join("RESULTS.md"), &md)
+            .expect("write RESULTS.md");
+        std::fs::write(
+            std::path::Path::new(&out_dir).join("results.json"),
+            serde_json::to_string_pretty(&summary).unwrap(),
+        )
+        .expect("write results.json");
+    }
+    let ok = r.zero_errors();
+    drop(env);
+    if !ok {
+        eprintln!("bench: ERRORS in some configuration (see the errors table)");
+        if p.mode == "sanity" {
+            std::process::exit(1);
+        }
+    }
+}
+
+fn method_notes(p: &Params, env: &Env) -> Vec<String> {
+    let mut n = vec![
+        format!(
+            "Pinning: proxy under test on CPU {}, load generator (oha) and upstream (fakenet) on CPU {}; direct uses the same pinning. \
+             The agent runs its default tokio runtime ({} threads at start); HAProxy gets `nbthread` = the agent's worker count.",
+            env::PROXY_CPU, env::LOAD_CPU, env.agent_threads
+        ),
+        "Client: oha in the container's netns; in the enforced cgroup for passthrough/inspect, in a plain sibling cgroup for direct and \
+         haproxy. TCP goes to 198.51.100.10 (`--connect-to`, no DNS) except W3 cold, which resolves never-seen names through the agent's DNS."
+            .into(),
+        "HAProxy 2.6 (Debian): runs in the agent's netns; its listeners are bound in the container's netns (`bind 127.0.0.1:P namespace ctr-…`) \
+         so the client-side hop is the same loopback hop as the agent's redirected connections; the client reaches it by address (`--connect-to`). \
+         TLS frontend: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto` (`maxpipes 500`, `maxconn 9100`: RLIMIT_NOFILE is 20,000); plain HTTP frontend: `mode http`, Host routing."
+            .into(),
+        "TLS everywhere: TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificates (fakenet `--bench`); the client verifies the upstream \
+         (fakenet's CA, plus the agent's CA for inspect). Caveat: the client↔proxy leg of **inspect** negotiates what oha \
+         prefers among the agent's defaults (rustls ring: TLS_AES_256_GCM_SHA384 first); oha has no cipher option and the agent's \
+         server config is not the bench's to change — the upstream leg is AES-128-GCM."
+            .into(),
+        format!(
+            "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`). \
+             W2: `/bytes/N`, {} MiB total split over the streams; Gbit/s from oha's elapsed time; proxy CPU = utime+stime from /proc/PID/stat. \
+             W3: `--disable-keepalive`, paced by `-q` without latency correction, ladder {:?} conn/s × {} s, 64 workers; a step passes with p99 (time to the whole 1 KiB response, ≈ TTFB) < 10 ms, \
+             zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes); a max rate of 0 means not even the first step passed. \
+             W5: a helper opens {} TLS connections (one request each) and holds them; proxy VmRSS delta and /proc/meminfo Slab delta \
+             (machine-wide: noisy on a shared machine) per connection.",
+            p.w1_rate, p.w1_seconds, p.w2_bytes >> 20, p.w3_rates, p.w3_seconds, p.w5_count
+        ),
+        "W3 cold (inspect only): every connection uses a never-seen name `c<random>.cold.exfil.test` (one leaf mint each) in the same agent process, \
+         and includes a DNS query through the agent; warm uses one name."
+            .into(),
+        "Zero errors: every run reads fakenet's counters (TLS handshake failures, HTTP connection errors) before and after; the errors table sums them \
+         with oha's errors and non-200 answers (W3: the passing steps only, a failing step is how the search ends)."
+            .into(),
+    ];
+    if p.mode != "full" {
+        n.push(format!(
+            "`--{}` run: fewer rounds and smaller sizes; figures are for checking the machinery, not for comparison.",
+            p.mode
+        ));
+    }
+    n
+}

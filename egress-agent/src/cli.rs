@@ -560,7 +560,7 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
         "enforcing cgroup id {} (adopted pins: {}) listeners tcp=127.0.0.1:{},[::1]:{} dns=127.0.0.1:{},[::1]:{}",
         running.attachment.cgroup.id, running.enforcement.adopted, c.tcp_port4, c.tcp_port6, c.dns_port4, c.dns_port6
     );
-    crate::daemon::wait_for_shutdown(|| {}).await;
+    crate::daemon::wait_for_shutdown(|| async {}).await;
     // Leaving the pins in place: enforcement outlives the agent until `detach`.
     Ok(ExitCode::SUCCESS)
 }

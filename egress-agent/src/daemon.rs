@@ -467,7 +467,11 @@ pub async fn run(
         metrics = ?metrics_addr,
         "daemon ready"
     );
-    wait_for_shutdown_with_reload(&daemon).await;
+    // Errors of a SIGHUP reload are logged by `reload`.
+    wait_for_shutdown(|| async {
+        let _ = daemon.reload().await;
+    })
+    .await;
     server.abort();
     if let Some(t) = kube_task {
         t.abort();
@@ -521,7 +525,8 @@ pub fn reload(shared: &Arc<Shared>, path: &Path, in_use: &[String]) -> Result<St
     }
 }
 
-async fn wait_for_shutdown_with_reload(daemon: &Daemon) {
+/// Until SIGTERM or SIGINT; `on_hup` runs for every SIGHUP (a reload).
+pub async fn wait_for_shutdown<F: std::future::Future<Output = ()>>(mut on_hup: impl FnMut() -> F) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -533,27 +538,7 @@ async fn wait_for_shutdown_with_reload(daemon: &Daemon) {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                // Errors are logged by `reload`.
-                let _ = daemon.reload().await;
-            }
-        }
-    }
-}
-
-pub async fn wait_for_shutdown(on_hup: impl Fn()) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => on_hup(),
+            _ = hup.recv() => on_hup().await,
         }
     }
 }

@@ -179,32 +179,8 @@ impl Agent {
     /// namespace; `extra` are more daemon arguments (e.g. `--metrics ADDR`).
     /// The topology's cgroup is detached on drop, whoever attached it.
     pub fn daemon_control(topo: &Topology, policy_toml: &str, extra: &[&str]) -> Agent {
-        let dir = topo.workdir().to_path_buf();
-        let policy = dir.join("policy.toml");
-        std::fs::write(&policy, policy_toml).unwrap();
-        let audit = dir.join("audit.jsonl");
-        let control = dir.join("control.sock");
-        let config = dir.join("daemon.toml");
-        std::fs::write(
-            &config,
-            format!("policy = {policy:?}\naudit_log = {audit:?}\n"),
-        )
-        .unwrap();
-        let mut cmd = topo.ag_command(bin_path("egress-agent"));
-        cmd.arg("--control")
-            .arg(&control)
-            .arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .args(extra);
-        let mut a = Self::start(
-            cmd,
-            policy,
-            audit,
-            vec![topo.ctr_cgroup_path().to_path_buf()],
-        );
-        a.control = Some(control);
-        a
+        let cgroups = vec![topo.ctr_cgroup_path().to_path_buf()];
+        Self::daemon_configured(topo, policy_toml, "", extra, cgroups)
     }
 
     /// `egress-agent daemon` whose config gets `extra_config` appended (e.g. a
@@ -213,6 +189,19 @@ impl Agent {
         topo: &Topology,
         policy_toml: &str,
         extra_config: &str,
+        cgroups: Vec<PathBuf>,
+    ) -> Agent {
+        Self::daemon_configured(topo, policy_toml, extra_config, &[], cgroups)
+    }
+
+    /// The daemon with its own control socket (`<workdir>/control.sock`) in the
+    /// topology's agent namespace: `extra_config` appended to daemon.toml,
+    /// `extra_args` after `daemon --config FILE`.
+    fn daemon_configured(
+        topo: &Topology,
+        policy_toml: &str,
+        extra_config: &str,
+        extra_args: &[&str],
         cgroups: Vec<PathBuf>,
     ) -> Agent {
         let dir = topo.workdir().to_path_buf();
@@ -231,7 +220,8 @@ impl Agent {
             .arg(&control)
             .arg("daemon")
             .arg("--config")
-            .arg(&config);
+            .arg(&config)
+            .args(extra_args);
         let mut a = Self::start(cmd, policy, audit, cgroups);
         a.control = Some(control);
         a

@@ -25,7 +25,9 @@ pub async fn run(ring: RingBuf<MapData>, mut sink: impl FnMut(EgressEvent)) -> s
 fn trace(ev: &EgressEvent) {
     let hook = Hook::from_u8(ev.hook).map(Hook::label).unwrap_or("?");
     let dst = ev.destination().map(|d| d.to_string()).unwrap_or_default();
-    tracing::info!(
+    // Debug, not info: every denial is already an audit record and a counter,
+    // and a sandbox hammering a denied address must not flood the agent's log.
+    tracing::debug!(
         target: "egress::kernel",
         hook,
         reason = ev.reason,

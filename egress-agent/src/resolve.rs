@@ -3,7 +3,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -120,17 +120,18 @@ pub fn screen(policy: &crate::policy::Policy, addrs: Vec<IpAddr>) -> (Vec<IpAddr
 /// How long the host's address list is reused before it is read again.
 const HOST_ADDRS_TTL: Duration = Duration::from_secs(5);
 
-/// The agent's own host addresses (THREATS B: proxy loops, host services). Read
-/// at most every few seconds; the lock is held only to clone an Arc.
+/// The agent's own host addresses (THREATS B: proxy loops, host services),
+/// re-read at most every few seconds. Reads take no lock: the cache is an
+/// ArcSwap; two dials racing past a stale entry both refresh it, harmlessly.
 fn host_addresses() -> Arc<Vec<IpAddr>> {
-    static CACHE: Mutex<Option<(Instant, Arc<Vec<IpAddr>>)>> = Mutex::new(None);
-    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, v)) = c.as_ref() {
-        if at.elapsed() < HOST_ADDRS_TTL {
-            return v.clone();
+    static CACHE: std::sync::LazyLock<arc_swap::ArcSwapOption<(Instant, Arc<Vec<IpAddr>>)>> =
+        std::sync::LazyLock::new(arc_swap::ArcSwapOption::empty);
+    if let Some(c) = CACHE.load().as_ref() {
+        if c.0.elapsed() < HOST_ADDRS_TTL {
+            return c.1.clone();
         }
     }
     let v = Arc::new(crate::sys::local_addresses().unwrap_or_default());
-    *c = Some((Instant::now(), v.clone()));
+    CACHE.store(Some(Arc::new((Instant::now(), v.clone()))));
     v
 }

@@ -191,7 +191,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
     };
 
     // 3. Name, port, protocol.
-    let wanted = match what_is_wanted(&peeked, dst, service, att) {
+    let wanted = match what_is_wanted(&peeked, dst, service, att, &policy) {
         Ok(w) => w,
         Err(Early::Status) => {
             rec.protocol = "http";
@@ -401,6 +401,7 @@ fn what_is_wanted(
     dst: SocketAddr,
     service: bool,
     att: &Attachment,
+    policy: &Policy,
 ) -> Result<Wanted, Early> {
     match peeked {
         Peeked::Tls(hello) => {
@@ -509,7 +510,6 @@ fn what_is_wanted(
             // Several names may share an address (CDNs): the first one a
             // host:port rule allows decides; else the first name, for the reason.
             let names = att.dns.names_of(dst.ip());
-            let policy = att.shared.policy.load();
             let chosen = names
                 .iter()
                 .filter_map(|n| CanonicalName::parse(n).ok())

@@ -11,6 +11,7 @@ pub mod addrs;
 pub mod agent;
 #[cfg(target_os = "linux")]
 pub mod clients;
+pub mod procstat;
 #[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use egress_tests::procstat::{alive, open_fds, status_kib, vm_rss_kib};
 use egress_tests::{
     addrs::*,
     agent::{test_policy, Agent},
@@ -14,29 +15,6 @@ use egress_tests::{
     topology::Topology,
 };
 use serde_json::Value;
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
 
 /// `n` sequential requests from the container, each on a new connection: an HTTP GET to
 /// allowed.test and a DNS query for it. Prints per-request latencies in ms and failures.

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use egress_tests::procstat::alive;
 use egress_tests::{
     addrs::*,
     agent::{test_policy, Agent},
@@ -25,10 +26,6 @@ fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// ~`rate` connections per second for `secs` seconds from the container, each a GET to

@@ -2,6 +2,7 @@
 //! from two containers with different profiles, each decided by its own profile; garbage on the
 //! listener without a panic, with the agent serving on and its memory bounded.
 
+use egress_tests::procstat::vm_rss_kib;
 use egress_tests::{
     addrs::*,
     agent::{policy_with_profiles, Agent},
@@ -10,15 +11,6 @@ use egress_tests::{
     topology::Topology,
 };
 use serde_json::Value;
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn a_thousand_parallel_connections_from_two_profiles_are_each_decided_by_their_own() {

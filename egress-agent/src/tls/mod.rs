@@ -45,6 +45,24 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The client-facing side picks AES-128-GCM when the client offers it, whatever the client's
+/// order: as strong as the sandbox needs (the upstream leg is what leaves the host) and the
+/// cheapest bulk cipher on CPUs with AES-NI; ChaCha20 stays for clients without AES.
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
 /// Client configurations for inspected upstreams: webpki roots plus the policy's
 /// `upstream_ca`.
 pub struct UpstreamTls {
@@ -84,10 +102,11 @@ impl Inspector {
             constraints.as_deref(),
         )?);
         let minter = Arc::new(mint::Minter::new(ca.clone())?);
-        let mut server = ServerConfig::builder_with_provider(provider())
+        let mut server = ServerConfig::builder_with_provider(server_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(minter.clone());
+        server.ignore_client_order = true;
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             ca,

@@ -116,6 +116,8 @@ pub struct Attachment {
     pub shared: Arc<Shared>,
     /// The container's connection budget, shared by its v4 and v6 listeners.
     pub conn_permits: Arc<tokio::sync::Semaphore>,
+    /// Upstream HTTP/2 connections its inspected connections share.
+    pub upstreams: crate::shared_upstreams::SharedUpstreams,
 }
 
 impl Attachment {
@@ -171,6 +173,7 @@ impl Running {
             dns: DnsMemory::default(),
             shared: shared.clone(),
             conn_permits: crate::interceptor::connection_permits(),
+            upstreams: Default::default(),
         });
         let mut tasks = JoinSet::new();
         let Listeners {

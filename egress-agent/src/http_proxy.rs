@@ -89,6 +89,15 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Starts with a shared upstream HTTP/2 connection ([`crate::shared_upstreams`]) instead of
+    /// dialing one.
+    pub fn with_shared_h2(self, h2: H2) -> Self {
+        *self.upstream.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2);
+        self
+    }
+}
+
 /// Serves `io` (the client, after TLS termination if any) request by request until it closes.
 /// `h2`: offer HTTP/2 (inspected TLS with ALPN); plain HTTP is HTTP/1.x only.
 pub async fn serve<I>(io: I, conn: Arc<Conn>, h2: bool)
@@ -576,11 +585,12 @@ fn clip(s: &str, max: usize) -> &str {
 // Upstream connections of one client connection (all to the same decided name and port).
 
 type H1 = hyper::client::conn::http1::SendRequest<Incoming>;
-type H2 = hyper::client::conn::http2::SendRequest<Incoming>;
+use crate::shared_upstreams::H2;
 
 enum Sender {
     H1(H1),
-    H2(H2),
+    /// With the upstream's address, for sharing.
+    H2(H2, Option<std::net::SocketAddr>),
 }
 
 struct Pool {
@@ -624,8 +634,11 @@ impl Pool {
             }
         }
         match self.dial(conn, websocket).await? {
-            Sender::H2(h2) => {
+            Sender::H2(h2, peer) => {
                 *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
+                conn.att
+                    .upstreams
+                    .put(&conn.policy, conn.name.as_str(), conn.port, &h2, peer);
                 h2_send(&h2, conn, req)
                     .await
                     .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))
@@ -681,9 +694,11 @@ impl Pool {
             .await
             .map_err(|(_, reason)| reason)?,
         };
+        let tcp = crate::interceptor::upstream::Lingering::new(tcp);
         let Some(tls) = &conn.tls else {
             return h1_handshake(tcp).await;
         };
+        let peer = tcp.peer_addr();
         let config = if websocket { &tls.h1 } else { &tls.any };
         let server_name = rustls_pki_types::ServerName::try_from(conn.name.as_str().to_string())
             .map_err(|e| format!("{}: {e}", conn.name))?;
@@ -700,7 +715,7 @@ impl Pool {
             tokio::spawn(async move {
                 let _ = c.await;
             });
-            Ok(Sender::H2(send))
+            Ok(Sender::H2(send, peer))
         } else {
             h1_handshake(stream).await
         }

@@ -278,7 +278,30 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
         }
     }
 
-    // 5. Resolve ourselves, re-check every address, dial one we checked.
+    // 5. Resolve ourselves, re-check every address, dial one we checked — unless this
+    //    container already holds a verified HTTP/2 connection to the same inspected name,
+    //    dialed under this very policy snapshot: then its requests share it.
+    if let (true, Peeked::Tls(_), Reply::Tls) = (inspect, &peeked, &wanted.reply) {
+        if let Some((h2, peer)) = att
+            .upstreams
+            .get(&policy, wanted.name.as_str(), wanted.port)
+        {
+            rec.upstream = peer.map(|a| a.to_string());
+            rec.protocol = "http";
+            let conn = crate::http_proxy::Conn::new(
+                att.clone(),
+                policy,
+                wanted.name,
+                wanted.port,
+                None,
+                rec,
+                None,
+            )
+            .with_shared_h2(h2);
+            crate::tls::inspect(client, buf, conn).await;
+            return;
+        }
+    }
     let upstream = match upstream::connect(att, &policy, &wanted.name, wanted.port).await {
         Ok(u) => u,
         Err((code, reason)) => {

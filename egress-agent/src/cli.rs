@@ -560,7 +560,22 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
         "enforcing cgroup id {} (adopted pins: {}) listeners tcp=127.0.0.1:{},[::1]:{} dns=127.0.0.1:{},[::1]:{}",
         running.attachment.cgroup.id, running.enforcement.adopted, c.tcp_port4, c.tcp_port6, c.dns_port4, c.dns_port6
     );
-    crate::daemon::wait_for_shutdown(|| async {}).await;
+    // SIGHUP reloads the policy file as the daemon does: an invalid file changes nothing,
+    // a valid one is swapped in and the kernel deny set re-synced.
+    let policy_path = args.policy.clone().unwrap_or_default();
+    let mut running = running;
+    crate::daemon::wait_for_shutdown(|| {
+        let att = running.attachment.clone();
+        let res = crate::daemon::reload(&att.shared, &policy_path, &[att.profile.clone()]);
+        att.shared.audit.metrics().reloaded(res.is_ok());
+        if res.is_ok() {
+            if let Err(e) = running.resync() {
+                tracing::error!(error = %e, "re-syncing the kernel deny set");
+            }
+        }
+        async {}
+    })
+    .await;
     // Leaving the pins in place: enforcement outlives the agent until `detach`.
     Ok(ExitCode::SUCCESS)
 }

@@ -611,3 +611,79 @@ fn grease_ech_to_an_inspected_host_is_stripped_not_refused() {
         "{rec}"
     );
 }
+
+/// Inspected connections of one container to the same name share one verified upstream
+/// HTTP/2 connection (one TLS handshake upstream instead of one per client connection), every
+/// request on it still checked on its own; a policy reload starts a new one.
+#[test]
+fn inspected_connections_share_an_upstream_until_the_policy_changes() {
+    require_root!();
+    let s = setup("inspect_share");
+    let upstream_https = |net: &FakeNet| {
+        net.connections()
+            .iter()
+            .filter(|c| c["service"] == "https")
+            .count()
+    };
+    // Without the enforcer every client connection is an upstream connection.
+    let before = upstream_https(&s.net);
+    for _ in 0..3 {
+        let d = s.curl_direct(&[
+            "--resolve",
+            "api.allowed.test:443:198.51.100.10",
+            &format!("{API}/v1/items"),
+        ]);
+        assert_eq!(d.status, 200, "{d:?}");
+    }
+    assert_eq!(upstream_https(&s.net) - before, 3);
+
+    let agent = s.agent();
+    let before = upstream_https(&s.net);
+    for i in 0..4 {
+        // Separate curl processes: separate client connections (h1 and h2 clients alike).
+        let flag = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+        let r = s.curl(&[flag, &format!("{API}/v1/items/{i}")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.echoed_header("x-api-key").as_deref(), Some(SECRET));
+    }
+    // Per-request rules still apply on the shared connection.
+    s.curl(&[&format!("{API}/admin")])
+        .assert_denied(403, "path_not_allowed");
+    assert_eq!(
+        upstream_https(&s.net) - before,
+        1,
+        "one upstream connection for 4 inspected client connections"
+    );
+    let shared = wait_record(&agent, |r| r["path"] == "/v1/items/3");
+    assert!(
+        shared["upstream"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(":443")),
+        "the audit record names the shared upstream: {shared}"
+    );
+
+    // A reload (even to equal rules) is a new snapshot: its connections dial afresh.
+    std::fs::write(&agent.policy, s.policy().replace("inspect-1", "inspect-2")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status();
+    let mut fresh = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fresh && std::time::Instant::now() < deadline {
+        let n = upstream_https(&s.net);
+        let r = s.curl(&[&format!("{API}/v1/after-reload")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        fresh = upstream_https(&s.net) > n;
+        if fresh {
+            let rec = wait_record(&agent, |r| {
+                r["path"] == "/v1/after-reload" && r["policy"] == "inspect-2"
+            });
+            assert_eq!(rec["decision"], "allow", "{rec}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        fresh,
+        "a request after the reload used the old snapshot's connection"
+    );
+}

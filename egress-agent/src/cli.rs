@@ -566,7 +566,11 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     let mut running = running;
     crate::daemon::wait_for_shutdown(|| {
         let att = running.attachment.clone();
-        let res = crate::daemon::reload(&att.shared, &policy_path, &[att.profile.clone()]);
+        let res = crate::daemon::reload(
+            &att.shared,
+            &policy_path,
+            std::slice::from_ref(&att.profile),
+        );
         att.shared.audit.metrics().reloaded(res.is_ok());
         if res.is_ok() {
             if let Err(e) = running.resync() {

@@ -190,7 +190,7 @@ fn bench_policy(fake_ca: &Path) -> String {
     )
 }
 
-fn pin(pid: u32, cpu: &str) {
+pub fn pin(pid: u32, cpu: &str) {
     let ok = Command::new("taskset")
         .args(["-a", "-p", "-c", cpu, &pid.to_string()])
         .stdout(Stdio::null())

@@ -12,6 +12,7 @@
 //! Output: `bench/RESULTS.md`, `bench/results.json` (summary), `bench/raw/<time>.json` (every run).
 
 mod env;
+mod floor;
 mod idle;
 mod load;
 mod report;
@@ -163,6 +164,12 @@ fn main() {
     let mut machine = machine(&tools);
     let env = Env::new(tools);
     let mut r = Results::default();
+    let (f50, f99, fmax) = floor::wakeup_round_trip(1000, std::time::Duration::from_millis(2));
+    machine["wakeup_round_trip_us"] = json!({"p50": f50, "p99": f99, "max": fmax});
+    r.notes.push(format!(
+        "Machine floor: a one-byte round trip from CPU {} to a thread sleeping on CPU {} and back (Unix socket pair, 1000 × every 2 ms,          measured at the start of this run) takes p50 {f50:.0} µs, p99 {f99:.0} µs, max {fmax:.0} µs. Each request through a proxy on the          other CPU wakes that CPU (and then the load CPU) about twice, so this — not the proxy's code — bounds the added W1 latency at low load,          for every proxy alike; the same-CPU W1 rows show the proxies' own cost without it.",
+        env::LOAD_CPU, env::PROXY_CPU
+    ));
     let mut configs = Vec::new();
     for c in Config::ALL {
         match env.available(c) {
@@ -265,19 +272,27 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
          TLS frontend: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto` (`maxpipes 500`, `maxconn 9100`: RLIMIT_NOFILE is 20,000); plain HTTP frontend: `mode http`, Host routing."
             .into(),
         "TLS everywhere: TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificates (fakenet `--bench`); the client verifies the upstream \
-         (fakenet's CA, plus the agent's CA for inspect). Caveat: the client↔proxy leg of **inspect** negotiates what oha \
-         prefers among the agent's defaults (rustls ring: TLS_AES_256_GCM_SHA384 first); oha has no cipher option and the agent's \
-         server config is not the bench's to change — the upstream leg is AES-128-GCM."
+         (fakenet's CA, plus the agent's CA for inspect). The agent's client-facing leg picks AES-128-GCM whatever the client's order."
             .into(),
         format!(
             "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`). \
              W2: `/bytes/N`, {} MiB total split over the streams; Gbit/s from oha's elapsed time; proxy CPU = utime+stime from /proc/PID/stat. \
              W3: `--disable-keepalive`, paced by `-q` without latency correction, ladder {:?} conn/s × {} s, 64 workers; a step passes with p99 (time to the whole 1 KiB response, ≈ TTFB) < 10 ms, \
-             zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes); a max rate of 0 means not even the first step passed. \
+             zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes); a max rate of 0 means not even the first step passed \
+             (on this VM even direct rarely passes: scheduler stalls of 10–60 ms put ≥ 2 of ~100–200 samples over 10 ms). \
+             W3 saturated: closed loop, 32 connections in flight, no pacing, {} s: achieved conn/s, proxy CPU µs per connection, and \
+             10⁶ / that = new connections per proxy core (the BENCH.md target's figure; inspect shares one upstream HTTP/2 connection per name, so its \
+             cost is the client-side handshake). \
              W5: a helper opens {} TLS connections (one request each) and holds them; proxy VmRSS delta and /proc/meminfo Slab delta \
              (machine-wide: noisy on a shared machine) per connection.",
-            p.w1_rate, p.w1_seconds, p.w2_bytes >> 20, p.w3_rates, p.w3_seconds, p.w5_count
+            p.w1_rate, p.w1_seconds, p.w2_bytes >> 20, p.w3_rates, p.w3_seconds, p.w3_seconds.max(1.0) * 2.0, p.w5_count
         ),
+        "W4: 2,000 blocking connect() calls per round from the probe (median per round): direct from the plain cgroup to the agent's \
+         loopback listener, redirected from the enforced cgroup to 198.51.100.10:80 (rewritten to that same listener), denied to 10.1.2.3:80. \
+         The two program rows come from the kernel itself (`kernel.bpf_stats_enabled` on for those rounds only, run_time_ns / run_cnt \
+         of every program attached to the cgroup, via bpftool): the connect4 program per call, and all programs that ran (connect4, \
+         sock_create, sockops, getpeername, cgroup_skb on the handshake's packets) divided by the connect() calls."
+            .into(),
         "W3 cold (inspect only): every connection uses a never-seen name `c<random>.cold.exfil.test` (one leaf mint each) in the same agent process, \
          and includes a DNS query through the agent; warm uses one name."
             .into(),

@@ -1,9 +1,11 @@
 //! Leaf certificates minted per SNI, signed by the inspection CA.
 //!
 //! One P-256 leaf key is generated at start and shared by every leaf (signing a new name then
-//! costs one CA signature, no key generation). Minted leaves are cached in an
-//! `ArcSwap<HashMap>`: the read path (every handshake) is one atomic load and a hash lookup,
-//! no lock; inserts copy the map (rare: once per new name), and the map is bounded.
+//! costs one CA signature, no key generation). Minted leaves are cached in `SHARDS`
+//! `ArcSwap<HashMap>`s: the read path (every handshake) is one atomic load and a hash lookup,
+//! no lock; an insert copies one shard (once per new name: at most `CACHE_MAX / SHARDS`
+//! entries, so a flood of never-seen names does not make every mint copy the whole cache),
+//! and each shard is bounded.
 
 use std::{
     collections::HashMap,
@@ -31,6 +33,7 @@ const LEAF_REFRESH: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Inspected names are policy names (wildcards can produce many): past this the cache starts
 /// over rather than growing without bound.
 const CACHE_MAX: usize = 4096;
+const SHARDS: usize = 64;
 
 #[derive(Clone)]
 struct Entry {
@@ -38,17 +41,20 @@ struct Entry {
     minted: Instant,
 }
 
+/// Leaves by name; read with one atomic load, replaced whole on insert.
+type Shard = ArcSwap<HashMap<Box<str>, Entry>>;
+
 pub struct Minter {
     ca: Arc<Ca>,
     leaf_key: KeyPair,
     signer: Arc<dyn SigningKey>,
-    cache: ArcSwap<HashMap<Box<str>, Entry>>,
+    cache: Box<[Shard]>,
 }
 
 impl std::fmt::Debug for Minter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Minter")
-            .field("cached", &self.cache.load().len())
+            .field("cached", &self.cached())
             .finish_non_exhaustive()
     }
 }
@@ -70,21 +76,30 @@ impl Minter {
             ca,
             leaf_key,
             signer,
-            cache: ArcSwap::from_pointee(HashMap::new()),
+            cache: (0..SHARDS)
+                .map(|_| ArcSwap::from_pointee(HashMap::new()))
+                .collect(),
         })
+    }
+
+    fn shard(&self, name: &str) -> &Shard {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+        &self.cache[h as usize % SHARDS]
     }
 
     /// The certificate for `name` (canonical: lower case, no trailing dot), minted on first use.
     pub fn get(&self, name: &str) -> Result<Arc<CertifiedKey>, MintError> {
-        if let Some(e) = self.cache.load().get(name) {
+        let shard = self.shard(name);
+        if let Some(e) = shard.load().get(name) {
             if e.minted.elapsed() < LEAF_REFRESH {
                 return Ok(e.key.clone());
             }
         }
         let key = Arc::new(self.mint(name)?);
         let name: Box<str> = name.into();
-        self.cache.rcu(|m| {
-            let mut m = if m.len() >= CACHE_MAX {
+        shard.rcu(|m| {
+            let mut m = if m.len() >= CACHE_MAX / SHARDS {
                 HashMap::new()
             } else {
                 HashMap::clone(m)
@@ -123,8 +138,16 @@ impl Minter {
         ))
     }
 
+    /// Whether a fresh leaf for `name` is cached.
+    pub fn is_cached(&self, name: &str) -> bool {
+        self.shard(name)
+            .load()
+            .get(name)
+            .is_some_and(|e| e.minted.elapsed() < LEAF_REFRESH)
+    }
+
     pub fn cached(&self) -> usize {
-        self.cache.load().len()
+        self.cache.iter().map(|s| s.load().len()).sum()
     }
 }
 
@@ -141,5 +164,34 @@ impl ResolvesServerCert for Minter {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_are_cached_per_name_and_the_cache_stays_bounded() {
+        let d = std::env::temp_dir().join(format!("egress-mint-{}", std::process::id()));
+        let ca = Arc::new(Ca::load_or_create(&d, None).unwrap());
+        let m = Minter::new(ca).unwrap();
+        assert!(!m.is_cached("a.example"));
+        let a = m.get("a.example").unwrap();
+        assert!(m.is_cached("a.example"));
+        assert!(
+            Arc::ptr_eq(&a, &m.get("a.example").unwrap()),
+            "minted twice"
+        );
+        // Far more names than the cache holds: every one is served, the cache stays bounded
+        // (a shard starts over when full), and names just minted are still cached.
+        for i in 0..(CACHE_MAX + CACHE_MAX / 2) {
+            let name = format!("n{i}.example");
+            m.get(&name).unwrap();
+            assert!(m.is_cached(&name));
+        }
+        assert!(m.cached() <= CACHE_MAX, "{} cached", m.cached());
+        assert!(m.cached() >= CACHE_MAX / 4, "{} cached", m.cached());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -73,6 +73,8 @@ pub struct UpstreamTls {
     pub h1: Arc<ClientConfig>,
 }
 
+static INSPECTOR: OnceLock<Result<Arc<Inspector>, String>> = OnceLock::new();
+
 /// Everything inspection needs, created once per agent on first use.
 pub struct Inspector {
     pub ca: Arc<ca::Ca>,
@@ -119,13 +121,28 @@ impl Inspector {
     /// The agent-wide inspector, created on first use; an error is kept (and reported on
     /// every inspected connection) rather than retried on each.
     pub fn get(policy: &Policy) -> Result<Arc<Inspector>, String> {
-        static ONCE: OnceLock<Result<Arc<Inspector>, String>> = OnceLock::new();
-        ONCE.get_or_init(|| {
-            Inspector::new(policy)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
+        INSPECTOR
+            .get_or_init(|| {
+                Inspector::new(policy)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    /// Mints (and caches) the leaf for `name` off the connection's path, if inspection is
+    /// already running: called when the agent's DNS answers for an inspected name, so the
+    /// connection that follows finds its certificate ready instead of waiting for a CA
+    /// signature in the middle of the handshake.
+    pub fn premint(name: &str) {
+        if let Some(Ok(i)) = INSPECTOR.get() {
+            if !i.minter.is_cached(name) {
+                let (i, name) = (i.clone(), name.to_string());
+                tokio::spawn(async move {
+                    let _ = i.minter.get(&name);
+                });
+            }
+        }
     }
 
     /// Client configs for this policy's `upstream_ca` (rebuilt when it changes).

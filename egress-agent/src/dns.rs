@@ -303,7 +303,12 @@ async fn decide_inner(
     }
     // A name is answerable if some rule names it, whatever the port.
     let allowed = match policy.decide(&att.profile, &name, 443, Protocol::Tls) {
-        Decision::Allow { .. } => true,
+        Decision::Allow { inspect, .. } => {
+            if inspect && matches!(qtype, RecordType::A | RecordType::AAAA) {
+                crate::tls::Inspector::premint(name.as_str());
+            }
+            true
+        }
         Decision::Deny(d) => d.code != crate::deny::DenyCode::HostNotAllowed,
     };
     if !allowed {

@@ -134,17 +134,26 @@ impl Audit {
                 std::thread::Builder::new()
                     .name("audit".into())
                     .spawn(move || {
-                        let mut line = Vec::with_capacity(512);
+                        // Records that queued up while the last batch was written go out
+                        // in one write: one syscall per burst, not per record.
+                        let mut batch = Vec::with_capacity(64 * 1024);
                         let mut failing = false;
-                        for rec in rx {
-                            line.clear();
-                            if serde_json::to_writer(&mut line, &rec).is_err() {
-                                continue;
+                        while let Ok(first) = rx.recv() {
+                            batch.clear();
+                            let mut n = 0u64;
+                            let mut next = Some(first);
+                            while let Some(rec) = next.take() {
+                                if serde_json::to_writer(&mut batch, &rec).is_ok() {
+                                    batch.push(b'\n');
+                                    n += 1;
+                                }
+                                if batch.len() < 60 * 1024 {
+                                    next = rx.try_recv().ok();
+                                }
                             }
-                            line.push(b'\n');
-                            match file.write_all(&line) {
+                            match file.write_all(&batch) {
                                 Ok(()) => {
-                                    written.fetch_add(1, Ordering::Relaxed);
+                                    written.fetch_add(n, Ordering::Relaxed);
                                     if failing {
                                         tracing::warn!(path = %p.display(), "audit log writable again");
                                         failing = false;

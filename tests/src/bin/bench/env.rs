@@ -291,6 +291,12 @@ impl Env {
         env
     }
 
+    /// Restarts the agent (it adopts its pins) on the proxy CPU.
+    pub fn restart_agent(&mut self) {
+        self.agent.restart_attach(&self.topo);
+        pin(self.agent.pid(), PROXY_CPU);
+    }
+
     pub fn available(&self, c: Config) -> Result<(), String> {
         let missing = match c {
             Config::Direct | Config::Passthrough => None,

@@ -162,7 +162,7 @@ fn main() {
     let started = Instant::now();
     let tools = Tools::find();
     let mut machine = machine(&tools);
-    let env = Env::new(tools);
+    let mut env = Env::new(tools);
     let mut r = Results::default();
     let (f50, f99, fmax) = floor::wakeup_round_trip(1000, std::time::Duration::from_millis(2));
     machine["wakeup_round_trip_us"] = json!({"p50": f50, "p99": f99, "max": fmax});
@@ -193,7 +193,7 @@ fn main() {
             "W2" => work::w2(&env, &p, &configs, &mut r),
             "W3" => work::w3(&env, &p, &configs, &mut r),
             "W4" => w4::w4(&env, &p, &mut r),
-            "W5" => work::w5(&env, &p, &configs, &mut r),
+            "W5" => work::w5(&mut env, &p, &configs, &mut r),
             other => panic!("unknown workload {other}"),
         }
         timings.insert(w.clone(), json!(t.elapsed().as_secs_f64()));
@@ -284,7 +284,8 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
              10⁶ / that = new connections per proxy core (the BENCH.md target's figure; inspect shares one upstream HTTP/2 connection per name, so its \
              cost is the client-side handshake). \
              W5: a helper opens {} TLS connections (one request each) and holds them; proxy VmRSS delta and /proc/meminfo Slab delta \
-             (machine-wide: noisy on a shared machine) per connection.",
+             (machine-wide: noisy on a shared machine) per connection; the agent is restarted (same pins, adopted) before each of its W5 runs, \
+             HAProxy is not (its pools are preallocated: its figure is a lower bound).",
             p.w1_rate, p.w1_seconds, p.w2_bytes >> 20, p.w3_rates, p.w3_seconds, p.w3_seconds.max(1.0) * 2.0, p.w5_count
         ),
         "W4: 2,000 blocking connect() calls per round from the probe (median per round): direct from the plain cgroup to the agent's \

@@ -264,7 +264,7 @@ fn capacity(
 
 /// W5: `count` idle TLS connections (each did one request), held by a helper in the client's
 /// cgroup: proxy VmRSS and machine-wide Slab, before and after, per connection.
-pub fn w5(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
+pub fn w5(env: &mut Env, p: &Params, configs: &[Config], r: &mut Results) {
     let name = format!("W5 {} idle TLS conns", p.w5_count);
     r.metric(&format!("{name} · proxy RSS"), "KiB/conn", Vs::None);
     r.metric(
@@ -275,6 +275,12 @@ pub fn w5(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
     let exe = std::env::current_exe().expect("current exe");
     for round in 0..p.rounds {
         for &c in configs {
+            if matches!(c, Config::Passthrough | Config::Inspect) {
+                // A fresh agent process: one that already carried W1–W3 (or the previous
+                // round) serves new connections from memory its allocator kept, and its RSS
+                // would not grow at all.
+                env.restart_agent();
+            }
             let t = env.target(c);
             let up0 = env.upstream();
             std::thread::sleep(Duration::from_millis(300));

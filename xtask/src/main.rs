@@ -224,15 +224,45 @@ fn cargo_install(name: &str, required: bool) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {name} (cargo install {name} --locked)");
-    match cargo(&["install", name, "--locked"]) {
-        Ok(()) => Ok(()),
-        Err(e) if !required => {
-            let _ = std::fs::create_dir_all(target_dir());
-            let _ = std::fs::write(&marker, format!("{e:#}\n"));
-            eprintln!("xtask: {name} did not install ({e:#}); the bench records it and skips it");
-            Ok(())
+    if required {
+        return cargo(&["install", name, "--locked"]);
+    }
+    // Optional: keep cargo's own words for why it failed, so the results can say it.
+    let out = Command::new(env!("CARGO"))
+        .args(["install", name, "--locked"])
+        .stdout(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo install {name}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = install_failure(&stderr);
+    let _ = std::fs::create_dir_all(target_dir());
+    let _ = std::fs::write(
+        &marker,
+        format!("cargo install {name} --locked failed: {why}\n"),
+    );
+    eprintln!("{stderr}");
+    eprintln!("xtask: {name} did not install ({why}); the bench records it and skips it");
+    Ok(())
+}
+
+/// The lines of a failed `cargo install` that say why: the first `error` line and any line
+/// about a download, joined into one.
+fn install_failure(stderr: &str) -> String {
+    let mut picked: Vec<&str> = Vec::new();
+    for l in stderr.lines().map(str::trim) {
+        let download = l.contains("download") || l.contains("Download") || l.contains("github.com");
+        let error = l.starts_with("error") && !picked.iter().any(|p| p.starts_with("error"));
+        if (download || error) && picked.len() < 4 && !picked.contains(&l) {
+            picked.push(l);
         }
-        Err(e) => Err(e),
+    }
+    if picked.is_empty() {
+        "see cargo's output".into()
+    } else {
+        picked.join(" / ")
     }
 }
 

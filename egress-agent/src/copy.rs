@@ -1,8 +1,8 @@
 //! The passthrough copy loop (after ztunnel's `copy.rs`).
 //!
-//! Each direction waits for readability *before* it owns a buffer, so an idle
-//! connection costs no buffer at all; a buffer starts small and grows with the
-//! traffic it carries. Both directions are joined: one side finishing (EOF)
+//! Each direction waits for readability *before* it owns a buffer and gives a
+//! small one back once the socket is drained, so an idle connection costs no
+//! buffer at all; a buffer starts small and grows with the traffic it carries. Both directions are joined: one side finishing (EOF)
 //! half-closes the other side's write and the other direction carries on.
 
 use std::io;
@@ -97,7 +97,15 @@ async fn one_way(from: ReadHalf<'_>, mut to: WriteHalf<'_>, total: &mut u64) -> 
         let n = match from.try_read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Drained: a connection that has gone quiet gives its small buffer back, so
+                // thousands of idle keep-alive connections hold no buffers at all. A grown
+                // (bulk) buffer is kept: reallocating it on every drain would cost more.
+                if buf.len() <= INITIAL {
+                    buf = Vec::new();
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
         to.write_all(&buf[..n]).await?;

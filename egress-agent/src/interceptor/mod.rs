@@ -133,7 +133,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
 
     if dst.port() == 53 && !service {
         rec.protocol = "dns-tcp";
-        crate::dns::serve_tcp(client, att, rec).await;
+        Box::pin(crate::dns::serve_tcp(client, att, rec)).await;
         return;
     }
 
@@ -144,7 +144,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
 
     // 2. Peek.
     let mut buf = Vec::new();
-    let peeked = match peek::peek(&mut client, &mut buf, PeekLimits::default()).await {
+    let peeked = match Box::pin(peek::peek(&mut client, &mut buf, PeekLimits::default())).await {
         Ok(p) => p,
         // The client spoke HTTP, badly or deceptively (absolute-form naming another host than
         // Host, NUL/CR in a header, two Host lines): it gets the HTTP deny contract, so a person
@@ -160,7 +160,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
             let reason = format!("malformed or ambiguous HTTP request: {e}");
             let denial =
                 respond::denial(&policy, code, host, dst.port(), reason, None, String::new());
-            deny(att, &policy, client, Reply::Http, denial, rec, started).await;
+            Box::pin(deny(
+                att,
+                &policy,
+                client,
+                Reply::Http,
+                denial,
+                rec,
+                started,
+            ))
+            .await;
             return;
         }
         // Likewise a ClientHello we cannot accept (a NUL in the SNI, a broken extension): the
@@ -177,7 +186,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 None,
                 String::new(),
             );
-            deny(att, &policy, client, Reply::Tls, denial, rec, started).await;
+            Box::pin(deny(att, &policy, client, Reply::Tls, denial, rec, started)).await;
             return;
         }
         Err(e) => {
@@ -212,7 +221,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
             if policy.mode() == crate::policy::Mode::Monitor && !service {
                 (rec.decision, rec.code) = ("would_deny", Some(code.as_str().into()));
                 rec.reason = Some(reason);
-                monitor::pass_nameless(client, buf, dst, att, &policy, rec, started).await;
+                Box::pin(monitor::pass_nameless(
+                    client, buf, dst, att, &policy, rec, started,
+                ))
+                .await;
                 return;
             }
             let denial = respond::denial(
@@ -224,7 +236,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 None,
                 String::new(),
             );
-            deny(att, &policy, client, reply, denial, rec, started).await;
+            Box::pin(deny(att, &policy, client, reply, denial, rec, started)).await;
             return;
         }
     };
@@ -258,7 +270,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 rec.code = Some(denial.code.as_str().into());
                 rec.reason = Some(denial.reason.clone());
             } else {
-                deny(att, &policy, client, wanted.reply, denial, rec, started).await;
+                Box::pin(deny(
+                    att,
+                    &policy,
+                    client,
+                    wanted.reply,
+                    denial,
+                    rec,
+                    started,
+                ))
+                .await;
                 return;
             }
         }
@@ -298,11 +319,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 None,
             )
             .with_shared_h2(h2);
-            crate::tls::inspect(client, buf, conn).await;
+            Box::pin(crate::tls::inspect(client, buf, conn)).await;
             return;
         }
     }
-    let upstream = match upstream::connect(att, &policy, &wanted.name, wanted.port).await {
+    let upstream = match Box::pin(upstream::connect(att, &policy, &wanted.name, wanted.port)).await
+    {
         Ok(u) => u,
         Err((code, reason)) => {
             let denial = respond::denial(
@@ -314,7 +336,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 rec.rule.clone(),
                 String::new(),
             );
-            deny(att, &policy, client, wanted.reply, denial, rec, started).await;
+            Box::pin(deny(
+                att,
+                &policy,
+                client,
+                wanted.reply,
+                denial,
+                rec,
+                started,
+            ))
+            .await;
             return;
         }
     };
@@ -339,10 +370,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
             _ => buf.len(),
         };
         buf.drain(..head_len);
-        match check_tunnel(&mut client, &mut buf, &wanted, &policy, att).await {
+        match Box::pin(check_tunnel(&mut client, &mut buf, &wanted, &policy, att)).await {
             Ok(p) => inner = Some(p),
             Err((reply, denial)) => {
-                deny(att, &policy, client, reply, denial, rec, started).await;
+                Box::pin(deny(att, &policy, client, reply, denial, rec, started)).await;
                 return;
             }
         }
@@ -368,10 +399,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
             Some(upstream),
         );
         if tls {
-            crate::tls::inspect(client, buf, conn).await;
+            Box::pin(crate::tls::inspect(client, buf, conn)).await;
         } else {
             let io = crate::rewind::Rewind::new(buf, client);
-            crate::http_proxy::serve(io, Arc::new(conn), false).await;
+            Box::pin(crate::http_proxy::serve(io, Arc::new(conn), false)).await;
         }
         return;
     }
@@ -381,7 +412,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
         finish(att, rec, started);
         return;
     }
-    drop(buf);
+    // Nothing of the set-up outlives it: a spliced connection may stay open for hours, and
+    // its task should hold little more than the two sockets (the sub-futures above are boxed
+    // for the same reason: inline, the largest of them sized every connection's task).
+    drop((buf, peeked, inner, wanted));
     let (t, err) = crate::copy::bidirectional(client, upstream).await;
     rec.bytes_up = t.up;
     rec.bytes_down = t.down;

@@ -247,6 +247,9 @@ fn main() {
         )
         .expect("write results.json");
     }
+    if p.mode == "full" && out_dir == "bench" {
+        quote_in_readme(&md);
+    }
     let ok = r.zero_errors();
     drop(env);
     if !ok {
@@ -254,6 +257,30 @@ fn main() {
         if p.mode == "sanity" {
             std::process::exit(1);
         }
+    }
+}
+
+/// The README quotes the latest full table between its `bench-table` markers.
+fn quote_in_readme(md: &str) {
+    const BEGIN: &str = "<!-- bench-table:begin (written by `cargo xtask bench`) -->";
+    const END: &str = "<!-- bench-table:end -->";
+    let path = std::path::Path::new("README.md");
+    let Ok(readme) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let (Some(b), Some(e)) = (readme.find(BEGIN), readme.find(END)) else {
+        eprintln!("bench: README.md has no bench-table markers; not quoted");
+        return;
+    };
+    let machine = md.lines().find(|l| l.starts_with("Machine:")).unwrap_or("");
+    let table = md
+        .find("| workload · figure")
+        .map(|i| &md[i..md.find("\n### Errors").unwrap_or(md.len())])
+        .unwrap_or("");
+    let quoted = format!("{BEGIN}\n{machine}\n\n{}\n{END}", table.trim_end());
+    let updated = format!("{}{quoted}{}", &readme[..b], &readme[e + END.len()..]);
+    if let Err(err) = std::fs::write(path, updated) {
+        eprintln!("bench: README.md not updated: {err}");
     }
 }
 

@@ -254,7 +254,7 @@ fn main() {
     drop(env);
     if !ok {
         eprintln!("bench: ERRORS in some configuration (see the errors table)");
-        if p.mode == "sanity" {
+        if p.mode == "sanity" || has("--check") {
             std::process::exit(1);
         }
     }

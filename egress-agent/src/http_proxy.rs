@@ -87,9 +87,7 @@ impl Conn {
             },
         }
     }
-}
 
-impl Conn {
     /// Starts with a shared upstream HTTP/2 connection ([`crate::shared_upstreams`]) instead of
     /// dialing one.
     pub fn with_shared_h2(self, h2: H2) -> Self {

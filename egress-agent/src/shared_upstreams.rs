@@ -49,9 +49,8 @@ impl SharedUpstreams {
     ) -> Option<(H2, Option<SocketAddr>)> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, e| !e.h2.is_closed() && now.duration_since(e.used) < IDLE);
         let e = map.get_mut(&(name.to_string(), port))?;
-        if !Arc::ptr_eq(&e.policy, policy) {
+        if !Arc::ptr_eq(&e.policy, policy) || !live(e, now) {
             return None;
         }
         e.used = now;
@@ -67,7 +66,10 @@ impl SharedUpstreams {
         h2: &H2,
         peer: Option<SocketAddr>,
     ) {
+        let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Pruned here, on the rare insert, not on every lookup.
+        map.retain(|_, e| live(e, now));
         if map.len() >= MAX {
             if let Some(oldest) = map
                 .iter()
@@ -83,8 +85,12 @@ impl SharedUpstreams {
                 policy: policy.clone(),
                 h2: h2.clone(),
                 peer,
-                used: Instant::now(),
+                used: now,
             },
         );
     }
+}
+
+fn live(e: &Entry, now: Instant) -> bool {
+    !e.h2.is_closed() && now.duration_since(e.used) < IDLE
 }

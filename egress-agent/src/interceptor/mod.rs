@@ -160,16 +160,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
             let reason = format!("malformed or ambiguous HTTP request: {e}");
             let denial =
                 respond::denial(&policy, code, host, dst.port(), reason, None, String::new());
-            Box::pin(deny(
-                att,
-                &policy,
-                client,
-                Reply::Http,
-                denial,
-                rec,
-                started,
-            ))
-            .await;
+            deny(att, &policy, client, Reply::Http, denial, rec, started).await;
             return;
         }
         // Likewise a ClientHello we cannot accept (a NUL in the SNI, a broken extension): the
@@ -186,7 +177,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 None,
                 String::new(),
             );
-            Box::pin(deny(att, &policy, client, Reply::Tls, denial, rec, started)).await;
+            deny(att, &policy, client, Reply::Tls, denial, rec, started).await;
             return;
         }
         Err(e) => {
@@ -236,7 +227,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 None,
                 String::new(),
             );
-            Box::pin(deny(att, &policy, client, reply, denial, rec, started)).await;
+            deny(att, &policy, client, reply, denial, rec, started).await;
             return;
         }
     };
@@ -270,16 +261,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 rec.code = Some(denial.code.as_str().into());
                 rec.reason = Some(denial.reason.clone());
             } else {
-                Box::pin(deny(
-                    att,
-                    &policy,
-                    client,
-                    wanted.reply,
-                    denial,
-                    rec,
-                    started,
-                ))
-                .await;
+                deny(att, &policy, client, wanted.reply, denial, rec, started).await;
                 return;
             }
         }
@@ -336,16 +318,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
                 rec.rule.clone(),
                 String::new(),
             );
-            Box::pin(deny(
-                att,
-                &policy,
-                client,
-                wanted.reply,
-                denial,
-                rec,
-                started,
-            ))
-            .await;
+            deny(att, &policy, client, wanted.reply, denial, rec, started).await;
             return;
         }
     };
@@ -373,7 +346,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) 
         match Box::pin(check_tunnel(&mut client, &mut buf, &wanted, &policy, att)).await {
             Ok(p) => inner = Some(p),
             Err((reply, denial)) => {
-                Box::pin(deny(att, &policy, client, reply, denial, rec, started)).await;
+                deny(att, &policy, client, reply, denial, rec, started).await;
                 return;
             }
         }
@@ -672,7 +645,21 @@ async fn check_tunnel(
     }
 }
 
-async fn deny(
+/// Refuses the connection as its protocol expects. Boxed here rather than at its callers:
+/// inline, this future would add to every connection task's size (see step 8 of `handle`).
+fn deny<'a>(
+    att: &'a Attachment,
+    policy: &'a Policy,
+    client: TcpStream,
+    reply: Reply,
+    denial: crate::deny::Denial,
+    rec: Record,
+    started: Instant,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(deny_now(att, policy, client, reply, denial, rec, started))
+}
+
+async fn deny_now(
     att: &Attachment,
     _policy: &Policy,
     client: TcpStream,

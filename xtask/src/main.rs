@@ -3,6 +3,7 @@
 //! README's two commands are all a newcomer (or CI) needs.
 
 mod install;
+mod modules;
 
 use std::process::{Command, ExitCode};
 
@@ -60,6 +61,12 @@ enum Cmd {
     Install(install::InstallArgs),
     /// Remove what `install` put in place (configuration only with --purge).
     Uninstall(install::UninstallArgs),
+    /// The agent's module graph (imports, circles) and its longest functions, from the source.
+    Modules {
+        /// How many functions to list per group.
+        #[arg(long, default_value_t = 12)]
+        top: usize,
+    },
 }
 
 /// The fuzz targets of fuzz/ (each has a seed corpus in fuzz/corpus/<name>).
@@ -143,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Install(a) => install::install(&a),
         Cmd::Uninstall(a) => install::uninstall(&a),
+        Cmd::Modules { top } => modules::run(&workspace_root().join("egress-agent/src"), top),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -12,11 +13,12 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
 use crate::{
-    audit::{Audit, Record},
+    audit::Audit,
     bpf::{self, maps::EgressEvent, Enforcement, OrigDstTable},
     cgroup::Cgroup,
     netns::{Listeners, Netns},
     policy::Policy,
+    record::Record,
     resolve::Resolver,
 };
 
@@ -50,6 +52,47 @@ impl Shared {
             resolver: ArcSwap::from_pointee(resolver),
             audit,
         }))
+    }
+
+    /// Parse and validate the policy file, then swap it in atomically: new
+    /// connections see it, established ones keep the snapshot they loaded. An
+    /// invalid file, or one that drops a profile in use, changes nothing.
+    /// Returns the new version, or the one-line reason for refusing it.
+    pub fn reload(&self, path: &Path, in_use: &[String]) -> Result<String, String> {
+        let res = (|| {
+            let p = crate::policy::Policy::load(path).map_err(|e| e.to_string())?;
+            if let Some(missing) = in_use.iter().find(|prof| !p.has_profile(prof)) {
+                return Err(format!(
+                    "{}: profile `{missing}` is in use by an attachment but not defined",
+                    path.display()
+                ));
+            }
+            let mut resolver = None;
+            if let Some(r) = p.resolver() {
+                if r != self.resolver.load().server {
+                    resolver = Some(
+                        crate::resolve::Resolver::new(Some(r))
+                            .map_err(|e| format!("resolver {r}: {e}"))?,
+                    );
+                }
+            }
+            Ok((p, resolver))
+        })();
+        match res {
+            Ok((p, resolver)) => {
+                let version = p.version().to_string();
+                if let Some(res) = resolver {
+                    self.resolver.store(Arc::new(res));
+                }
+                self.policy.store(Arc::new(p));
+                tracing::info!(policy = %version, "policy reloaded");
+                Ok(version)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; keeping the policy in force");
+                Err(e)
+            }
+        }
     }
 }
 

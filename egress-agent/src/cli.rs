@@ -14,7 +14,7 @@ use crate::{
     audit::Audit,
     cgroup::Cgroup,
     netns::Netns,
-    policy::{name::CanonicalName, Decision, Policy, Protocol},
+    policy::Policy,
 };
 
 #[derive(Parser, Debug)]
@@ -53,7 +53,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run CMD in a fresh cgroup (and with --netns a fresh network namespace) under enforcement.
-    Exec(ExecArgs),
+    Exec(crate::exec::ExecArgs),
     /// Long-running agent: the config's cgroups/pids plus whatever `attach`
     /// adds through the control socket (see README: daemon).
     Daemon {
@@ -128,31 +128,6 @@ pub enum CaCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct ExecArgs {
-    /// Policy file (TOML).
-    #[arg(long, conflicts_with = "allow")]
-    pub policy: Option<PathBuf>,
-    /// Allow a host pattern (repeatable), instead of a policy file.
-    #[arg(long)]
-    pub allow: Vec<String>,
-    /// Profile of the policy to apply.
-    #[arg(long, default_value = "default")]
-    pub profile: String,
-    /// Also give CMD a fresh network namespace with no route out (only the agent).
-    #[arg(long)]
-    pub netns: bool,
-    /// Append decisions to this JSONL file.
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
-    /// Make CMD trust the inspection CA: write the trust files (never the key) under the state
-    /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
-    #[arg(long)]
-    pub trust_ca: bool,
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
-}
-
-#[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct Target {
     #[arg(long)]
@@ -199,19 +174,6 @@ pub fn init_logging(cli: &Cli) {
     }
 }
 
-/// An error chain as one line.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut s = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-    }
-    s.replace('\n', " ")
-}
-
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let sock = crate::control::socket_path(cli.control.as_deref());
     let daemon = || crate::control::daemon_running(&sock);
@@ -235,7 +197,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Check { file }) => {
-            let p = load_policy(&file)?;
+            let p = Policy::load(&file)?;
             println!(
                 "{}: ok ({} profiles, policy {})",
                 file.display(),
@@ -245,7 +207,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Show { file: Some(file) }) => {
-            print!("{}", load_policy(&file)?.show());
+            print!("{}", Policy::load(&file)?.show());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Show { file: None }) => {
@@ -258,7 +220,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             profile,
             policy: Some(policy),
         } => {
-            print!("{}", explain_text(&load_policy(&policy)?, &host, &profile)?);
+            print!(
+                "{}",
+                crate::report::explain_text(&Policy::load(&policy)?, &host, &profile)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Explain {
@@ -355,7 +320,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args)),
         Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
         Cmd::Daemon { config, metrics } => {
-            runtime()?.block_on(crate::daemon::run(&config, &sock, metrics))
+            runtime()?.block_on(crate::service::run(&config, &sock, metrics))
         }
     }
 }
@@ -439,7 +404,7 @@ pub fn load_ca(policy: Option<&Path>) -> Result<crate::tls::ca::Ca> {
     let constraints = match (crate::tls::name_constraints_wanted(), policy) {
         (false, _) => None,
         (true, Some(p)) => {
-            let p = load_policy(p)?;
+            let p = Policy::load(p)?;
             Some(crate::tls::ca::constraints_for(
                 p.inspect_hosts().iter().map(String::as_str),
             ))
@@ -452,52 +417,12 @@ pub fn load_ca(policy: Option<&Path>) -> Result<crate::tls::ca::Ca> {
     )?)
 }
 
-pub fn load_policy(path: &Path) -> Result<Policy> {
-    // PolicyError's Display is already the one line "FILE:LINE:COL: key `k`: ...".
-    Policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 pub fn target_cgroup(t: &Target) -> Result<Cgroup> {
     Ok(match (&t.cgroup, t.pid) {
         (Some(p), _) => Cgroup::open(p)?,
         (None, Some(pid)) => Cgroup::of_pid(pid).with_context(|| format!("process {pid}"))?,
         _ => bail!("give --cgroup PATH or --pid PID"),
     })
-}
-
-/// The decision for HOST[:PORT] under each protocol, one line each.
-pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String> {
-    use std::fmt::Write;
-    let (h, port) = crate::policy::name::split_host_port(host, 443)
-        .map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
-    let name = CanonicalName::parse(&h).map_err(|e| anyhow::anyhow!("{h}: {e}"))?;
-    if !policy.has_profile(profile) {
-        bail!("profile `{profile}` is not defined in the policy");
-    }
-    let mut o = String::new();
-    for proto in [Protocol::Tls, Protocol::Http, Protocol::Opaque] {
-        let _ = match policy.decide(profile, &name, port, proto) {
-            Decision::Allow { rule, inspect } => writeln!(
-                o,
-                "{name}:{port} {proto:?}: allow ({}) by {rule}",
-                if inspect { "inspect" } else { "passthrough" },
-                name = name.as_str()
-            ),
-            Decision::Deny(d) => writeln!(
-                o,
-                "{name}:{port} {proto:?}: deny {}: {}{}",
-                d.code.as_str(),
-                d.reason,
-                if d.hint.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (hint: {})", d.hint)
-                },
-                name = name.as_str()
-            ),
-        };
-    }
-    Ok(o)
 }
 
 fn status(json: bool) -> Result<ExitCode> {
@@ -538,7 +463,7 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     let Some(policy) = &args.policy else {
         bail!("no daemon is running: give --policy FILE to enforce in the foreground (or start `egress-agent daemon`)");
     };
-    let policy = load_policy(policy)?;
+    let policy = Policy::load(policy)?;
     let cg = target_cgroup(&args.target)?;
     cg.check_enforceable()?;
     cg.check_dedicated(args.target.pid)?;
@@ -564,13 +489,11 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     // a valid one is swapped in and the kernel deny set re-synced.
     let policy_path = args.policy.clone().unwrap_or_default();
     let mut running = running;
-    crate::daemon::wait_for_shutdown(|| {
+    crate::signals::wait_for_shutdown(|| {
         let att = running.attachment.clone();
-        let res = crate::daemon::reload(
-            &att.shared,
-            &policy_path,
-            std::slice::from_ref(&att.profile),
-        );
+        let res = att
+            .shared
+            .reload(&policy_path, std::slice::from_ref(&att.profile));
         att.shared.audit.metrics().reloaded(res.is_ok());
         if res.is_ok() {
             if let Err(e) = running.resync() {

@@ -213,9 +213,9 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Reply {
                 return error(400, "explain: give ?host=HOST[:PORT]");
             };
             let profile = q("profile").unwrap_or_else(|| "default".into());
-            match crate::cli::explain_text(&daemon.shared.policy.load(), &host, &profile) {
+            match crate::report::explain_text(&daemon.shared.policy.load(), &host, &profile) {
                 Ok(t) => text(200, t),
-                Err(e) => error(400, crate::cli::one_line(&e)),
+                Err(e) => error(400, crate::report::one_line(&e)),
             }
         }
         (Method::GET, "/metrics") => crate::metrics::text_response(daemon.metrics().await),

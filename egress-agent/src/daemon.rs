@@ -1,76 +1,24 @@
-//! `egress-agent daemon --config FILE`: enforce a static list of cgroups/pids
-//! and whatever the control socket attaches later (see `control`), reload the
-//! policy on SIGHUP or `egress-agent reload` (an invalid file changes nothing),
-//! and leave the kernel enforcement pinned when stopped (fail closed).
-//!
-//! ```toml
-//! policy = "/etc/egress-agent/policy.toml"
-//! audit_log = "/var/log/egress-agent/audit.jsonl"   # optional
-//! [[attach]]
-//! cgroup = "/sys/fs/cgroup/sandbox/job1"   # or: pid = 1234
-//! profile = "default"
-//! netns = "/run/netns/job1"                # optional
-//! [kubernetes]                              # optional: pods by annotation (see `kube`)
-//! annotation = "egress-agent.io/profile"
-//! ```
+//! The daemon's state: its attachments by cgroup id and the operations the control socket
+//! and the Kubernetes loop ask of it (attach, detach, reload, status, metrics). Every
+//! operation validates before its first change; a failed one changes nothing. The command
+//! that runs it is [`crate::service`].
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::ExitCode,
     sync::Arc,
 };
 
-use anyhow::{Context, Result};
 use serde::Deserialize;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     agent::{Running, Shared},
-    audit::Audit,
     cgroup::Cgroup,
     netns::Netns,
 };
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DaemonConfig {
-    pub policy: PathBuf,
-    pub audit_log: Option<PathBuf>,
-    #[serde(default)]
-    pub attach: Vec<AttachEntry>,
-    /// Pods selected by annotation on this node (see `kube`).
-    pub kubernetes: Option<crate::kube::KubeConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttachEntry {
-    pub cgroup: Option<PathBuf>,
-    pub pid: Option<u32>,
-    #[serde(default = "default_profile")]
-    pub profile: String,
-    pub netns: Option<PathBuf>,
-}
-
 fn default_profile() -> String {
     "default".into()
-}
-
-pub fn load_config(path: &Path) -> Result<DaemonConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
-        anyhow::anyhow!("{}:{line}:{col}: {}", path.display(), e.message())
-    })
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 /// Errors of the daemon's operations (a request that fails changes nothing).
@@ -282,7 +230,7 @@ impl Daemon {
     pub async fn reload(&self) -> Result<serde_json::Value, DaemonError> {
         let mut map = self.attachments.lock().await;
         let profiles: Vec<String> = map.values().map(|r| r.attachment.profile.clone()).collect();
-        let res = reload(&self.shared, &self.policy_path, &profiles);
+        let res = self.shared.reload(&self.policy_path, &profiles);
         self.shared.audit.metrics().reloaded(res.is_ok());
         let version = res.map_err(DaemonError::Reload)?;
         let mut warnings = Vec::new();
@@ -415,130 +363,4 @@ fn resolve_target(a: &AttachRequest) -> Result<(Cgroup, Netns), DaemonError> {
         }
     }
     Ok((cg, netns))
-}
-
-pub async fn run(
-    config_path: &Path,
-    control: &Path,
-    metrics_addr: Option<std::net::SocketAddr>,
-) -> Result<ExitCode> {
-    let config = load_config(config_path)?;
-    let policy = crate::cli::load_policy(&config.policy)?;
-    let audit = Audit::open(config.audit_log.as_deref())?;
-    let shared = Shared::new(policy, audit)?;
-    let daemon = Daemon::new(shared.clone(), config.policy.clone());
-    // Bind first: a second daemon on the same socket is refused before it
-    // touches any cgroup.
-    let listener = crate::control::bind(control)?;
-    for (i, a) in config.attach.iter().enumerate() {
-        let req = AttachRequest {
-            cgroup: a.cgroup.clone(),
-            pid: a.pid,
-            profile: a.profile.clone(),
-            netns: a.netns.clone(),
-        };
-        if let Err(e) = daemon.attach(req).await {
-            let _ = std::fs::remove_file(control);
-            return Err(anyhow::anyhow!(
-                "{}: attach[{i}]: {e}",
-                config_path.display()
-            ));
-        }
-    }
-    let metrics_task = match metrics_addr {
-        Some(addr) => {
-            let d = daemon.clone();
-            let render: crate::metrics::Render = Arc::new(move || {
-                let d = d.clone();
-                Box::pin(async move { d.metrics().await })
-            });
-            Some(crate::metrics::serve_tcp(addr, render).await?)
-        }
-        None => None,
-    };
-    let kube_task = config
-        .kubernetes
-        .clone()
-        .map(|k| tokio::spawn(crate::kube::run(daemon.clone(), k)));
-    let server = tokio::spawn(crate::control::serve(listener, daemon.clone()));
-    tracing::info!(
-        attachments = daemon.list().await.len(),
-        control = %control.display(),
-        metrics = ?metrics_addr,
-        "daemon ready"
-    );
-    // Errors of a SIGHUP reload are logged by `reload`.
-    wait_for_shutdown(|| async {
-        let _ = daemon.reload().await;
-    })
-    .await;
-    server.abort();
-    if let Some(t) = kube_task {
-        t.abort();
-    }
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
-    let _ = std::fs::remove_file(control);
-    daemon.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Parse and validate the policy file, then swap it in atomically: new
-/// connections see it, established ones keep the snapshot they loaded. An
-/// invalid file, or one that drops a profile in use, changes nothing.
-/// Returns the new version, or the one-line reason for refusing it.
-pub fn reload(shared: &Arc<Shared>, path: &Path, in_use: &[String]) -> Result<String, String> {
-    let res = (|| {
-        let p = crate::cli::load_policy(path).map_err(|e| crate::cli::one_line(&e))?;
-        if let Some(missing) = in_use.iter().find(|prof| !p.has_profile(prof)) {
-            return Err(format!(
-                "{}: profile `{missing}` is in use by an attachment but not defined",
-                path.display()
-            ));
-        }
-        let mut resolver = None;
-        if let Some(r) = p.resolver() {
-            if r != shared.resolver.load().server {
-                resolver = Some(
-                    crate::resolve::Resolver::new(Some(r))
-                        .map_err(|e| format!("resolver {r}: {e}"))?,
-                );
-            }
-        }
-        Ok((p, resolver))
-    })();
-    match res {
-        Ok((p, resolver)) => {
-            let version = p.version().to_string();
-            if let Some(res) = resolver {
-                shared.resolver.store(Arc::new(res));
-            }
-            shared.policy.store(Arc::new(p));
-            tracing::info!(policy = %version, "policy reloaded");
-            Ok(version)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused; keeping the policy in force");
-            Err(e)
-        }
-    }
-}
-
-/// Until SIGTERM or SIGINT; `on_hup` runs for every SIGHUP (a reload).
-pub async fn wait_for_shutdown<F: std::future::Future<Output = ()>>(mut on_hup: impl FnMut() -> F) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => on_hup().await,
-        }
-    }
 }

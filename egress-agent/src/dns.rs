@@ -25,8 +25,8 @@ use tokio::{
 
 use crate::{
     agent::Attachment,
-    audit::Record,
     policy::{name::CanonicalName, Decision, Protocol},
+    record::Record,
 };
 
 /// RFC 8914 info-codes: 15 Blocked (policy), 23 Network Error (the agent's

@@ -3,23 +3,48 @@
 //! status through, and leave nothing behind: cgroup, pins and listeners are
 //! removed on exit, on Ctrl-C and on SIGTERM.
 
-use std::{os::fd::AsRawFd, process::ExitCode};
+use std::{os::fd::AsRawFd, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
+use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     agent::{Running, Shared},
     audit::Audit,
     cgroup::Cgroup,
-    cli::ExecArgs,
     netns::Netns,
     policy::Policy,
 };
 
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Policy file (TOML).
+    #[arg(long, conflicts_with = "allow")]
+    pub policy: Option<PathBuf>,
+    /// Allow a host pattern (repeatable), instead of a policy file.
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// Profile of the policy to apply.
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// Also give CMD a fresh network namespace with no route out (only the agent).
+    #[arg(long)]
+    pub netns: bool,
+    /// Append decisions to this JSONL file.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Make CMD trust the inspection CA: write the trust files (never the key) under the state
+    /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
+    #[arg(long)]
+    pub trust_ca: bool,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
 pub async fn run(args: ExecArgs) -> Result<ExitCode> {
     let policy = match &args.policy {
-        Some(p) => crate::cli::load_policy(p)?,
+        Some(p) => Policy::load(p)?,
         None if !args.allow.is_empty() => {
             Policy::from_allow_list(&args.allow).map_err(|e| anyhow::anyhow!("--allow: {e}"))?
         }

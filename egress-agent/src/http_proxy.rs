@@ -33,9 +33,9 @@ use tokio::{
 
 use crate::{
     agent::Attachment,
-    audit::Record,
     deny::{Denial, DenyCode},
     policy::{name::CanonicalName, Mode, Policy},
+    record::Record,
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;

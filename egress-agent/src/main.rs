@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line, then exit 2: bad arguments, files or state, nothing half-applied.
-            eprintln!("egress-agent: {}", egress_agent::cli::one_line(&e));
+            eprintln!("egress-agent: {}", egress_agent::report::one_line(&e));
             ExitCode::from(2)
         }
     }

@@ -23,7 +23,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use crate::{audit::Record, deny::DenyCode};
+use crate::{deny::DenyCode, record::Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -151,12 +151,12 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
     std::fs::create_dir_all(&dir).unwrap();
     let daemon_toml = dir.join("daemon.toml");
     std::fs::write(&daemon_toml, cm["data"]["daemon.toml"].as_str().unwrap()).unwrap();
-    let cfg = egress_agent::daemon::load_config(&daemon_toml).expect("daemon.toml");
+    let cfg = egress_agent::service::load_config(&daemon_toml).expect("daemon.toml");
     let k = cfg.kubernetes.expect("[kubernetes] section");
     assert_eq!(k.annotation, "egress-agent.io/profile");
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, cm["data"]["policy.toml"].as_str().unwrap()).unwrap();
-    let p = egress_agent::cli::load_policy(&policy).expect("policy.toml");
+    let p = egress_agent::policy::Policy::load(&policy).expect("policy.toml");
     assert!(p.has_profile("default"));
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -22,10 +22,10 @@ use tokio::{
 
 use crate::{
     agent::Attachment,
-    audit::Record,
     deny::DenyCode,
     peek::{self, http::Target, PeekLimits, Peeked},
     policy::{name::CanonicalName, Decision, Policy, Protocol},
+    record::Record,
 };
 pub use respond::Reply;
 

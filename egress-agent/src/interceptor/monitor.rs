@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::{agent::Attachment, audit::Record, deny::DenyCode, policy::Policy};
+use crate::{agent::Attachment, deny::DenyCode, policy::Policy, record::Record};
 
 use super::finish;
 

@@ -18,10 +18,10 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     agent::Attachment,
-    audit::Record,
     http_proxy::Conn,
     peek::tls::{alert, AlertDescription},
     policy::Policy,
+    record::Record,
     rewind::Rewind,
 };
 

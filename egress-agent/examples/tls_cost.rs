@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use egress_agent::tls::{ca::Ca, mint::Minter};
+use egress_agent::inspect::{ca::Ca, mint::Minter};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
 fn main() {

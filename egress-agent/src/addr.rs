@@ -1,4 +1,4 @@
-//! The one address classifier (smokescreen's `classifyAddr`, in spirit).
+//! Below every room: the one address classifier (smokescreen's `classifyAddr`, in spirit).
 //!
 //! Everything that decides whether an address may be reached goes through here: the kernel
 //! deny tries are filled from [`SPECIAL_RANGES`] via [`deny_entries`], and the agent checks

@@ -1,25 +1,18 @@
-//! The running agent: the policy in force, the audit log, the resolver, and one
-//! `Attachment` per enforced cgroup, each with its listeners' tasks.
+//! Running attachments: for one cgroup, the kernel enforcement attached (or adopted), the
+//! listeners created in its network namespace, and the tasks that serve them (interceptor,
+//! DNS, kernel events).
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
 use crate::{
-    audit::Audit,
-    bpf::{self, maps::EgressEvent, Enforcement, OrigDstTable},
+    attachment::{Attachment, DnsMemory, Shared},
+    bpf::{self, maps::EgressEvent, Enforcement},
     cgroup::Cgroup,
     netns::{Listeners, Netns},
     policy::Policy,
     record::Record,
-    resolve::Resolver,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,148 +27,6 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
     #[error("profile `{0}` is not defined in the policy")]
     UnknownProfile(String),
-}
-
-/// What every connection handler reads. The policy is swapped atomically on
-/// reload; a connection loads it once and keeps that snapshot to the end.
-pub struct Shared {
-    pub policy: ArcSwap<Policy>,
-    pub resolver: ArcSwap<Resolver>,
-    pub audit: Audit,
-}
-
-impl Shared {
-    pub fn new(policy: Policy, audit: Audit) -> Result<Arc<Self>, AgentError> {
-        let resolver = Resolver::new(policy.resolver())?;
-        Ok(Arc::new(Self {
-            policy: ArcSwap::from_pointee(policy),
-            resolver: ArcSwap::from_pointee(resolver),
-            audit,
-        }))
-    }
-
-    /// Parse and validate the policy file, then swap it in atomically: new
-    /// connections see it, established ones keep the snapshot they loaded. An
-    /// invalid file, or one that drops a profile in use, changes nothing.
-    /// Returns the new version, or the one-line reason for refusing it.
-    pub fn reload(&self, path: &Path, in_use: &[String]) -> Result<String, String> {
-        let res = (|| {
-            let p = crate::policy::Policy::load(path).map_err(|e| e.to_string())?;
-            if let Some(missing) = in_use.iter().find(|prof| !p.has_profile(prof)) {
-                return Err(format!(
-                    "{}: profile `{missing}` is in use by an attachment but not defined",
-                    path.display()
-                ));
-            }
-            let mut resolver = None;
-            if let Some(r) = p.resolver() {
-                if r != self.resolver.load().server {
-                    resolver = Some(
-                        crate::resolve::Resolver::new(Some(r))
-                            .map_err(|e| format!("resolver {r}: {e}"))?,
-                    );
-                }
-            }
-            Ok((p, resolver))
-        })();
-        match res {
-            Ok((p, resolver)) => {
-                let version = p.version().to_string();
-                if let Some(res) = resolver {
-                    self.resolver.store(Arc::new(res));
-                }
-                self.policy.store(Arc::new(p));
-                tracing::info!(policy = %version, "policy reloaded");
-                Ok(version)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused; keeping the policy in force");
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Names the agent's DNS answered for one cgroup, by address: how opaque TCP
-/// (no SNI, no Host) is matched to a `host:port` rule. An address may carry
-/// several names (shared CDN addresses); a few are kept per address.
-#[derive(Default)]
-pub struct DnsMemory {
-    by_addr: Mutex<HashMap<IpAddr, Vec<(String, Instant)>>>,
-}
-
-/// Entries outlive their DNS TTL a little: clients keep using answers past it.
-const DNS_MEMORY_MIN: Duration = Duration::from_secs(600);
-const DNS_MEMORY_MAX_ENTRIES: usize = 65_536;
-const DNS_MEMORY_NAMES_PER_ADDR: usize = 8;
-
-impl DnsMemory {
-    pub fn remember(&self, name: &str, addrs: &[IpAddr], ttl: u32) {
-        let now = Instant::now();
-        let until = now + DNS_MEMORY_MIN.max(Duration::from_secs(ttl as u64));
-        let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= DNS_MEMORY_MAX_ENTRIES {
-            m.retain(|_, names| {
-                names.retain(|(_, t)| *t > now);
-                !names.is_empty()
-            });
-        }
-        for a in addrs {
-            if m.len() >= DNS_MEMORY_MAX_ENTRIES && !m.contains_key(a) {
-                continue;
-            }
-            let names = m.entry(*a).or_default();
-            names.retain(|(n, t)| *t > now && n != name);
-            if names.len() == DNS_MEMORY_NAMES_PER_ADDR {
-                names.remove(0); // oldest first
-            }
-            names.push((name.to_string(), until));
-        }
-    }
-
-    /// Unexpired names for an address, most recent first.
-    pub fn names_of(&self, ip: IpAddr) -> Vec<String> {
-        let now = Instant::now();
-        let m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&ip)
-            .map(|names| {
-                names
-                    .iter()
-                    .rev()
-                    .filter(|(_, t)| *t > now)
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// One enforced cgroup as the connection handlers see it.
-pub struct Attachment {
-    pub cgroup: Cgroup,
-    pub profile: String,
-    pub orig: OrigDstTable,
-    pub dns: DnsMemory,
-    pub shared: Arc<Shared>,
-    /// The container's connection budget, shared by its v4 and v6 listeners.
-    pub conn_permits: Arc<tokio::sync::Semaphore>,
-    /// Upstream HTTP/2 connections its inspected connections share.
-    pub upstreams: crate::shared_upstreams::SharedUpstreams,
-}
-
-impl Attachment {
-    /// An audit record pre-filled with this attachment's identity.
-    pub fn record(&self, protocol: &'static str) -> Record {
-        Record {
-            time: Record::now(),
-            cgroup_id: self.cgroup.id,
-            profile: self.profile.clone(),
-            protocol,
-            decision: "allow",
-            policy: self.shared.policy.load().version().to_string(),
-            ..Default::default()
-        }
-    }
 }
 
 /// An attached cgroup with its running tasks. Dropping it stops the tasks but
@@ -322,28 +173,5 @@ fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
                 .unwrap_or_else(|| format!("reason {}", ev.reason))
         )),
         ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_memory_keeps_every_name_of_a_shared_address() {
-        let m = DnsMemory::default();
-        let ip: IpAddr = "198.51.100.12".parse().unwrap();
-        m.remember("cdn.test", &[ip], 0);
-        m.remember("other.test", &[ip], 0);
-        m.remember("cdn.test", &[ip], 0);
-        assert_eq!(
-            m.names_of(ip),
-            vec!["cdn.test".to_string(), "other.test".to_string()]
-        );
-        for i in 0..20 {
-            m.remember(&format!("n{i}.test"), &[ip], 0);
-        }
-        assert_eq!(m.names_of(ip).len(), DNS_MEMORY_NAMES_PER_ADDR);
-        assert_eq!(m.names_of(ip)[0], "n19.test");
     }
 }

@@ -1,4 +1,4 @@
-//! The audit log: one JSON line per decision, allowed and denied, kernel and
+//! Below every room: the audit log: one JSON line per decision, allowed and denied, kernel and
 //! userspace, each written with its own `write(2)` on an O_APPEND file (so a
 //! crash loses nothing already decided, and concurrent writers never interleave).
 //!

@@ -1,4 +1,4 @@
-//! cgroup v2 and bpffs discovery, and the rules for which cgroups may be enforced.
+//! Host layer: cgroup v2 and bpffs discovery, and the rules for which cgroups may be enforced.
 //!
 //! Mount points are read from /proc/self/mountinfo: cgroup v2 is at
 //! `/sys/fs/cgroup` on unified hosts and `/sys/fs/cgroup/unified` on hybrid ones,

@@ -1,4 +1,4 @@
-//! Command-line front end: argument parsing and the subcommands' top level.
+//! Command line (the top): argument parsing and the subcommands' top level.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,11 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    agent::{Running, Shared},
-    audit::Audit,
-    cgroup::Cgroup,
-    netns::Netns,
-    policy::Policy,
+    agent::Running, attachment::Shared, audit::Audit, cgroup::Cgroup, netns::Netns, policy::Policy,
 };
 
 #[derive(Parser, Debug)]
@@ -182,9 +178,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Ok(String::from_utf8_lossy(&b).into_owned())
     };
     if let Some(d) = &cli.state_dir {
-        crate::tls::ca::set_state_dir(d.clone());
+        crate::inspect::ca::set_state_dir(d.clone());
     }
-    crate::tls::set_name_constraints(cli.ca_name_constraints);
+    crate::inspect::set_name_constraints(cli.ca_name_constraints);
     match cli.cmd {
         Cmd::Ca(CaCmd::Export { policy }) => {
             print!("{}", load_ca(policy.as_deref())?.cert_pem);
@@ -192,7 +188,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Ca(CaCmd::Env { policy }) => {
             let ca = load_ca(policy.as_deref())?;
-            let trust = ca.write_trust(&crate::tls::ca::state_dir())?;
+            let trust = ca.write_trust(&crate::inspect::ca::state_dir())?;
             print!("{}", trust.shell_exports());
             Ok(ExitCode::SUCCESS)
         }
@@ -400,19 +396,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The inspection CA of the state directory (created on first use); constrained to the
 /// policy's inspected names when asked to.
-pub fn load_ca(policy: Option<&Path>) -> Result<crate::tls::ca::Ca> {
-    let constraints = match (crate::tls::name_constraints_wanted(), policy) {
+pub fn load_ca(policy: Option<&Path>) -> Result<crate::inspect::ca::Ca> {
+    let constraints = match (crate::inspect::name_constraints_wanted(), policy) {
         (false, _) => None,
         (true, Some(p)) => {
             let p = Policy::load(p)?;
-            Some(crate::tls::ca::constraints_for(
+            Some(crate::inspect::ca::constraints_for(
                 p.inspect_hosts().iter().map(String::as_str),
             ))
         }
         (true, None) => bail!("--ca-name-constraints needs --policy FILE (the inspected names)"),
     };
-    Ok(crate::tls::ca::Ca::load_or_create(
-        &crate::tls::ca::state_dir(),
+    Ok(crate::inspect::ca::Ca::load_or_create(
+        &crate::inspect::ca::state_dir(),
         constraints.as_deref(),
     )?)
 }

@@ -1,4 +1,4 @@
-//! The daemon's control socket: HTTP/1.1 + JSON over a unix socket
+//! Control plane: the daemon's control socket: HTTP/1.1 + JSON over a unix socket
 //! (`/run/egress-agent/control.sock` by default; the global `--control PATH`
 //! or `EGRESS_CONTROL` names another). Root only: the directory is created
 //! 0700, the socket is 0600, and every connection's peer credentials must be

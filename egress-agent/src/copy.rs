@@ -1,4 +1,4 @@
-//! The passthrough copy loop (after ztunnel's `copy.rs`).
+//! Below passthrough: the passthrough copy loop (after ztunnel's `copy.rs`).
 //!
 //! Each direction waits for readability *before* it owns a buffer and gives a
 //! small one back once the socket is drained, so an idle connection costs no

@@ -1,4 +1,4 @@
-//! The daemon's state: its attachments by cgroup id and the operations the control socket
+//! Control plane: the daemon's state: its attachments by cgroup id and the operations the control socket
 //! and the Kubernetes loop ask of it (attach, detach, reload, status, metrics). Every
 //! operation validates before its first change; a failed one changes nothing. The command
 //! that runs it is [`crate::service`].
@@ -11,11 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{
-    agent::{Running, Shared},
-    cgroup::Cgroup,
-    netns::Netns,
-};
+use crate::{agent::Running, attachment::Shared, cgroup::Cgroup, netns::Netns};
 
 fn default_profile() -> String {
     "default".into()

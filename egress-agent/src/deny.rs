@@ -1,4 +1,4 @@
-//! The deny contract (DESIGN.md §6): how a refused HTTP request, CONNECT or inspected HTTPS
+//! Below every room: the deny contract (DESIGN.md §6): how a refused HTTP request, CONNECT or inspected HTTPS
 //! request is answered. One [`Denial`] renders the JSON body, the `Proxy-Status` header
 //! (RFC 9209) and the complete HTTP/1.1 response, so every path says the same thing.
 

@@ -1,4 +1,4 @@
-//! DNS for the sandbox (DESIGN.md §6, THREATS.md D). Every datagram a container
+//! Stage: dns — DNS for the sandbox (DESIGN.md §6, THREATS.md D). Every datagram a container
 //! sends to port 53, whatever resolver it names, arrives here. Allowed names are
 //! resolved by the agent's own resolver and answered (A/AAAA only, prohibited
 //! addresses removed); every other name gets NXDOMAIN with Extended DNS Error 15
@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::Attachment,
+    attachment::Attachment,
     policy::{name::CanonicalName, Decision, Protocol},
     record::Record,
 };
@@ -264,67 +264,95 @@ async fn decide(
     att: &Attachment,
     policy: &crate::policy::Policy,
 ) -> (Outcome, Option<String>) {
-    let would_deny = |name: &CanonicalName| {
-        format!(
-            "{} is not allowed by the policy (profile {})",
-            name.as_str(),
-            att.profile
-        )
-    };
-    let mut would = None;
-    let outcome = decide_inner(q, raw, att, policy, &mut would, would_deny).await;
-    (outcome, would)
+    let qtype = q.query_type();
+    match judge(qtype, raw, att, policy) {
+        Judged::Now(outcome, would) => (outcome, would),
+        Judged::Resolve(name, would) => (resolve(&name, qtype, att, policy).await, would),
+    }
 }
 
-async fn decide_inner(
-    q: &Query,
-    raw: &str,
-    att: &Attachment,
-    policy: &crate::policy::Policy,
-    would: &mut Option<String>,
-    would_deny: impl Fn(&CanonicalName) -> String,
-) -> Outcome {
-    let qtype = q.query_type();
+/// What the policy says of a question, before any lookup.
+enum Judged {
+    /// Answered without asking anyone (refused, the agent's own name, no such record type).
+    Now(Outcome, Option<String>),
+    /// Resolve this name; in monitor mode, with the reason enforce mode would refuse it.
+    Resolve(CanonicalName, Option<String>),
+}
+
+fn judge(qtype: RecordType, raw: &str, att: &Attachment, policy: &crate::policy::Policy) -> Judged {
     let name = match CanonicalName::parse(raw) {
         Ok(n) => n,
         Err(e) => {
-            return Outcome::Blocked {
-                rcode: ResponseCode::NXDomain,
-                code: "host_not_allowed",
-                reason: format!("not an acceptable host name: {e}"),
-            }
+            let reason = format!("not an acceptable host name: {e}");
+            return Judged::Now(
+                blocked(ResponseCode::NXDomain, "host_not_allowed", reason),
+                None,
+            );
         }
     };
     if name.as_str() == crate::SERVICE_NAME {
-        return match qtype {
+        let outcome = match qtype {
             RecordType::A => Outcome::Answer(vec![IpAddr::V4(crate::SERVICE_ADDR4)], MAX_TTL),
             _ => Outcome::NoData,
         };
+        return Judged::Now(outcome, None);
     }
-    // A name is answerable if some rule names it, whatever the port.
-    let allowed = match policy.decide(&att.profile, &name, 443, Protocol::Tls) {
+    let mut would = None;
+    if !answerable(&name, qtype, att, policy) {
+        let reason = format!(
+            "{} is not allowed by the policy (profile {})",
+            name.as_str(),
+            att.profile
+        );
+        if policy.mode() != crate::policy::Mode::Monitor {
+            return Judged::Now(
+                blocked(ResponseCode::NXDomain, "host_not_allowed", reason),
+                None,
+            );
+        }
+        would = Some(reason);
+    }
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        // No TXT/MX/SVCB/...: nothing but addresses leaves, and nothing is forwarded.
+        return Judged::Now(Outcome::NoData, would);
+    }
+    Judged::Resolve(name, would)
+}
+
+/// A name is answerable if some rule names it, whatever the port. An inspected name's leaf
+/// certificate is minted now, off the connection's path.
+fn answerable(
+    name: &CanonicalName,
+    qtype: RecordType,
+    att: &Attachment,
+    policy: &crate::policy::Policy,
+) -> bool {
+    match policy.decide(&att.profile, name, 443, Protocol::Tls) {
         Decision::Allow { inspect, .. } => {
             if inspect && matches!(qtype, RecordType::A | RecordType::AAAA) {
-                crate::tls::Inspector::premint(name.as_str());
+                crate::inspect::Inspector::premint(name.as_str());
             }
             true
         }
         Decision::Deny(d) => d.code != crate::deny::DenyCode::HostNotAllowed,
-    };
-    if !allowed {
-        if policy.mode() != crate::policy::Mode::Monitor {
-            return Outcome::Blocked {
-                rcode: ResponseCode::NXDomain,
-                code: "host_not_allowed",
-                reason: would_deny(&name),
-            };
-        }
-        *would = Some(would_deny(&name));
     }
-    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
-        // No TXT/MX/SVCB/...: nothing but addresses leaves, and nothing is forwarded.
-        return Outcome::NoData;
+}
+
+fn blocked(rcode: ResponseCode, code: &'static str, reason: String) -> Outcome {
+    Outcome::Blocked {
+        rcode,
+        code,
+        reason,
     }
+}
+
+/// The agent's own lookup, screened: prohibited addresses never reach the sandbox.
+async fn resolve(
+    name: &CanonicalName,
+    qtype: RecordType,
+    att: &Attachment,
+    policy: &crate::policy::Policy,
+) -> Outcome {
     let resolver = att.shared.resolver.load();
     let (addrs, ttl) = match resolver.lookup(name.as_str()).await {
         Ok(x) => x,

@@ -1,4 +1,4 @@
-//! `egress-agent exec`: run a command in a fresh cgroup (and, with --netns, a
+//! Command: `egress-agent exec`: run a command in a fresh cgroup (and, with --netns, a
 //! fresh network namespace with only `lo`) under enforcement, pass its exit
 //! status through, and leave nothing behind: cgroup, pins and listeners are
 //! removed on exit, on Ctrl-C and on SIGTERM.
@@ -10,11 +10,7 @@ use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    agent::{Running, Shared},
-    audit::Audit,
-    cgroup::Cgroup,
-    netns::Netns,
-    policy::Policy,
+    agent::Running, attachment::Shared, audit::Audit, cgroup::Cgroup, netns::Netns, policy::Policy,
 };
 
 #[derive(Args, Debug)]
@@ -89,11 +85,11 @@ async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) ->
     if args.trust_ca {
         // Certificates only: the CA key stays in the state directory's `ca/` (mode 0600).
         let policy = running.attachment.shared.policy.load_full();
-        let inspector =
-            crate::tls::Inspector::get(&policy).map_err(|e| anyhow::anyhow!("--trust-ca: {e}"))?;
+        let inspector = crate::inspect::Inspector::get(&policy)
+            .map_err(|e| anyhow::anyhow!("--trust-ca: {e}"))?;
         let trust = inspector
             .ca
-            .write_trust(&crate::tls::ca::state_dir())
+            .write_trust(&crate::inspect::ca::state_dir())
             .context("--trust-ca")?;
         for (k, v) in trust.env() {
             cmd.env(k, v);

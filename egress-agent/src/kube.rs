@@ -1,4 +1,4 @@
-//! Kubernetes pods on this node, selected by annotation, enforced by the daemon.
+//! Control plane: Kubernetes pods on this node, selected by annotation, enforced by the daemon.
 //!
 //! ```toml
 //! [kubernetes]

@@ -1,40 +1,55 @@
 //! egress-agent: a transparent, eBPF-based egress enforcer for Linux containers.
 //!
-//! One module per stage of the data path (see ARCHITECTURE.md):
-//! kernel programs are loaded by `bpf`; a redirected connection is attributed by
-//! `origdst`, accepted on listeners created in the container's namespace by `netns`,
-//! decided by `policy` (names) and `addr` (addresses), and served by `interceptor`.
+//! One module per stage of the data path (see ARCHITECTURE.md): kernel programs are loaded
+//! by `bpf`; a redirected connection is accepted on listeners `netns` created in the
+//! container's namespace, attributed, peeked at and decided by `interceptor` (with `policy`
+//! for names and `addr` for addresses), then served by `passthrough`, or by `inspect` and
+//! `requests`, over an upstream that `upstream` resolved, screened and dialed itself.
 
-pub mod addr;
-pub mod agent;
-pub mod audit;
-pub mod bpf;
-pub mod cgroup;
+// The commands (top: imported by nothing below them).
 pub mod cli;
-pub mod control;
-pub mod copy;
-pub mod daemon;
-pub mod deny;
-pub mod dns;
 pub mod exec;
-pub mod http_proxy;
-pub mod interceptor;
+pub mod service;
+pub mod suggest;
+
+// The control plane: the daemon's state, its socket, the Kubernetes loop, shared wording.
+pub mod control;
+pub mod daemon;
 pub mod kube;
+pub mod report;
+pub mod signals;
+
+// A running attachment: kernel enforcement + listeners + the tasks that serve them.
+pub mod agent;
+
+// The data path, in the order a connection meets its rooms; each uses only those below it.
+pub mod dns;
+pub mod inspect;
+pub mod interceptor;
+pub mod passthrough;
+pub mod requests;
+pub mod status;
+pub mod upstream;
+
+// What every room reads or uses.
+pub mod addr;
+pub mod attachment;
+pub mod audit;
+pub mod copy;
+pub mod deny;
 pub mod metrics;
-pub mod netns;
 pub mod peek;
 pub mod policy;
+pub mod pool;
 pub mod record;
-pub mod report;
 pub mod resolve;
 pub mod rewind;
-pub mod service;
-pub mod shared_upstreams;
-pub mod signals;
-pub mod status;
-pub mod suggest;
+
+// The kernel and the host.
+pub mod bpf;
+pub mod cgroup;
+pub mod netns;
 pub mod sys;
-pub mod tls;
 
 /// `egress.internal`: the agent's own address inside every sandbox (status page,
 /// explicit proxy for clients that honour HTTPS_PROXY). From TEST-NET-1

@@ -1,4 +1,4 @@
-//! Counters in the Prometheus text format (exposition format 0.0.4), served on
+//! Below every room: counters in the Prometheus text format (exposition format 0.0.4), served on
 //! the daemon's control socket (`GET /metrics`) and, with `daemon --metrics
 //! ADDR`, on a loopback TCP port.
 //!

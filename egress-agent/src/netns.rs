@@ -1,4 +1,4 @@
-//! Sockets in another network namespace (ztunnel's in-pod socket factory).
+//! Host layer: sockets in another network namespace (ztunnel's in-pod socket factory).
 //!
 //! The agent's listeners live *inside* the container's namespace, so a container
 //! with no network at all still works and nothing of the host is reachable from

@@ -1,4 +1,4 @@
-//! The decision record: one per decision, allowed or denied, kernel or userspace. The audit
+//! Below every room: the decision record: one per decision, allowed or denied, kernel or userspace. The audit
 //! log writes it, the metrics count it, the status page and `decisions` show it; it sits below
 //! all of them and knows none of them.
 

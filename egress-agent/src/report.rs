@@ -1,4 +1,4 @@
-//! What several commands say the same way: an error chain as one line (every command's
+//! Control plane: what several commands say the same way: an error chain as one line (every command's
 //! failure, the control socket's refusals) and the explanation of a decision (`explain`, on
 //! the command line and on the control socket).
 

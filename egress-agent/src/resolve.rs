@@ -1,4 +1,4 @@
-//! The agent's own resolver (hickory). Every upstream dial uses an address this
+//! Below upstream and dns: the agent's own resolver (hickory). Every upstream dial uses an address this
 //! resolver returned and `addr` accepted — never the address the client chose.
 
 use std::{

@@ -1,4 +1,4 @@
-//! A stream that first yields bytes already read from it (the peeked ClientHello or request
+//! Below inspect and requests: a stream that first yields bytes already read from it (the peeked ClientHello or request
 //! head), then reads on. Lets rustls and hyper start from the very first byte.
 
 use std::{

@@ -1,4 +1,4 @@
-//! `egress-agent daemon --config FILE`: the long-running agent. Enforces the config's
+//! Command: `egress-agent daemon --config FILE`: the long-running agent. Enforces the config's
 //! `[[attach]]` entries and whatever the control socket attaches later, finds Kubernetes pods
 //! when configured, serves metrics, reloads on SIGHUP, and leaves the kernel enforcement
 //! pinned when stopped (fail closed). The state it serves is [`crate::daemon::Daemon`].
@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::{
-    agent::Shared,
+    attachment::Shared,
     audit::Audit,
     daemon::{AttachRequest, Daemon},
 };

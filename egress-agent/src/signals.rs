@@ -1,4 +1,4 @@
-//! The signals every long-running command obeys: SIGTERM and SIGINT end it, SIGHUP reloads.
+//! Control plane: the signals every long-running command obeys: SIGTERM and SIGINT end it, SIGHUP reloads.
 
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -1,8 +1,8 @@
-//! `http://egress.internal/status` (DESIGN.md §10): shows the calling container
+//! Stage: status — `http://egress.internal/status` (DESIGN.md §10): shows the calling container
 //! its own recent denials and how to trust the agent's CA. It does not list the
 //! allowlist (an allowlist is an exfiltration map).
 
-use crate::{agent::Attachment, policy::Policy};
+use crate::{attachment::Attachment, policy::Policy};
 
 pub fn page(att: &Attachment, policy: &Policy) -> String {
     let denials = att.shared.audit.recent_denials(att.cgroup.id, 50);

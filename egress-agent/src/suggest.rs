@@ -1,4 +1,4 @@
-//! `egress-agent suggest --from AUDIT.jsonl [--profile NAME] [--wildcards]`:
+//! Command: `egress-agent suggest --from AUDIT.jsonl [--profile NAME] [--wildcards]`:
 //! the minimal policy that would have allowed what an audit log recorded
 //! (typically a `mode = "monitor"` session, whose would-be denials are
 //! `would_deny` records).

@@ -1,4 +1,4 @@
-//! The only module with `unsafe`: thin wrappers over Linux syscalls that neither
+//! Host layer: the only module with `unsafe`: thin wrappers over Linux syscalls that neither
 //! std nor a well-kept crate exposes (bpf map lookup-and-delete, setns,
 //! SO_NETNS_COOKIE, bringing `lo` up, mounting bpffs, capabilities).
 

@@ -183,7 +183,7 @@ fn expand(s: &str) -> Vec<Vec<String>> {
         }
         return split_top(&inner[..end])
             .into_iter()
-            .flat_map(|item| expand(item))
+            .flat_map(expand)
             .collect();
     }
     let mut segs = Vec::new();

@@ -1,4 +1,4 @@
-//! Kernel denials from the `eg_events` ring buffer, decoded into tracing events
+//! Kernel layer: denials from the `eg_events` ring buffer, decoded into tracing events
 //! and handed to a sink (the audit log, the status endpoint, metrics).
 
 use aya::maps::{MapData, RingBuf};

@@ -1,4 +1,4 @@
-//! Rust mirrors of `egress-ebpf/egress_maps.h`. They change together: the test
+//! Kernel layer: Rust mirrors of `egress-ebpf/egress_maps.h`. They change together: the test
 //! at the bottom checks every size and field offset against the BTF of the object
 //! the build script compiled, so a drift fails `cargo test`, not production.
 

@@ -1,33 +1,39 @@
-//! The interceptor (DESIGN.md §5): every TCP connection the kernel redirected
-//! arrives here. Recover the original destination, peek at what the client
-//! says (ClientHello, HTTP head, CONNECT, or nothing), decide by *name*, resolve
-//! the name ourselves, re-check every address, dial one we checked, and splice.
+//! Stage: interceptor — the first room of the data path (DESIGN.md §5). Every TCP
+//! connection the kernel redirected arrives here and goes through the steps of §5, one
+//! function each: [`Session::attribute`] (original destination, workload), [`Session::peek`]
+//! (ClientHello, HTTP head, CONNECT, or nothing), [`wanted::of`] (the canonical name),
+//! [`Session::decide`] (the policy), then [`hand_off`]: the upstream dialed by
+//! [`crate::upstream`] and the connection served by [`crate::passthrough`],
+//! [`crate::inspect`] or [`crate::requests`]. DNS over TCP goes to [`crate::dns`].
 
 mod monitor;
 mod respond;
-pub(crate) mod upstream;
+mod session;
+mod tunnel;
+mod wanted;
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
 
 use crate::{
-    agent::Attachment,
-    deny::DenyCode,
-    peek::{self, http::Target, PeekLimits, Peeked},
-    policy::{name::CanonicalName, Decision, Policy, Protocol},
-    record::Record,
+    attachment::Attachment,
+    peek::Peeked,
+    policy::{Mode, Policy},
+    requests::{Conn, H2},
+    rewind::Rewind,
 };
-pub use respond::Reply;
+pub use respond::{Refusal, Reply};
+use session::Session;
+use tunnel::Opened;
+use wanted::{Unnamed, Wanted};
 
 /// Connections served at once per container (its v4 and v6 listeners share
 /// the budget); beyond it new ones are reset. Each costs two descriptors, and
@@ -91,604 +97,174 @@ pub async fn serve(listener: TcpListener, att: Arc<Attachment>) {
     }
 }
 
-/// What the client asked for, as far as the decision is concerned.
-struct Wanted {
-    name: CanonicalName,
-    port: u16,
-    protocol: Protocol,
-    /// How a denial must be spoken on this connection.
-    reply: Reply,
+/// One connection, stage by stage. Each stage's result is the next one's input; a stage
+/// that ends the connection records it and returns. The sub-futures are boxed: inline, the
+/// largest of them would size every connection's task, spliced ones included.
+async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
+    let _active = att.shared.audit.metrics().connection();
+    let Some(mut s) = Session::attribute(client, peer, att) else {
+        return;
+    };
+    if s.dst.port() == DNS_PORT && !s.service {
+        s.rec.protocol = "dns-tcp";
+        return Box::pin(crate::dns::serve_tcp(s.client, &s.att, s.rec)).await;
+    }
+    let policy = s.snapshot();
+    let peeked = match s.peek().await {
+        Ok(p) => p,
+        Err(stop) => return Box::pin(s.stop(&policy, stop)).await,
+    };
+    let wanted = match wanted::of(&peeked, s.dst, s.service, &s.att, &policy) {
+        Ok(w) => w,
+        Err(unnamed) => return Box::pin(unnamed_connection(s, &policy, unnamed)).await,
+    };
+    let inspect = match s.decide(&policy, &wanted) {
+        Ok(inspect) => inspect,
+        Err(r) => return Box::pin(s.refuse(&policy, r)).await,
+    };
+    Box::pin(hand_off(s, policy, peeked, wanted, inspect)).await;
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
-    let started = Instant::now();
-    let _active = att.shared.audit.metrics().connection();
-    let _ = client.set_nodelay(true);
-    let mut rec = att.record("tcp");
-    rec.client = peer.to_string();
+const DNS_PORT: u16 = 53;
 
-    // 1. Who is this, and where did it want to go?
-    let cookie = crate::sys::netns_cookie(client.as_raw_fd()).unwrap_or(0);
-    let orig = match att.orig.take(cookie, peer) {
-        Ok(Some(o)) => o,
-        other => {
-            rec.decision = "deny";
-            rec.code = Some("no_original_destination".into());
-            rec.reason = Some(match other {
-                Err(e) => format!("original destination lookup failed: {e}"),
-                _ => format!(
-                    "no original destination recorded for {peer}: not a redirected connection"
-                ),
-            });
-            att.shared.audit.record(rec);
-            respond::reset(client);
-            return;
-        }
+/// A connection whose first bytes named nothing the policy can judge: the status page, a
+/// refusal, or (monitor mode) a pass to the address the client asked for.
+async fn unnamed_connection(mut s: Session, policy: &Policy, unnamed: Unnamed) {
+    let r = match unnamed {
+        Unnamed::Status => return s.status_page(policy).await,
+        Unnamed::Refused(r) => r,
     };
-    let dst = orig.destination();
-    rec.pid = orig.tgid;
-    rec.comm = orig.comm().to_string();
-    rec.orig_dst = dst.to_string();
-    let service = is_service(dst.ip());
-
-    if dst.port() == 53 && !service {
-        rec.protocol = "dns-tcp";
-        Box::pin(crate::dns::serve_tcp(client, att, rec)).await;
-        return;
+    s.rec.protocol = r.reply.label();
+    s.rec.name = (!r.host.is_empty()).then(|| r.host.clone());
+    if policy.mode() == Mode::Monitor && !s.service {
+        s.rec.decision = "would_deny";
+        s.rec.code = Some(r.code.as_str().into());
+        s.rec.reason = Some(r.reason);
+        return monitor::pass_nameless(s, policy).await;
     }
+    s.refuse(policy, r).await
+}
 
-    // One policy snapshot for the whole connection: a reload never changes a
-    // decision already made.
-    let policy = att.shared.policy.load_full();
-    rec.policy = policy.version().to_string();
-
-    // 2. Peek.
-    let mut buf = Vec::new();
-    let peeked = match Box::pin(peek::peek(&mut client, &mut buf, PeekLimits::default())).await {
-        Ok(p) => p,
-        // The client spoke HTTP, badly or deceptively (absolute-form naming another host than
-        // Host, NUL/CR in a header, two Host lines): it gets the HTTP deny contract, so a person
-        // sees why, not a bare reset.
-        Err(peek::PeekError::Http(e)) => {
-            let (code, host) = match &e {
-                peek::HttpPeekError::HostMismatch { target_host, .. } => {
-                    (DenyCode::HostMismatch, target_host.clone())
-                }
-                _ => (DenyCode::ProtocolNotAllowed, String::new()),
-            };
-            rec.protocol = Reply::Http.label();
-            let reason = format!("malformed or ambiguous HTTP request: {e}");
-            let denial =
-                respond::denial(&policy, code, host, dst.port(), reason, None, String::new());
-            deny(att, &policy, client, Reply::Http, denial, rec, started).await;
-            return;
-        }
-        // Likewise a ClientHello we cannot accept (a NUL in the SNI, a broken extension): the
-        // client gets a TLS alert, as for any refused TLS connection.
-        Err(peek::PeekError::Tls(e)) => {
-            rec.protocol = Reply::Tls.label();
-            let reason = format!("unacceptable TLS ClientHello: {e}");
-            let denial = respond::denial(
-                &policy,
-                DenyCode::ProtocolNotAllowed,
-                String::new(),
-                dst.port(),
-                reason,
-                None,
-                String::new(),
-            );
-            deny(att, &policy, client, Reply::Tls, denial, rec, started).await;
-            return;
-        }
-        Err(e) => {
-            rec.decision = "deny";
-            rec.code = Some("protocol_not_allowed".into());
-            rec.reason = Some(format!("could not read the client's first bytes: {e}"));
-            finish(att, rec, started);
-            respond::reset(client);
-            return;
-        }
-    };
-
-    // 3. Name, port, protocol.
-    let wanted = match what_is_wanted(&peeked, dst, service, att, &policy) {
-        Ok(w) => w,
-        Err(Early::Status) => {
-            rec.protocol = "http";
-            rec.name = Some(crate::SERVICE_NAME.into());
-            let body = crate::status::page(att, &policy);
-            let _ = client.write_all(&respond::json_ok(&body)).await;
-            finish(att, rec, started);
-            return;
-        }
-        Err(Early::Deny {
-            reply,
-            code,
-            host,
-            reason,
-        }) => {
-            rec.protocol = reply.label();
-            rec.name = host.clone();
-            if policy.mode() == crate::policy::Mode::Monitor && !service {
-                (rec.decision, rec.code) = ("would_deny", Some(code.as_str().into()));
-                rec.reason = Some(reason);
-                Box::pin(monitor::pass_nameless(
-                    client, buf, dst, att, &policy, rec, started,
-                ))
-                .await;
-                return;
-            }
-            let denial = respond::denial(
-                &policy,
-                code,
-                host.unwrap_or_default(),
-                dst.port(),
-                reason,
-                None,
-                String::new(),
-            );
-            deny(att, &policy, client, reply, denial, rec, started).await;
-            return;
-        }
-    };
-    rec.protocol = wanted.reply.label();
-    rec.name = Some(wanted.name.as_str().to_string());
-    rec.port = Some(wanted.port);
-
-    // 4. Decide.
-    let decision = policy.decide(&att.profile, &wanted.name, wanted.port, wanted.protocol);
-    let mut inspect = false;
-    match decision {
-        Decision::Allow {
-            rule,
-            inspect: inspected,
-        } => {
-            rec.rule = Some(rule.to_string());
-            inspect = inspected;
-        }
-        Decision::Deny(d) => {
-            let denial = respond::denial(
-                &policy,
-                d.code,
-                wanted.name.as_str().into(),
-                wanted.port,
-                d.reason,
-                d.rule.map(|r| r.to_string()),
-                d.hint,
-            );
-            if policy.mode() == crate::policy::Mode::Monitor {
-                rec.decision = "would_deny";
-                rec.code = Some(denial.code.as_str().into());
-                rec.reason = Some(denial.reason.clone());
-            } else {
-                deny(att, &policy, client, wanted.reply, denial, rec, started).await;
-                return;
-            }
+/// Steps 5–7: an upstream the agent dialed itself (or a shared one), the CONNECT tunnel's
+/// inner check, then the room that serves the connection.
+async fn hand_off(
+    mut s: Session,
+    policy: Arc<Policy>,
+    peeked: Peeked,
+    wanted: Wanted,
+    inspect: bool,
+) {
+    if inspect {
+        note_ech(&mut s, &peeked);
+        if let Some(shared) = shared_upstream(&s, &policy, &peeked, &wanted) {
+            return inspect_shared(s, policy, wanted, shared).await;
         }
     }
-
-    // ECH under inspection is stripped, not refused: our TLS server (rustls)
-    // ignores the extension and answers for the outer name, which is the name
-    // the policy just judged. A GREASE-ECH client (every Chromium) carries on;
-    // a client with real ECH cannot verify ECH acceptance and aborts itself, so
-    // its hidden inner name never gets a connection. Noted in the audit log.
-    if let (true, Peeked::Tls(hello)) = (inspect, &peeked) {
-        if hello.offers_ech() {
-            rec.reason = Some(
-                "ClientHello offered ECH; stripped under inspection (decided on the outer SNI)"
-                    .into(),
-            );
-        }
-    }
-
-    // 5. Resolve ourselves, re-check every address, dial one we checked — unless this
-    //    container already holds a verified HTTP/2 connection to the same inspected name,
-    //    dialed under this very policy snapshot: then its requests share it.
-    if let (true, Peeked::Tls(_), Reply::Tls) = (inspect, &peeked, &wanted.reply) {
-        if let Some((h2, peer)) = att
-            .upstreams
-            .get(&policy, wanted.name.as_str(), wanted.port)
-        {
-            rec.upstream = peer.map(|a| a.to_string());
-            rec.protocol = "http";
-            let conn = crate::http_proxy::Conn::new(
-                att.clone(),
-                policy,
-                wanted.name,
-                wanted.port,
-                None,
-                rec,
-                None,
-            )
-            .with_shared_h2(h2);
-            Box::pin(crate::tls::inspect(client, buf, conn)).await;
-            return;
-        }
-    }
-    let upstream = match Box::pin(upstream::connect(att, &policy, &wanted.name, wanted.port)).await
-    {
+    let resolver = s.att.shared.resolver.load_full();
+    let dialed = Box::pin(crate::upstream::connect(
+        &resolver,
+        &policy,
+        &wanted.name,
+        wanted.port,
+    ))
+    .await;
+    let upstream = match dialed {
         Ok(u) => u,
         Err((code, reason)) => {
-            let denial = respond::denial(
-                &policy,
+            let mut r = Refusal::new(
+                wanted.reply,
                 code,
-                wanted.name.as_str().into(),
+                wanted.name.as_str(),
                 wanted.port,
                 reason,
-                rec.rule.clone(),
-                String::new(),
             );
-            deny(att, &policy, client, wanted.reply, denial, rec, started).await;
-            return;
+            r.rule = s.rec.rule.clone();
+            return s.refuse(&policy, r).await;
         }
     };
-    rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
-
-    // 6. CONNECT: answer, then hold the tunnel's first bytes to the same name.
-    let mut upstream = upstream;
-    let mut inner = None;
-    if let Reply::Connect = wanted.reply {
-        if client
-            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            .await
-            .is_err()
-        {
-            finish(att, rec, started);
-            return;
+    s.rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
+    let first = if wanted.reply == Reply::Connect {
+        let att = s.att.clone();
+        match tunnel::open(&mut s.client, &mut s.buf, &peeked, &wanted, &policy, &att).await {
+            Opened::Inner(inner) => inner,
+            Opened::Closed => return s.finish(),
+            Opened::Refused(r) => return s.refuse(&policy, r).await,
         }
-        // Only the CONNECT head is ours: a client may pipeline its ClientHello right behind
-        // it (optimistic CONNECT), and those bytes belong to the tunnel.
-        let head_len = match &peeked {
-            Peeked::Http(head) => head.head_len.min(buf.len()),
-            _ => buf.len(),
-        };
-        buf.drain(..head_len);
-        match Box::pin(check_tunnel(&mut client, &mut buf, &wanted, &policy, att)).await {
-            Ok(p) => inner = Some(p),
-            Err((reply, denial)) => {
-                deny(att, &policy, client, reply, denial, rec, started).await;
-                return;
-            }
+    } else {
+        peeked
+    };
+    match first {
+        Peeked::Tls(_) if inspect => serve_requests(s, policy, wanted, upstream, true).await,
+        Peeked::Http(_) => serve_requests(s, policy, wanted, upstream, false).await,
+        _ => {
+            drop((first, wanted, policy));
+            s.splice(upstream).await
         }
     }
+}
 
-    // 7. Hand-off: inspected TLS and plain HTTP are served request by request (every
-    //    request's Host, method and path checked); the rest is spliced.
-    let first = inner.as_ref().unwrap_or(&peeked);
-    let engine = match first {
-        Peeked::Tls(_) if inspect => Some(true),
-        Peeked::Http(_) => Some(false),
-        _ => None,
-    };
-    if let Some(tls) = engine {
-        rec.protocol = "http";
-        let conn = crate::http_proxy::Conn::new(
-            att.clone(),
-            policy,
-            wanted.name,
-            wanted.port,
-            None,
-            rec,
-            Some(upstream),
+/// ECH under inspection is stripped, not refused: our TLS server (rustls) ignores the
+/// extension and answers for the outer name, which is the name the policy just judged. A
+/// GREASE-ECH client (every Chromium) carries on; a client with real ECH cannot verify ECH
+/// acceptance and aborts itself, so its hidden inner name never gets a connection.
+fn note_ech(s: &mut Session, peeked: &Peeked) {
+    if matches!(peeked, Peeked::Tls(hello) if hello.offers_ech()) {
+        s.rec.reason = Some(
+            "ClientHello offered ECH; stripped under inspection (decided on the outer SNI)".into(),
         );
-        if tls {
-            Box::pin(crate::tls::inspect(client, buf, conn)).await;
-        } else {
-            let io = crate::rewind::Rewind::new(buf, client);
-            Box::pin(crate::http_proxy::serve(io, Arc::new(conn), false)).await;
-        }
-        return;
     }
-
-    // 8. Passthrough: replay what we read, then copy both ways.
-    if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
-        finish(att, rec, started);
-        return;
-    }
-    // Nothing of the set-up outlives it: a spliced connection may stay open for hours, and
-    // its task should hold little more than the two sockets (the sub-futures above are boxed
-    // for the same reason: inline, the largest of them sized every connection's task).
-    drop((buf, peeked, inner, wanted));
-    let (t, err) = crate::copy::bidirectional(client, upstream).await;
-    rec.bytes_up = t.up;
-    rec.bytes_down = t.down;
-    if let Some(e) = err {
-        // The record says why the connection ended early (the peer got a reset too).
-        if let crate::copy::Disconnect::UpstreamReset(_) = e {
-            tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");
-        }
-        rec.reason = Some(e.to_string());
-    }
-    finish(att, rec, started);
 }
 
-enum Early {
-    /// The in-sandbox status page.
-    Status,
-    Deny {
-        reply: Reply,
-        code: DenyCode,
-        host: Option<String>,
-        reason: String,
-    },
-}
-
-fn is_service(ip: IpAddr) -> bool {
-    crate::bpf::maps::to_v6(ip) == crate::SERVICE_ADDR4.to_ipv6_mapped()
-}
-
-fn canonical(raw: &str, reply: Reply, what: &str) -> Result<CanonicalName, Early> {
-    CanonicalName::parse(raw).map_err(|e| Early::Deny {
-        reply,
-        code: DenyCode::HostNotAllowed,
-        host: Some(raw.chars().filter(|c| !c.is_control()).take(255).collect()),
-        reason: format!("{what} {raw:?} is not an acceptable host name: {e}"),
-    })
-}
-
-fn what_is_wanted(
+/// A verified HTTP/2 connection this container already holds to the same inspected name,
+/// dialed under this very policy snapshot: the connection's requests share it.
+fn shared_upstream(
+    s: &Session,
+    policy: &Arc<Policy>,
     peeked: &Peeked,
-    dst: SocketAddr,
-    service: bool,
-    att: &Attachment,
-    policy: &Policy,
-) -> Result<Wanted, Early> {
-    match peeked {
-        Peeked::Tls(hello) => {
-            let reply = Reply::Tls;
-            let Some(sni) = hello.sni.as_deref() else {
-                return Err(Early::Deny {
-                    reply,
-                    code: DenyCode::HostNotAllowed,
-                    host: None,
-                    reason: "TLS ClientHello without SNI: egress is decided by name".into(),
-                });
-            };
-            Ok(Wanted {
-                name: canonical(sni, reply, "SNI")?,
-                port: dst.port(),
-                protocol: Protocol::Tls,
-                reply,
-            })
-        }
-        Peeked::Http(head) => {
-            match &head.target {
-                Target::Authority(authority) => {
-                    let reply = Reply::Connect;
-                    let (host, port) = crate::policy::name::split_host_port(authority, 443)
-                        .map_err(|e| Early::Deny {
-                            reply,
-                            code: DenyCode::HostNotAllowed,
-                            host: Some(authority.clone()),
-                            reason: format!("CONNECT target {authority:?}: {e}"),
-                        })?;
-                    Ok(Wanted {
-                        name: canonical(&host, reply, "CONNECT target")?,
-                        port,
-                        protocol: Protocol::Tls,
-                        reply,
-                    })
-                }
-                Target::Absolute {
-                    authority, scheme, ..
-                } => {
-                    let reply = Reply::Http;
-                    if !scheme.eq_ignore_ascii_case("http") {
-                        return Err(Early::Deny {
-                        reply,
-                        code: DenyCode::ProtocolNotAllowed,
-                        host: Some(authority.clone()),
-                        reason: format!("proxy requests for scheme {scheme:?} are not supported; use CONNECT for https"),
-                    });
-                    }
-                    let (host, port) = crate::policy::name::split_host_port(authority, 80)
-                        .map_err(|e| Early::Deny {
-                            reply,
-                            code: DenyCode::HostNotAllowed,
-                            host: Some(authority.clone()),
-                            reason: format!("request target {authority:?}: {e}"),
-                        })?;
-                    Ok(Wanted {
-                        name: canonical(&host, reply, "request target")?,
-                        port,
-                        protocol: Protocol::Http,
-                        reply,
-                    })
-                }
-                _ => {
-                    let reply = Reply::Http;
-                    let Some(host) = head.host.as_deref() else {
-                        return Err(Early::Deny {
-                            reply,
-                            code: DenyCode::HostNotAllowed,
-                            host: None,
-                            reason: "HTTP request without a Host header: egress is decided by name"
-                                .into(),
-                        });
-                    };
-                    let (h, _) =
-                        crate::policy::name::split_host_port(host, dst.port()).map_err(|e| {
-                            Early::Deny {
-                                reply,
-                                code: DenyCode::HostNotAllowed,
-                                host: Some(host.to_string()),
-                                reason: format!("Host {host:?}: {e}"),
-                            }
-                        })?;
-                    if service {
-                        return Err(Early::Status);
-                    }
-                    Ok(Wanted {
-                        name: canonical(&h, reply, "Host")?,
-                        port: dst.port(),
-                        protocol: Protocol::Http,
-                        reply,
-                    })
-                }
-            }
-        }
-        Peeked::H2PriorKnowledge => Err(Early::Deny {
-            reply: Reply::Reset,
-            code: DenyCode::ProtocolNotAllowed,
-            host: None,
-            reason: "cleartext HTTP/2 (prior knowledge) hides the host name; use TLS or HTTP/1.1"
-                .into(),
-        }),
-        Peeked::Opaque => {
-            // No name on the wire: only a name our DNS gave this container for
-            // this address can be matched, and only against a host:port rule.
-            // Several names may share an address (CDNs): the first one a
-            // host:port rule allows decides; else the first name, for the reason.
-            let names = att.dns.names_of(dst.ip());
-            let chosen = names
-                .iter()
-                .filter_map(|n| CanonicalName::parse(n).ok())
-                .find(|n| {
-                    matches!(
-                        policy.decide(&att.profile, n, dst.port(), Protocol::Opaque),
-                        Decision::Allow { .. }
-                    )
-                })
-                .map(|n| n.as_str().to_string())
-                .or_else(|| names.first().cloned());
-            let Some(name) = chosen else {
-                return Err(Early::Deny {
-                    reply: Reply::Reset,
-                    code: DenyCode::ProtocolNotAllowed,
-                    host: None,
-                    reason: format!("opaque TCP to {dst} with no name: the address was not obtained from the agent's DNS"),
-                });
-            };
-            Ok(Wanted {
-                name: canonical(&name, Reply::Reset, "name")?,
-                port: dst.port(),
-                protocol: Protocol::Opaque,
-                reply: Reply::Reset,
-            })
-        }
-    }
-}
-
-/// Inside a CONNECT tunnel the client must speak to the host it named:
-/// SNI or Host equal to the CONNECT target, or opaque bytes only where allowed.
-async fn check_tunnel(
-    client: &mut TcpStream,
-    buf: &mut Vec<u8>,
     wanted: &Wanted,
-    policy: &Policy,
-    att: &Attachment,
-) -> Result<Peeked, (Reply, crate::deny::Denial)> {
-    let host = wanted.name.as_str().to_string();
-    let mismatch = |reply: Reply, what: &str, got: &str| {
-        (
-            reply,
-            respond::denial(
-                policy,
-                DenyCode::HostMismatch,
-                host.clone(),
-                wanted.port,
-                format!("{what} {got:?} inside a CONNECT tunnel to {host:?}"),
-                None,
-                String::new(),
-            ),
-        )
-    };
-    match peek::peek(client, buf, PeekLimits::default()).await {
-        Ok(Peeked::Tls(hello)) => match hello.sni.as_deref().map(CanonicalName::parse) {
-            Some(Ok(n)) if n == wanted.name => Ok(Peeked::Tls(hello)),
-            Some(_) => Err(mismatch(
-                Reply::Tls,
-                "SNI",
-                hello.sni.as_deref().unwrap_or(""),
-            )),
-            None => Err(mismatch(Reply::Tls, "SNI", "")),
-        },
-        Ok(Peeked::Http(head)) => {
-            let h = head.host.as_deref().unwrap_or("");
-            let name = crate::policy::name::split_host_port(h, wanted.port)
-                .ok()
-                .and_then(|(h, _)| CanonicalName::parse(&h).ok());
-            if name.as_ref() == Some(&wanted.name) {
-                Ok(Peeked::Http(head))
-            } else {
-                Err(mismatch(Reply::Http, "Host", h))
-            }
-        }
-        Ok(other) => match policy.decide(&att.profile, &wanted.name, wanted.port, Protocol::Opaque)
-        {
-            Decision::Allow { .. } => Ok(other),
-            Decision::Deny(d) => Err((
-                Reply::Reset,
-                respond::denial(
-                    policy,
-                    d.code,
-                    host.clone(),
-                    wanted.port,
-                    d.reason,
-                    d.rule.map(|r| r.to_string()),
-                    d.hint,
-                ),
-            )),
-        },
-        Err(e) => Err((
-            Reply::Reset,
-            respond::denial(
-                policy,
-                DenyCode::ProtocolNotAllowed,
-                host.clone(),
-                wanted.port,
-                format!("tunnel: {e}"),
-                None,
-                String::new(),
-            ),
-        )),
+) -> Option<(H2, Option<SocketAddr>)> {
+    if !matches!((peeked, wanted.reply), (Peeked::Tls(_), Reply::Tls)) {
+        return None;
     }
+    s.att
+        .upstreams
+        .get(policy, wanted.name.as_str(), wanted.port)
 }
 
-/// Refuses the connection as its protocol expects. Boxed here rather than at its callers:
-/// inline, this future would add to every connection task's size (see step 8 of `handle`).
-fn deny<'a>(
-    att: &'a Attachment,
-    policy: &'a Policy,
-    client: TcpStream,
-    reply: Reply,
-    denial: crate::deny::Denial,
-    rec: Record,
-    started: Instant,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-    Box::pin(deny_now(att, policy, client, reply, denial, rec, started))
-}
-
-async fn deny_now(
-    att: &Attachment,
-    _policy: &Policy,
-    client: TcpStream,
-    reply: Reply,
-    denial: crate::deny::Denial,
-    mut rec: Record,
-    started: Instant,
+async fn inspect_shared(
+    mut s: Session,
+    policy: Arc<Policy>,
+    wanted: Wanted,
+    (h2, peer): (H2, Option<SocketAddr>),
 ) {
-    rec.decision = "deny";
-    rec.code = Some(denial.code.as_str().into());
-    rec.reason = Some(denial.reason.clone());
-    if rec.rule.is_none() {
-        rec.rule = denial.rule.clone();
-    }
-    tracing::info!(
-        target: "egress::deny",
-        cgroup_id = rec.cgroup_id,
-        comm = %rec.comm,
-        dst = %rec.orig_dst,
-        name = rec.name.as_deref().unwrap_or(""),
-        code = denial.code.as_str(),
-        reason = %denial.reason,
-        "denied"
-    );
-    finish(att, rec, started);
-    respond::send(client, reply, &denial).await;
+    s.rec.upstream = peer.map(|a| a.to_string());
+    s.rec.protocol = "http";
+    let conn = Conn::new(s.att, policy, wanted.name, wanted.port, s.rec, None).with_shared_h2(h2);
+    Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
 }
 
-fn finish(att: &Attachment, mut rec: Record, started: Instant) {
-    rec.duration_ms = started.elapsed().as_millis() as u64;
-    att.shared.audit.record(rec);
+/// Inspected TLS (`tls`) and plain HTTP are served request by request: every request's Host,
+/// method and path is checked on its own.
+async fn serve_requests(
+    mut s: Session,
+    policy: Arc<Policy>,
+    wanted: Wanted,
+    upstream: TcpStream,
+    tls: bool,
+) {
+    s.rec.protocol = "http";
+    let conn = Conn::new(
+        s.att,
+        policy,
+        wanted.name,
+        wanted.port,
+        s.rec,
+        Some(upstream),
+    );
+    if tls {
+        Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
+    } else {
+        let io = Rewind::new(s.buf, s.client);
+        Box::pin(crate::requests::serve(io, Arc::new(conn), false)).await;
+    }
 }

@@ -1,63 +1,40 @@
-//! Monitor mode for connections the agent cannot name (opaque TCP to an
-//! address that did not come from its DNS, TLS without SNI, HTTP without
-//! Host, cleartext h2): enforce mode refuses them; monitor mode records
-//! `would_deny` and forwards to the address the client asked for, after the
-//! same address screening every dial gets (the kernel deny set already held).
+//! Monitor mode for connections the agent cannot name (opaque TCP to an address that did not
+//! come from its DNS, TLS without SNI, HTTP without Host, cleartext h2): enforce mode refuses
+//! them; monitor mode records `would_deny` and forwards to the address the client asked for,
+//! after the same address screening every dial gets (the kernel deny set already held).
 
-use std::{net::SocketAddr, time::Instant};
+use std::net::SocketAddr;
 
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::net::TcpStream;
 
-use crate::{agent::Attachment, deny::DenyCode, policy::Policy, record::Record};
+use super::session::Session;
+use crate::{deny::DenyCode, policy::Policy};
 
-use super::finish;
+/// Forwards a nameless connection to the address it asked for (monitor mode only). The
+/// session's record is already marked `would_deny`.
+pub(super) async fn pass_nameless(s: Session, policy: &Policy) {
+    match dial_as_asked(s.dst, policy).await {
+        Ok(upstream) => s.splice(upstream).await,
+        Err((code, reason)) => s.reset(code.as_str(), reason),
+    }
+}
 
-/// Forward a nameless connection to `dst` (monitor mode only). `rec` is
-/// already marked `would_deny` by the caller.
-pub(super) async fn pass_nameless(
-    mut client: TcpStream,
-    buf: Vec<u8>,
-    dst: SocketAddr,
-    att: &Attachment,
-    policy: &Policy,
-    mut rec: Record,
-    started: Instant,
-) {
+async fn dial_as_asked(dst: SocketAddr, policy: &Policy) -> Result<TcpStream, (DenyCode, String)> {
     let (ok, refused) = crate::resolve::screen(policy, vec![dst.ip()]);
-    let dialed = match ok.first() {
-        Some(ip) => TcpStream::connect(SocketAddr::new(*ip, dst.port()))
-            .await
-            .map_err(|e| {
-                (
-                    DenyCode::UpstreamUnreachable,
-                    format!("could not reach {dst}: {e}"),
-                )
-            }),
-        None => Err((
+    let Some(ip) = ok.first() else {
+        return Err((
             DenyCode::DestinationIpProhibited,
             format!("{dst} is prohibited: {}", refused.join(", ")),
-        )),
+        ));
     };
-    let mut upstream = match dialed {
-        Ok(u) => u,
-        Err((code, reason)) => {
-            rec.decision = "deny";
-            rec.code = Some(code.as_str().into());
-            rec.reason = Some(reason);
-            finish(att, rec, started);
-            super::respond::reset(client);
-            return;
-        }
-    };
+    let upstream = TcpStream::connect(SocketAddr::new(*ip, dst.port()))
+        .await
+        .map_err(|e| {
+            (
+                DenyCode::UpstreamUnreachable,
+                format!("could not reach {dst}: {e}"),
+            )
+        })?;
     let _ = upstream.set_nodelay(true);
-    rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
-    if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
-        let _ = client.shutdown().await;
-        finish(att, rec, started);
-        return;
-    }
-    let (t, _err) = crate::copy::bidirectional(client, upstream).await;
-    rec.bytes_up = t.up;
-    rec.bytes_down = t.down;
-    finish(att, rec, started);
+    Ok(upstream)
 }

@@ -1,11 +1,11 @@
-//! How a denial is spoken on each kind of connection (DESIGN.md §6).
+//! How a refused connection is answered on each kind of connection (DESIGN.md §6).
 
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     deny::{Denial, DenyCode},
     peek::tls::AlertDescription,
-    policy::Policy,
+    policy::{Denied, Policy},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,23 +31,59 @@ impl Reply {
     }
 }
 
-pub fn denial(
-    policy: &Policy,
-    code: DenyCode,
-    host: String,
-    port: u16,
-    reason: String,
-    rule: Option<String>,
-    hint: String,
-) -> Denial {
-    Denial {
-        code,
-        host,
-        port,
-        reason,
-        rule,
-        policy: policy.version().to_string(),
-        hint,
+/// Why a connection is refused, and how to say it on this connection.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reply: Reply,
+    pub code: DenyCode,
+    /// The name (or what the client sent for one) the refusal is about; may be empty.
+    pub host: String,
+    pub port: u16,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub hint: String,
+}
+
+impl Refusal {
+    /// A refusal no policy rule made (the connection itself was unacceptable).
+    pub fn new(
+        reply: Reply,
+        code: DenyCode,
+        host: impl Into<String>,
+        port: u16,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            reply,
+            code,
+            host: host.into(),
+            port,
+            reason: reason.into(),
+            rule: None,
+            hint: String::new(),
+        }
+    }
+
+    /// The policy's own refusal of `host:port`.
+    pub fn by_policy(reply: Reply, d: Denied, host: &str, port: u16) -> Self {
+        Self {
+            rule: d.rule.map(|r| r.to_string()),
+            hint: d.hint,
+            ..Self::new(reply, d.code, host, port, d.reason)
+        }
+    }
+
+    /// The deny contract's record of this refusal under `policy`.
+    pub fn denial(&self, policy: &Policy) -> Denial {
+        Denial {
+            code: self.code,
+            host: self.host.clone(),
+            port: self.port,
+            reason: self.reason.clone(),
+            rule: self.rule.clone(),
+            policy: policy.version().to_string(),
+            hint: self.hint.clone(),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The policy: which names a workload may reach, on which ports, how (passthrough or
+//! Below every room: the policy: which names a workload may reach, on which ports, how (passthrough or
 //! inspected), with which per-request rules; plus the address exemptions.
 //!
 //! The file format is TOML (DESIGN.md §8; keys documented in `parse.rs`). A parsed

@@ -1,4 +1,4 @@
-//! Upstream HTTP/2 connections shared by one container's inspected client connections.
+//! Below requests: upstream HTTP/2 connections shared by one container's inspected client connections.
 //!
 //! Without this, every inspected client connection pays a second TLS handshake (and the
 //! upstream a connection) although the agent already holds a verified HTTP/2 connection to the

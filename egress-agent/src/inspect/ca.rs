@@ -1,4 +1,4 @@
-//! The inspection CA (DESIGN.md §7): ECDSA P-256, created on first use in the agent's state
+//! Part of inspect: the inspection CA (DESIGN.md §7): ECDSA P-256, created on first use in the agent's state
 //! directory, reused across restarts; optionally name-constrained to the inspected names.
 //!
 //! Layout under the state directory (default `/var/lib/egress-agent`, `EGRESS_STATE_DIR` or

@@ -1,4 +1,4 @@
-//! Leaf certificates minted per SNI, signed by the inspection CA.
+//! Part of inspect: leaf certificates minted per SNI, signed by the inspection CA.
 //!
 //! One P-256 leaf key is generated at start and shared by every leaf (signing a new name then
 //! costs one CA signature, no key generation). Minted leaves are cached in `SHARDS`

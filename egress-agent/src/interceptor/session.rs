@@ -1,0 +1,255 @@
+//! One accepted connection on its way through the interceptor's stages: the client socket,
+//! the bytes read from it so far, its decision record and its clock. Steps 1, 2 and 4 of
+//! DESIGN §5 (attribute, peek, decide) are methods here; every way a connection ends without
+//! being handed on (refused, status page, reset) ends here too, with exactly one record.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use super::{
+    respond::{self, Refusal, Reply},
+    wanted::Wanted,
+};
+use crate::{
+    attachment::Attachment,
+    deny::DenyCode,
+    peek::{self, PeekLimits, Peeked},
+    policy::{Decision, Mode, Policy},
+    record::Record,
+};
+
+pub struct Session {
+    pub client: TcpStream,
+    /// What was read while peeking; replayed to whoever serves the connection next.
+    pub buf: Vec<u8>,
+    pub rec: Record,
+    pub started: Instant,
+    pub att: Arc<Attachment>,
+    /// The destination the client asked for (the kernel's record of it).
+    pub dst: SocketAddr,
+    /// Whether that destination is the agent's own service address (`egress.internal`).
+    pub service: bool,
+}
+
+impl Session {
+    /// Step 1: who is this, and where did it want to go? `None`: the connection was not
+    /// redirected by our programs (or its entry is gone); it was reset and recorded.
+    pub fn attribute(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) -> Option<Self> {
+        let started = Instant::now();
+        let _ = client.set_nodelay(true);
+        let mut rec = att.record("tcp");
+        rec.client = peer.to_string();
+        let cookie = crate::sys::netns_cookie(client.as_raw_fd()).unwrap_or(0);
+        let orig = match att.orig.take(cookie, peer) {
+            Ok(Some(o)) => o,
+            other => {
+                rec.decision = "deny";
+                rec.code = Some("no_original_destination".into());
+                rec.reason = Some(match other {
+                    Err(e) => format!("original destination lookup failed: {e}"),
+                    _ => format!(
+                        "no original destination recorded for {peer}: not a redirected connection"
+                    ),
+                });
+                att.finish(rec, started);
+                respond::reset(client);
+                return None;
+            }
+        };
+        let dst = orig.destination();
+        rec.pid = orig.tgid;
+        rec.comm = orig.comm().to_string();
+        rec.orig_dst = dst.to_string();
+        Some(Self {
+            client,
+            buf: Vec::new(),
+            rec,
+            started,
+            att: att.clone(),
+            dst,
+            service: is_service(dst.ip()),
+        })
+    }
+
+    /// One policy snapshot for the whole connection: a reload never changes a decision
+    /// already made.
+    pub fn snapshot(&mut self) -> Arc<Policy> {
+        let policy = self.att.shared.policy.load_full();
+        self.rec.policy = policy.version().to_string();
+        policy
+    }
+
+    /// Step 2: read (without consuming: the bytes stay in `buf`) the client's first message.
+    /// A client that spoke HTTP or TLS badly or deceptively (absolute-form naming another
+    /// host than Host, NUL/CR in a header, a broken ClientHello extension) is refused in its
+    /// own protocol, so a person sees why; anything else that fails is reset.
+    pub async fn peek(&mut self) -> Result<Peeked, Stop> {
+        let port = self.dst.port();
+        match Box::pin(peek::peek(
+            &mut self.client,
+            &mut self.buf,
+            PeekLimits::default(),
+        ))
+        .await
+        {
+            Ok(p) => Ok(p),
+            Err(peek::PeekError::Http(e)) => {
+                let (code, host) = match &e {
+                    peek::HttpPeekError::HostMismatch { target_host, .. } => {
+                        (DenyCode::HostMismatch, target_host.clone())
+                    }
+                    _ => (DenyCode::ProtocolNotAllowed, String::new()),
+                };
+                let reason = format!("malformed or ambiguous HTTP request: {e}");
+                Err(Stop::Refuse(Refusal::new(
+                    Reply::Http,
+                    code,
+                    host,
+                    port,
+                    reason,
+                )))
+            }
+            Err(peek::PeekError::Tls(e)) => Err(Stop::Refuse(Refusal::new(
+                Reply::Tls,
+                DenyCode::ProtocolNotAllowed,
+                "",
+                port,
+                format!("unacceptable TLS ClientHello: {e}"),
+            ))),
+            Err(e) => Err(Stop::Reset {
+                code: "protocol_not_allowed",
+                reason: format!("could not read the client's first bytes: {e}"),
+            }),
+        }
+    }
+
+    /// Step 4: the policy's decision on what the client wants. Ok(inspect) when allowed (or
+    /// when monitor mode lets a denial through, recorded as `would_deny`).
+    pub fn decide(&mut self, policy: &Policy, wanted: &Wanted) -> Result<bool, Refusal> {
+        self.rec.protocol = wanted.reply.label();
+        self.rec.name = Some(wanted.name.as_str().to_string());
+        self.rec.port = Some(wanted.port);
+        match policy.decide(
+            &self.att.profile,
+            &wanted.name,
+            wanted.port,
+            wanted.protocol,
+        ) {
+            Decision::Allow { rule, inspect } => {
+                self.rec.rule = Some(rule.to_string());
+                Ok(inspect)
+            }
+            Decision::Deny(d) => {
+                let r = Refusal::by_policy(wanted.reply, d, wanted.name.as_str(), wanted.port);
+                if policy.mode() != Mode::Monitor {
+                    return Err(r);
+                }
+                self.rec.decision = "would_deny";
+                self.rec.code = Some(r.code.as_str().into());
+                self.rec.reason = Some(r.reason);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Ends a connection that stopped before it could be named.
+    pub async fn stop(self, policy: &Policy, stop: Stop) {
+        match stop {
+            Stop::Refuse(r) => {
+                let mut s = self;
+                s.rec.protocol = r.reply.label();
+                s.refuse(policy, r).await
+            }
+            Stop::Reset { code, reason } => self.reset(code, reason),
+        }
+    }
+
+    /// Answers `http://egress.internal/status` with this container's own page.
+    pub async fn status_page(mut self, policy: &Policy) {
+        self.rec.protocol = "http";
+        self.rec.name = Some(crate::SERVICE_NAME.into());
+        let body = crate::status::page(&self.att, policy);
+        let _ = self.client.write_all(&respond::json_ok(&body)).await;
+        self.finish();
+    }
+
+    /// Refuses the connection as its protocol expects, with the denial's record.
+    pub async fn refuse(self, policy: &Policy, r: Refusal) {
+        let denial = r.denial(policy);
+        let mut rec = self.rec;
+        rec.decision = "deny";
+        rec.code = Some(denial.code.as_str().into());
+        rec.reason = Some(denial.reason.clone());
+        if rec.rule.is_none() {
+            rec.rule = denial.rule.clone();
+        }
+        tracing::info!(
+            target: "egress::deny",
+            cgroup_id = rec.cgroup_id,
+            comm = %rec.comm,
+            dst = %rec.orig_dst,
+            name = rec.name.as_deref().unwrap_or(""),
+            code = denial.code.as_str(),
+            reason = %denial.reason,
+            "denied"
+        );
+        self.att.finish(rec, self.started);
+        respond::send(self.client, r.reply, &denial).await;
+    }
+
+    /// Resets the connection, recorded as a denial with `code` and `reason`.
+    pub fn reset(mut self, code: &str, reason: String) {
+        self.rec.decision = "deny";
+        self.rec.code = Some(code.into());
+        self.rec.reason = Some(reason);
+        self.att.finish(self.rec, self.started);
+        respond::reset(self.client);
+    }
+
+    /// Hands the connection to passthrough: replay what was peeked, copy both ways. The
+    /// record says why it ended early, unless it already explains a monitor-mode pass.
+    pub async fn splice(self, upstream: TcpStream) {
+        let Session {
+            client,
+            buf,
+            mut rec,
+            started,
+            att,
+            ..
+        } = self;
+        rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
+        let out = Box::pin(crate::passthrough::splice(client, buf, upstream)).await;
+        rec.bytes_up = out.transferred.up;
+        rec.bytes_down = out.transferred.down;
+        if let Some(e) = out.ended_by {
+            if let crate::copy::Disconnect::UpstreamReset(_) = e {
+                tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");
+            }
+            rec.reason.get_or_insert_with(|| e.to_string());
+        }
+        att.finish(rec, started);
+    }
+
+    /// Ends a connection that was served (or went away) with its record as it stands.
+    pub fn finish(self) {
+        self.att.finish(self.rec, self.started);
+    }
+}
+
+/// Why a connection stopped before anything could be decided about its name.
+pub enum Stop {
+    /// Refused in the protocol the client spoke.
+    Refuse(Refusal),
+    /// Reset, with the record's code and reason.
+    Reset { code: &'static str, reason: String },
+}
+
+fn is_service(ip: IpAddr) -> bool {
+    crate::bpf::maps::to_v6(ip) == crate::SERVICE_ADDR4.to_ipv6_mapped()
+}

@@ -1,0 +1,247 @@
+//! Step 5 of the engine: the upstream connections of one client connection (all to the same
+//! decided name and port) — the seed the interceptor dialed, a shared or own HTTP/2
+//! connection, a few idle HTTP/1.1 ones — and the rewriting of each request for them.
+
+use std::sync::Mutex;
+
+use http::{header, HeaderValue, Request, Response};
+use hyper::{body::Incoming, client::conn::TrySendError, upgrade::OnUpgrade};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use super::{response::strip_hop_by_hop, Conn};
+pub use crate::pool::H2;
+
+/// Idle upstream HTTP/1.1 connections kept per client connection (an h2 client multiplexing
+/// over an h1-only upstream needs several).
+const H1_IDLE_MAX: usize = 8;
+
+/// After an allowed WebSocket upgrade both sides are spliced as they are.
+pub fn splice_upgrade(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
+            return;
+        };
+        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+    });
+}
+
+type H1 = hyper::client::conn::http1::SendRequest<Incoming>;
+
+enum Sender {
+    H1(H1),
+    /// With the upstream's address, for sharing.
+    H2(H2, Option<std::net::SocketAddr>),
+}
+
+pub struct Pool {
+    /// The connection the interceptor dialed while deciding (used by the first request).
+    seed: Mutex<Option<TcpStream>>,
+    h2: Mutex<Option<H2>>,
+    h1: Mutex<Vec<H1>>,
+}
+
+impl Pool {
+    pub fn new(seed: Option<TcpStream>) -> Self {
+        Self {
+            seed: Mutex::new(seed),
+            h2: Mutex::new(None),
+            h1: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts with a shared upstream HTTP/2 connection instead of dialing one.
+    pub fn adopt_h2(&self, h2: H2) {
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2);
+    }
+
+    pub async fn send(
+        &self,
+        conn: &Conn,
+        req: Request<Incoming>,
+        websocket: bool,
+    ) -> Result<Response<Incoming>, String> {
+        // A pooled connection first; a request it did not take (closed meanwhile) goes on a
+        // fresh one.
+        let mut req = req;
+        if !websocket {
+            if let Some(h2) = self.pooled_h2() {
+                match h2_send(&h2, conn, req).await {
+                    Ok(r) => return Ok(r),
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => req = r,
+                        None => return Err(format!("upstream {}: {}", conn.name, e.into_error())),
+                    },
+                }
+            }
+            while let Some(mut h1) = self.pooled_h1() {
+                match h1_send(&mut h1, conn, req, false).await {
+                    Ok(r) => {
+                        self.park_h1(h1);
+                        return Ok(r);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => req = r,
+                        None => return Err(format!("upstream {}: {}", conn.name, e.into_error())),
+                    },
+                }
+            }
+        }
+        match self.dial(conn, websocket).await? {
+            Sender::H2(h2, peer) => {
+                *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
+                conn.att
+                    .upstreams
+                    .put(&conn.policy, conn.name.as_str(), conn.port, &h2, peer);
+                h2_send(&h2, conn, req)
+                    .await
+                    .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))
+            }
+            Sender::H1(mut h1) => {
+                let r = h1_send(&mut h1, conn, req, websocket)
+                    .await
+                    .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))?;
+                if !websocket {
+                    self.park_h1(h1);
+                }
+                Ok(r)
+            }
+        }
+    }
+
+    fn pooled_h2(&self) -> Option<H2> {
+        let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        match &*g {
+            Some(h) if !h.is_closed() => Some(h.clone()),
+            Some(_) => {
+                *g = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn pooled_h1(&self) -> Option<H1> {
+        let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|h| !h.is_closed());
+        let i = g.iter().position(H1::is_ready)?;
+        Some(g.swap_remove(i))
+    }
+
+    fn park_h1(&self, h: H1) {
+        let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() < H1_IDLE_MAX {
+            g.push(h);
+        }
+    }
+
+    async fn dial(&self, conn: &Conn, websocket: bool) -> Result<Sender, String> {
+        let seed = self.seed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tcp = match seed {
+            Some(s) => s,
+            None => crate::upstream::connect(
+                &conn.att.shared.resolver.load(),
+                &conn.policy,
+                &conn.name,
+                conn.port,
+            )
+            .await
+            .map_err(|(_, reason)| reason)?,
+        };
+        let tcp = crate::upstream::Lingering::new(tcp);
+        let Some(tls) = &conn.tls else {
+            return h1_handshake(tcp).await;
+        };
+        let peer = tcp.peer_addr();
+        let config = if websocket { &tls.h1 } else { &tls.any };
+        let server_name = rustls_pki_types::ServerName::try_from(conn.name.as_str().to_string())
+            .map_err(|e| format!("{}: {e}", conn.name))?;
+        let stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("TLS to upstream {}: {e}", conn.name))?;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (send, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/2 to upstream {}: {e}", conn.name))?;
+            tokio::spawn(async move {
+                let _ = c.await;
+            });
+            Ok(Sender::H2(send, peer))
+        } else {
+            h1_handshake(stream).await
+        }
+    }
+}
+
+async fn h1_handshake<S>(io: S) -> Result<Sender, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, c) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP/1.1 to upstream: {e}"))?;
+    tokio::spawn(async move {
+        let _ = c.with_upgrades().await;
+    });
+    Ok(Sender::H1(send))
+}
+
+/// The authority the upstream sees: the decided name, with the port when not the default.
+fn authority(conn: &Conn) -> String {
+    let default = if conn.tls.is_some() { 443 } else { 80 };
+    if conn.port == default {
+        conn.name.as_str().to_string()
+    } else {
+        format!("{}:{}", conn.name, conn.port)
+    }
+}
+
+async fn h1_send(
+    h1: &mut H1,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    websocket: bool,
+) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = pq.parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut(), websocket);
+    if let Ok(v) = HeaderValue::from_str(&authority(conn)) {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let _ = h1.ready().await;
+    h1.try_send_request(req).await
+}
+
+async fn h2_send(
+    h2: &H2,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = format!("https://{}{pq}", authority(conn)).parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    strip_hop_by_hop(req.headers_mut(), false);
+    req.headers_mut().remove(header::HOST);
+    let mut h2 = h2.clone();
+    h2.try_send_request(req).await
+}

@@ -1,0 +1,228 @@
+//! Stage: requests — the per-request HTTP engine (DESIGN.md §7, THREATS C). Every request on
+//! a connection the interceptor allowed — inspected HTTPS (h1 or h2, after TLS termination by
+//! [`crate::inspect`]) and plain HTTP/1.x alike — is judged on its own before it goes
+//! upstream:
+//!
+//! 1. `CONNECT` inside the stream, absolute-form inside TLS, `Upgrade: h2c` and upgrades other
+//!    than WebSocket are refused (`protocol_not_allowed`);
+//! 2. `Host` / `:authority` (and an absolute-form target) must name the connection's decided
+//!    name and port, else 421 `host_mismatch` (fronting, h2 coalescing, a second keep-alive
+//!    request for another host);
+//! 3. the policy's per-request rules ([`Policy::decide_request`]) — steps 1–3 in [`check`];
+//! 4. the credential of the matching rule is injected ([`inject`]: read at request time, never
+//!    logged);
+//! 5. the request goes upstream as origin-form (h1) or with `:authority` = the decided name
+//!    (h2), over connections the agent dialed itself ([`forward`], through
+//!    [`crate::upstream`]), TLS-verified when inspecting.
+//!
+//! One audit record per request, with method, path (without query) and status, written when
+//! the response body ends ([`response::Audited`]).
+
+mod check;
+mod forward;
+mod inject;
+mod response;
+
+use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use crate::{
+    attachment::Attachment,
+    deny::{Denial, DenyCode},
+    policy::{name::CanonicalName, Mode, Policy},
+    record::Record,
+};
+use check::Refusal;
+pub use forward::H2;
+pub use response::{denial_response, Body};
+
+/// Longest time a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest path kept in audit records.
+const AUDIT_PATH_MAX: usize = 256;
+
+/// One allowed client connection: what was decided, and how to reach upstream.
+pub struct Conn {
+    pub att: Arc<Attachment>,
+    /// The snapshot the connection was decided with.
+    pub policy: Arc<Policy>,
+    pub name: CanonicalName,
+    pub port: u16,
+    /// Upstream TLS (inspected HTTPS); `None` for plain HTTP.
+    pub tls: Option<Arc<crate::upstream::tls::UpstreamTls>>,
+    /// The connection record (identity, name, rule), cloned per request.
+    pub base: Record,
+    upstream: forward::Pool,
+}
+
+impl Conn {
+    /// `seed`: an upstream TCP connection already dialed for this name (used first).
+    pub fn new(
+        att: Arc<Attachment>,
+        policy: Arc<Policy>,
+        name: CanonicalName,
+        port: u16,
+        base: Record,
+        seed: Option<TcpStream>,
+    ) -> Self {
+        Self {
+            att,
+            policy,
+            name,
+            port,
+            tls: None,
+            base,
+            upstream: forward::Pool::new(seed),
+        }
+    }
+
+    /// Starts with a shared upstream HTTP/2 connection ([`crate::pool`]) instead of dialing one.
+    pub fn with_shared_h2(self, h2: H2) -> Self {
+        self.upstream.adopt_h2(h2);
+        self
+    }
+}
+
+/// Serves `io` (the client, after TLS termination if any) request by request until it closes.
+/// `h2`: offer HTTP/2 (inspected TLS with ALPN); plain HTTP is HTTP/1.x only.
+pub async fn serve<I>(io: I, conn: Arc<Conn>, h2: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let res = if h2 {
+        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // half_close: a client that shuts down writing after its request still gets the
+        // answer (HTTP/1.0-style clients, `printf | nc`).
+        b.http1()
+            .half_close(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        b.http2().timer(TokioTimer::new());
+        b.serve_connection_with_upgrades(io, svc).await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+            .map_err(Into::into)
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+impl Conn {
+    /// One request: check, inject, forward, relay (the record is written by the body).
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let mut rec = self.request_record(&req);
+        let (rule, websocket) = match self.check(&req) {
+            Ok(x) => x,
+            Err(r) if self.policy.mode() == Mode::Monitor && check::monitorable(r.code) => {
+                rec.decision = "would_deny";
+                rec.code = Some(r.code.as_str().into());
+                rec.reason = Some(r.reason);
+                (None, false)
+            }
+            Err(r) => return self.refuse(rec, r, started),
+        };
+        if let Some(rule) = rule {
+            rec.rule = Some(rule.rule().to_string());
+            // Credentials go only over TLS (inspected HTTPS), never over cleartext HTTP.
+            if self.tls.is_some() {
+                if let Err(reason) = inject::credential(rule, req.headers_mut()) {
+                    return self.failed(rec, "credential_unavailable", reason, started);
+                }
+            }
+        }
+        let request_length = req.headers().get(header::CONTENT_LENGTH).cloned();
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let mut resp = match self.upstream.send(self, req, websocket).await {
+            Ok(r) => r,
+            Err(reason) => {
+                let r = Refusal::new(DenyCode::UpstreamUnreachable, reason);
+                return self.refuse(rec, r, started);
+            }
+        };
+        match client_upgrade {
+            Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                forward::splice_upgrade(client, hyper::upgrade::on(&mut resp));
+            }
+            Some(_) => {}
+            None => response::strip_hop_by_hop(resp.headers_mut(), false),
+        }
+        rec.status = Some(resp.status().as_u16());
+        rec.bytes_up = response::content_length(&request_length);
+        response::audited(resp, self.att.clone(), rec, started)
+    }
+
+    /// The connection's record, stamped now, with this request's method and path.
+    fn request_record(&self, req: &Request<Incoming>) -> Record {
+        let mut rec = self.base.clone();
+        rec.time = Record::now();
+        rec.method = Some(check::clip(req.method().as_str(), 32).to_string());
+        rec.path = Some(check::clip(req.uri().path(), AUDIT_PATH_MAX).to_string());
+        rec
+    }
+
+    fn refuse(&self, mut rec: Record, r: Refusal, started: Instant) -> Response<Body> {
+        let denial = Denial {
+            code: r.code,
+            host: self.name.as_str().to_string(),
+            port: self.port,
+            reason: r.reason,
+            rule: r.rule.or_else(|| self.base.rule.clone()),
+            policy: self.policy.version().to_string(),
+            hint: r.hint,
+        };
+        rec.decision = "deny";
+        rec.code = Some(denial.code.as_str().into());
+        rec.reason = Some(denial.reason.clone());
+        rec.rule = denial.rule.clone();
+        rec.status = Some(denial.status());
+        tracing::info!(
+            target: "egress::deny",
+            cgroup_id = rec.cgroup_id,
+            comm = %rec.comm,
+            name = self.name.as_str(),
+            method = rec.method.as_deref().unwrap_or(""),
+            code = denial.code.as_str(),
+            reason = %denial.reason,
+            "request denied"
+        );
+        self.att.finish(rec, started);
+        denial_response(&denial)
+    }
+
+    /// The agent could not do its part (not a policy refusal): 502.
+    fn failed(
+        &self,
+        mut rec: Record,
+        code: &str,
+        reason: String,
+        started: Instant,
+    ) -> Response<Body> {
+        tracing::warn!(name = self.name.as_str(), code, %reason, "request failed");
+        rec.decision = "deny";
+        rec.code = Some(code.into());
+        rec.reason = Some(reason.clone());
+        rec.status = Some(502);
+        self.att.finish(rec, started);
+        response::bad_gateway(code, self.name.as_str(), self.port, &reason)
+    }
+}

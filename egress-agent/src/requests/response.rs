@@ -1,0 +1,162 @@
+//! What goes back to the client: the upstream's response with the request's audit record
+//! riding on its body, the deny contract as a response, and hop-by-hop header hygiene.
+
+use std::{sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::{attachment::Attachment, deny::Denial, record::Record};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The upstream's response, whose body writes the request's record when it ends (or the
+/// client goes away), with the bytes actually relayed.
+pub fn audited(
+    resp: Response<Incoming>,
+    att: Arc<Attachment>,
+    rec: Record,
+    started: Instant,
+) -> Response<Body> {
+    resp.map(|inner| {
+        Audited {
+            inner,
+            done: Some((att, rec, started)),
+        }
+        .boxed()
+    })
+}
+
+/// The agent could not do its part (not a policy refusal): 502 with the reason.
+pub fn bad_gateway(code: &str, host: &str, port: u16, reason: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": code, "host": host, "port": port, "reason": reason})
+        .to_string();
+    Response::builder()
+        .status(StatusCode::BAD_GATEWAY)
+        .header(
+            "proxy-status",
+            format!("egress-agent; error=proxy_internal_error; details={code:?}"),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full(String::new())))
+}
+
+pub fn content_length(v: &Option<HeaderValue>) -> u64 {
+    v.as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A response body that counts what it relays and writes the request's audit record when it
+/// is done or dropped.
+pub struct Audited {
+    inner: Incoming,
+    done: Option<(Arc<Attachment>, Record, Instant)>,
+}
+
+impl hyper::body::Body for Audited {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let p = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &p {
+            if let (Some(d), Some((_, rec, _))) = (f.data_ref(), self.done.as_mut()) {
+                rec.bytes_down += d.len() as u64;
+            }
+        }
+        p
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        if let Some((att, mut rec, started)) = self.done.take() {
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            att.shared.audit.record(rec);
+        }
+    }
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// The deny contract (DESIGN.md §6) as a hyper response: the same status, `Proxy-Status`
+/// and JSON body as [`Denial::http_response`], without `Connection: close` (each later
+/// request on the connection is judged on its own; HTTP/2 forbids the header anyway).
+pub fn denial_response(d: &Denial) -> Response<Body> {
+    let mut body = d.json_body();
+    body.push('\n');
+    let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&d.proxy_status()) {
+        h.insert("proxy-status", v);
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Connection-specific headers (RFC 9110 §7.6.1) and those the Connection header names.
+/// `keep_upgrade`: a WebSocket request keeps `Connection: upgrade` and `Upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC needs it end to end.
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}

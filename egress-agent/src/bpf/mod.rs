@@ -5,6 +5,7 @@
 //! rest of the agent typed access to the maps.
 
 pub mod events;
+pub mod gate;
 pub mod maps;
 
 use std::{

@@ -186,6 +186,17 @@ impl InProcessAgent {
     fn running(&mut self) -> &mut Running {
         self.running.as_mut().unwrap()
     }
+
+    /// What a crashed and restarted agent does: stop serving (pins stay), start again,
+    /// adopting the pins.
+    fn restart(&mut self, topo: &Topology, cg: &Cgroup) {
+        {
+            let _g = self.rt.enter();
+            drop(self.running.take());
+        }
+        let fresh = InProcessAgent::start(topo, cg);
+        *self = fresh;
+    }
 }
 
 impl Drop for InProcessAgent {
@@ -729,6 +740,53 @@ fn a_detached_link_fails_closed_under_the_gate_is_noticed_and_repaired() {
         }
     }
     let mut guard = guard.unwrap();
+
+    // A removed pin is noticed too (the link lives on only through the agent's fd until then).
+    std::fs::remove_file(links.join("egress_sockops")).unwrap();
+    assert_eq!(
+        agent.running().enforcement.missing_links().unwrap(),
+        vec!["egress_sockops"]
+    );
+    agent
+        .running()
+        .enforcement
+        .reattach(&["egress_sockops"])
+        .unwrap();
+    assert!(agent
+        .running()
+        .enforcement
+        .missing_links()
+        .unwrap()
+        .is_empty());
+    assert!(
+        http_ok(&allowed_http(&topo, &a.path)),
+        "served after the pin came back"
+    );
+
+    // A link detached while the agent is down is repaired by the restart's adoption, which
+    // must then adopt the container in the gate again: its listeners moved.
+    detach_from_outside(&links.join("egress_connect4"));
+    agent.restart(&topo, &a);
+    assert!(
+        !agent.running().enforcement.adopted,
+        "the dead link is replaced, not adopted"
+    );
+    assert!(agent
+        .running()
+        .enforcement
+        .missing_links()
+        .unwrap()
+        .is_empty());
+    let cfg = agent.running().config;
+    guard.gate().adopt(a.id, &cfg).unwrap();
+    assert!(
+        http_ok(&allowed_http(&topo, &a.path)),
+        "served after the restart"
+    );
+    assert!(
+        eperm(&probe(&topo, &a.path, &metadata)),
+        "enforced after the restart"
+    );
 
     // The gate's own links are checked the same way.
     assert!(guard.gate().missing_links().unwrap().is_empty());

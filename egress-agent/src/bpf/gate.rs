@@ -194,11 +194,20 @@ impl Gate {
 
     /// The entry of one cgroup, if it has one.
     pub fn entry(&self, cgroup_id: u64) -> Result<Option<GateEntry>, BpfError> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .find(|(id, _)| *id == cgroup_id)
-            .map(|(_, e)| e))
+        let map = self
+            .ebpf
+            .map("gate_cgroups")
+            .ok_or(BpfError::MissingMap("gate_cgroups"))?;
+        let e = |source| BpfError::Map {
+            name: "gate_cgroups",
+            source,
+        };
+        let map: HashMap<_, u64, GateEntry> = HashMap::try_from(map).map_err(e)?;
+        match map.get(&cgroup_id, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(e(source)),
+        }
     }
 
     /// Every entry (cgroup id, entry), by cgroup id.

@@ -611,12 +611,23 @@ pub(crate) fn remove_pin_dir(dir: &Path) -> Result<(), BpfError> {
 }
 
 /// Delete `<LOCK_DIR>/<name>.lock` if no agent holds it (taking it first, so a
-/// holder's lock is never pulled from under it). Best effort.
+/// holder's lock is never pulled from under it). Best effort. A process forked
+/// by this one shares the lock's open file until it execs, even after the
+/// holder here closed it (the fd is close-on-exec, not close-on-fork): a few
+/// short retries let that window pass.
 pub(crate) fn remove_free_lock(name: &str) {
     let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
-    if let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&path) {
-        if let Ok(true) = crate::sys::try_flock_exclusive(&f) {
-            let _ = fs::remove_file(&path);
+    let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&path) else {
+        return;
+    };
+    for _ in 0..20 {
+        match crate::sys::try_flock_exclusive(&f) {
+            Ok(true) => {
+                let _ = fs::remove_file(&path);
+                return;
+            }
+            Ok(false) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(_) => return,
         }
     }
 }

@@ -1,10 +1,22 @@
-//! Compiles the C eBPF programs in `../egress-ebpf` with clang and leaves the object in
-//! OUT_DIR, from where `bpf::loader` embeds it with `include_bytes!`.
+//! Compiles the C eBPF programs in `../egress-ebpf` with clang and leaves the objects in
+//! OUT_DIR, from where `bpf` (egress.bpf.o) and `bpf::gate` (gate.bpf.o) embed them with
+//! `include_bytes_aligned!`.
 
 use std::{env, path::PathBuf, process::Command};
 
-/// Every source and header: each is a `rerun-if-changed`, the first is the translation unit.
-const SOURCES: &[&str] = &["egress.bpf.c", "egress_maps.h", "classify.h"];
+/// Every source and header: each is a `rerun-if-changed`.
+const SOURCES: &[&str] = &[
+    "egress.bpf.c",
+    "gate.bpf.c",
+    "egress_maps.h",
+    "sock_common.h",
+    "classify.h",
+];
+/// The translation units: (source, object written to OUT_DIR).
+const OBJECTS: &[(&str, &str)] = &[
+    ("egress.bpf.c", "egress.bpf.o"),
+    ("gate.bpf.c", "gate.bpf.o"),
+];
 const CLANG_CANDIDATES: &[&str] = &["clang-19", "clang"];
 
 fn main() {
@@ -14,7 +26,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src_dir.join(s).display());
     }
     println!("cargo:rerun-if-env-changed=EGRESS_CLANG");
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("egress.bpf.o");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
     let clang = env::var("EGRESS_CLANG").ok().or_else(|| {
         CLANG_CANDIDATES
@@ -33,20 +45,21 @@ fn main() {
         Ok("aarch64") => "/usr/include/aarch64-linux-gnu",
         _ => "/usr/include",
     };
-    let status = Command::new(&clang)
-        .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-c"])
-        .arg(format!("-I{arch_include}"))
-        .arg(src_dir.join(SOURCES[0]))
-        .arg("-o")
-        .arg(&out)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => fail(&format!(
-            "{clang} failed to compile egress-ebpf/{} ({s})",
-            SOURCES[0]
-        )),
-        Err(e) => fail(&format!("could not run {clang}: {e}")),
+    for (src, obj) in OBJECTS {
+        let status = Command::new(&clang)
+            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-c"])
+            .arg(format!("-I{arch_include}"))
+            .arg(src_dir.join(src))
+            .arg("-o")
+            .arg(out_dir.join(obj))
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => fail(&format!(
+                "{clang} failed to compile egress-ebpf/{src} ({s})"
+            )),
+            Err(e) => fail(&format!("could not run {clang}: {e}")),
+        }
     }
 }
 

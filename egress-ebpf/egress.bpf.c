@@ -18,21 +18,8 @@
 #include <bpf/bpf_endian.h>
 
 #include "egress_maps.h"
+#include "sock_common.h"
 #include "classify.h"
-
-#define SYS_REJECT  0
-#define SYS_PROCEED 1
-
-/* From <sys/socket.h>, which does not build for the bpf target. */
-#define AF_INET     2
-#define AF_INET6    10
-#define SOCK_STREAM 1
-#define SOCK_DGRAM  2
-#define SOL_IP      0
-#define SOL_IPV6    41
-
-#define DNS_PORT 53
-#define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,11 +31,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_config SEC(".maps");
 
+/* Pinned like the others although nothing outside reads it: a link re-attached
+ * after a detach (bpf::reattach, possibly by a restarted agent) is a program of
+ * a new load, and must share the socket state of the links that stayed, or
+ * connect4's record would be invisible to sockops and getpeername. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct sock_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_sock SEC(".maps");
 
 /* Sized for the 9,000-idle-connection target with room for churn; LRU so a
@@ -109,38 +101,6 @@ static __always_inline void count(__u8 hook, __u32 reason)
 	c = bpf_map_lookup_elem(&eg_counters, &slot);
 	if (c)
 		*c += 1; /* per-CPU: no atomics needed */
-}
-
-static __always_inline void v4_to_mapped(__u8 *out, __be32 addr)
-{
-	__builtin_memset(out, 0, 10);
-	out[10] = 0xff;
-	out[11] = 0xff;
-	__builtin_memcpy(out + 12, &addr, 4);
-}
-
-/* The context only allows 4-byte accesses to address arrays, and clang likes to
- * merge two adjacent 4-byte loads into one 8-byte load, which the verifier
- * rejects ("invalid bpf_context access"): volatile keeps them apart. */
-#define CTX_READ32(field) (*(volatile __u32 *)&(field))
-
-static __always_inline void read_user_ip6(const struct bpf_sock_addr *ctx, __u8 *out)
-{
-	__u32 w[4] = { CTX_READ32(ctx->user_ip6[0]), CTX_READ32(ctx->user_ip6[1]),
-		       CTX_READ32(ctx->user_ip6[2]), CTX_READ32(ctx->user_ip6[3]) };
-
-	__builtin_memcpy(out, w, 16);
-}
-
-static __always_inline void write_user_ip6(struct bpf_sock_addr *ctx, const __u8 *in)
-{
-	__u32 w[4];
-
-	__builtin_memcpy(w, in, 16);
-	ctx->user_ip6[0] = w[0];
-	ctx->user_ip6[1] = w[1];
-	ctx->user_ip6[2] = w[2];
-	ctx->user_ip6[3] = w[3];
 }
 
 static __always_inline int is_v4_mapped(const __u8 *a)
@@ -560,11 +520,8 @@ int egress_setsockopt(struct bpf_sockopt *ctx)
 {
 	int level = ctx->level, opt = ctx->optname;
 
-	/* IP_OPTIONS can carry LSRR/SSRR; IPV6_RTHDR (and its RFC 2292 forms) a
-	 * routing header: either sends a redirected connection somewhere else. */
-	if ((level == SOL_IP && opt == IP_OPTIONS) ||
-	    (level == SOL_IPV6 && (opt == IPV6_RTHDR || opt == IPV6_2292RTHDR ||
-				   opt == IPV6_2292PKTOPTIONS))) {
+	/* Either sends a redirected connection somewhere else. */
+	if (is_source_route_opt(level, opt)) {
 		report(HOOK_SETSOCKOPT, REASON_SOCKOPT, level == SOL_IP ? AF_INET : AF_INET6, 0,
 		       (__u16)opt, (__u8)level);
 		return SYS_REJECT;

@@ -44,6 +44,8 @@
 #define REASON_SKB_DROP         35 /* egress backstop: a packet not to the agent */
 #define REASON_NO_AGENT         36 /* config not set: the agent never configured this cgroup */
 #define REASON_PROTOCOL         37 /* a socket type the connect hooks do not handle */
+#define REASON_NOT_ADOPTED      38 /* gate: a cgroup under a gated parent the agent has not adopted */
+#define REASON_NOT_ENFORCED     39 /* gate: adopted, but not redirected (its own programs are gone) */
 #define REASON_MAX              40
 
 /* Hooks, for events and counters. Mirrored by `egress_agent::bpf::maps::Hook`. */
@@ -140,5 +142,35 @@ struct egress_event {
 
 /* Counters: per-CPU array indexed by hook * REASON_MAX + reason. */
 #define COUNTER_SLOTS (HOOK_MAX * REASON_MAX)
+
+/* ---- The gate (gate.bpf.c): one copy per gated parent cgroup ---------------
+ * Mirrored by egress-agent/src/bpf/maps.rs (GateConfig, GateEntry). Events and
+ * counters have the layouts above (struct egress_event, COUNTER_SLOTS).
+ */
+
+/* gate_config: array map, one entry at index 0, written before any link exists. */
+struct gate_config {
+	__u64 parent_id;    /* cgroup id of the gated parent */
+	__u32 parent_level; /* its depth in the cgroup v2 hierarchy (the root is 0) */
+	__u32 _pad;
+};
+
+#define GATE_F_ADOPTED 1 /* the container's own programs are attached and configured */
+#define GATE_F_EXEMPT  2 /* left alone by the gate (an operator's explicit choice) */
+
+/* gate_cgroups: hash map, cgroup id (__u64) -> entry. The entry of the shallowest
+ * cgroup below the parent on a task's path governs the task. */
+struct gate_entry {
+	__u32 flags;     /* GATE_F_* */
+	__u16 tcp_port4; /* the adopted container's listeners (egress_config), host order */
+	__u16 tcp_port6;
+	__u16 dns_port4;
+	__u16 dns_port6;
+	__u32 _pad;
+};
+
+/* Deepest cgroup below the parent the gate looks at: a task nested deeper whose
+ * first GATE_MAX_DEPTH levels have no entry is not adopted. */
+#define GATE_MAX_DEPTH 16
 
 #endif /* EGRESS_MAPS_H */

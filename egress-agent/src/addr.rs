@@ -67,6 +67,10 @@ pub enum Reason {
     NoAgent = 36,
     /// A socket type the connect hooks do not handle.
     Protocol = 37,
+    /// Gate: a cgroup under a gated parent that the agent has not adopted.
+    NotAdopted = 38,
+    /// Gate: adopted, but the operation was not redirected to its agent (its programs are gone).
+    NotEnforced = 39,
 }
 
 impl Reason {
@@ -93,6 +97,8 @@ impl Reason {
         Reason::SkbDrop,
         Reason::NoAgent,
         Reason::Protocol,
+        Reason::NotAdopted,
+        Reason::NotEnforced,
     ];
 
     /// `REASON_ADDR_MAX` of egress_maps.h: address classes are `1..=ADDR_MAX`.
@@ -140,6 +146,8 @@ impl Reason {
             Reason::SkbDrop => "skb_drop",
             Reason::NoAgent => "no_agent",
             Reason::Protocol => "protocol",
+            Reason::NotAdopted => "not_adopted",
+            Reason::NotEnforced => "not_enforced",
         }
     }
 }
@@ -168,6 +176,8 @@ impl fmt::Display for Reason {
             Reason::SkbDrop => "packet not addressed to the agent",
             Reason::NoAgent => "cgroup not configured by the agent",
             Reason::Protocol => "protocol not handled",
+            Reason::NotAdopted => "cgroup not adopted under a gated parent",
+            Reason::NotEnforced => "not redirected to the agent (enforcement detached)",
         })
     }
 }

@@ -42,6 +42,14 @@ pub enum CgroupError {
         other: u32,
         comm: String,
     },
+    #[error("{path}: still not {state} after {waited:?} (cgroup.events)")]
+    FreezeTimeout {
+        path: PathBuf,
+        state: &'static str,
+        waited: std::time::Duration,
+    },
+    #[error("{path}: cgroup.freeze needs a non-root cgroup v2 on Linux 5.2 or later")]
+    NoFreezer { path: PathBuf },
     #[error("mounting bpffs at {path}: {source}")]
     MountBpffs {
         path: PathBuf,
@@ -288,6 +296,66 @@ impl Cgroup {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Depth in the cgroup v2 hierarchy (the mount's root is 0), as the kernel's
+    /// `bpf_get_current_ancestor_cgroup_id(level)` counts it. Read from the path,
+    /// which is right for an agent in the host's cgroup namespace (where the
+    /// mount shows the whole hierarchy).
+    pub fn level(&self) -> Result<u32, CgroupError> {
+        let mount = cgroup2_mount()?;
+        let rel = self
+            .path
+            .strip_prefix(&mount)
+            .map_err(|_| CgroupError::NotUnderMount(self.path.clone(), mount.clone()))?;
+        Ok(rel.components().count() as u32)
+    }
+
+    /// Freeze every process in this cgroup and below (`cgroup.freeze`), and
+    /// return once the kernel reports them all stopped (`frozen 1` in
+    /// `cgroup.events`): from then on none of them runs a single instruction,
+    /// whatever its enforcement looks like.
+    pub fn freeze(&self, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        self.set_frozen(true, timeout)
+    }
+
+    /// Undo [`Cgroup::freeze`] and wait until `cgroup.events` says `frozen 0`.
+    pub fn thaw(&self, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        self.set_frozen(false, timeout)
+    }
+
+    /// `frozen` of `cgroup.events`: every process below is stopped.
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        let p = self.path.join("cgroup.events");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(text.lines().any(|l| l.trim() == "frozen 1"))
+    }
+
+    fn set_frozen(&self, frozen: bool, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        let p = self.path.join("cgroup.freeze");
+        if !p.exists() {
+            return Err(CgroupError::NoFreezer {
+                path: self.path.clone(),
+            });
+        }
+        fs::write(&p, if frozen { "1" } else { "0" }).map_err(io_err(&p))?;
+        // The kernel flips `frozen` once the last task has stopped (or, thawing,
+        // at once); cgroup.events could be poll()ed for it, but a freeze is rare
+        // and short, so a fine-grained sleep loop is simpler and as fast.
+        let start = std::time::Instant::now();
+        loop {
+            if self.is_frozen()? == frozen {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(CgroupError::FreezeTimeout {
+                    path: self.path.clone(),
+                    state: if frozen { "frozen" } else { "thawed" },
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
         }
     }
 

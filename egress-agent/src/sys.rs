@@ -408,3 +408,108 @@ pub fn try_flock_exclusive(f: &std::fs::File) -> io::Result<bool> {
         Err(e)
     }
 }
+
+// ---- Pinned cgroup links, as the kernel sees them (tamper check) -------------
+
+/// What the kernel reports for a pinned cgroup link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    pub link_id: u32,
+    pub prog_id: u32,
+    /// The cgroup the link is attached to; 0 once it was detached
+    /// (`bpftool link detach`, or its cgroup was removed): the pin outlives it.
+    pub cgroup_id: u64,
+    pub attach_type: u32,
+}
+
+/// `BPF_OBJ_GET` then `BPF_OBJ_GET_INFO_BY_FD`: what the kernel says of the link
+/// pinned at `pin`. `NotFound` when the pin is gone.
+pub fn pinned_cgroup_link(pin: &Path) -> io::Result<CgroupLinkInfo> {
+    cgroup_link_info(std::os::fd::AsFd::as_fd(&bpf_obj_get(pin)?), pin)
+}
+
+/// `BPF_OBJ_GET`: open the bpf object pinned at `pin` (aya opens pinned links
+/// into an `FdLink` that does not lend its fd).
+pub fn bpf_obj_get(pin: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = CString::new(pin.as_os_str().as_bytes())?;
+    let attr = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: pathname is a live NUL-terminated string; the kernel only reads attr.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGetAttr,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    })?;
+    // SAFETY: the syscall returned a new fd that we now own (closed on drop).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of a cgroup link (`what` names it in errors). By
+/// hand because aya's `LinkInfo` does not expose the cgroup of a link, which is
+/// exactly what says whether it is still attached.
+pub fn cgroup_link_info(link: BorrowedFd<'_>, what: &Path) -> io::Result<CgroupLinkInfo> {
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union whose
+    // cgroup member is { __u64 cgroup_id; __u32 attach_type; }. A zeroed buffer
+    // larger than this kernel's struct is accepted (tail must be zero).
+    let mut info = [0u64; 16];
+    let attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: info points to a writable buffer of info_len bytes.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    })?;
+    // Two u32 fields share each u64 word: which half is which follows the byte order.
+    let half = |w: u64, second: bool| {
+        let high = second == cfg!(target_endian = "little");
+        (if high { w >> 32 } else { w & 0xffff_ffff }) as u32
+    };
+    let first = |w| half(w, false);
+    let second = |w| half(w, true);
+    let link_type = first(info[0]);
+    if link_type != BPF_LINK_TYPE_CGROUP {
+        return Err(io::Error::other(format!(
+            "{} is a bpf link of type {link_type}, not a cgroup link",
+            what.display()
+        )));
+    }
+    Ok(CgroupLinkInfo {
+        link_id: second(info[0]),
+        prog_id: first(info[1]),
+        cgroup_id: info[2],
+        attach_type: first(info[3]),
+    })
+}

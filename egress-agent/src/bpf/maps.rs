@@ -102,6 +102,58 @@ impl EgressEvent {
     }
 }
 
+/// `struct gate_config` (index 0 of the gate's `gate_config`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateConfig {
+    pub parent_id: u64,
+    pub parent_level: u32,
+    pub _pad: u32,
+}
+
+/// `struct gate_entry`: the value of `gate_cgroups`, keyed by cgroup id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateEntry {
+    pub flags: u32,
+    pub tcp_port4: u16,
+    pub tcp_port6: u16,
+    pub dns_port4: u16,
+    pub dns_port6: u16,
+    pub _pad: u32,
+}
+pub const GATE_F_ADOPTED: u32 = 1;
+pub const GATE_F_EXEMPT: u32 = 2;
+/// `GATE_MAX_DEPTH`: how many levels below the gated parent the gate looks.
+pub const GATE_MAX_DEPTH: u32 = 16;
+
+impl GateEntry {
+    /// A container whose own programs are attached and point at these listeners.
+    pub fn adopted(cfg: &EgressConfig) -> Self {
+        Self {
+            flags: GATE_F_ADOPTED,
+            tcp_port4: cfg.tcp_port4,
+            tcp_port6: cfg.tcp_port6,
+            dns_port4: cfg.dns_port4,
+            dns_port6: cfg.dns_port6,
+            _pad: 0,
+        }
+    }
+    /// A cgroup the gate leaves alone.
+    pub fn exempt() -> Self {
+        Self {
+            flags: GATE_F_EXEMPT,
+            ..Default::default()
+        }
+    }
+    pub fn is_exempt(&self) -> bool {
+        self.flags & GATE_F_EXEMPT != 0
+    }
+    pub fn is_adopted(&self) -> bool {
+        !self.is_exempt() && self.flags & GATE_F_ADOPTED != 0
+    }
+}
+
 // SAFETY: plain #[repr(C)] structs of integers and byte arrays with explicit
 // padding: every bit pattern is valid.
 unsafe impl aya::Pod for DenyValue {}
@@ -109,6 +161,8 @@ unsafe impl aya::Pod for EgressConfig {}
 unsafe impl aya::Pod for OrigDstKey {}
 unsafe impl aya::Pod for OrigDstValue {}
 unsafe impl aya::Pod for EgressEvent {}
+unsafe impl aya::Pod for GateConfig {}
+unsafe impl aya::Pod for GateEntry {}
 
 /// `HOOK_*` of egress_maps.h.
 #[repr(u8)]
@@ -183,10 +237,10 @@ mod tests {
     /// Struct name -> (size, member name -> byte offset).
     type BtfStructs = HashMap<String, (usize, HashMap<String, usize>)>;
 
-    /// The object's structs, from `bpftool btf dump`.
-    fn btf_structs() -> Option<BtfStructs> {
-        let obj = std::env::temp_dir().join(format!("egress-btf-{}.o", std::process::id()));
-        std::fs::write(&obj, crate::bpf::OBJECT).ok()?;
+    /// An object's structs, from `bpftool btf dump`.
+    fn btf_structs(object: &[u8], name: &str) -> Option<BtfStructs> {
+        let obj = std::env::temp_dir().join(format!("{name}-btf-{}.o", std::process::id()));
+        std::fs::write(&obj, object).ok()?;
         let out = Command::new("bpftool")
             .args(["btf", "dump", "file"])
             .arg(&obj)
@@ -247,7 +301,7 @@ mod tests {
 
     #[test]
     fn mirrors_match_the_object_btf() {
-        let Some(btf) = btf_structs() else {
+        let Some(btf) = btf_structs(crate::bpf::OBJECT, "egress") else {
             assert!(std::env::var("CI").is_err(), "bpftool is required under CI");
             eprintln!("skipping: bpftool not installed");
             return;
@@ -272,6 +326,47 @@ mod tests {
             EgressEvent,
             [ts_ns, cgroup_id, pid, tgid, comm, addr, port, family, reason, hook, protocol]
         );
+    }
+
+    #[test]
+    fn gate_mirrors_match_the_gate_object_btf() {
+        let Some(btf) = btf_structs(crate::bpf::gate::OBJECT, "gate") else {
+            assert!(std::env::var("CI").is_err(), "bpftool is required under CI");
+            eprintln!("skipping: bpftool not installed");
+            return;
+        };
+        check!(
+            btf,
+            "gate_config",
+            GateConfig,
+            [parent_id, parent_level, _pad]
+        );
+        check!(
+            btf,
+            "gate_entry",
+            GateEntry,
+            [flags, tcp_port4, tcp_port6, dns_port4, dns_port6, _pad]
+        );
+        // Its events are `struct egress_event` of the same header, checked above
+        // against the object that has BTF for it.
+    }
+
+    #[test]
+    fn gate_limits_match_egress_maps_h() {
+        let h = include_str!("../../../egress-ebpf/egress_maps.h");
+        let define = |name: &str| -> u32 {
+            h.lines()
+                .find_map(|l| {
+                    let mut it = l.split_whitespace();
+                    (it.next() == Some("#define") && it.next() == Some(name))
+                        .then(|| it.next()?.parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("{name} not in egress_maps.h"))
+        };
+        assert_eq!(define("GATE_F_ADOPTED"), GATE_F_ADOPTED);
+        assert_eq!(define("GATE_F_EXEMPT"), GATE_F_EXEMPT);
+        assert_eq!(define("GATE_MAX_DEPTH"), GATE_MAX_DEPTH);
+        assert_eq!(define("REASON_MAX") as usize, REASON_MAX);
     }
 
     #[test]

@@ -182,6 +182,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// Scenarios of the cgroup gate (tests/tests/gate.rs).
+    #[command(subcommand)]
+    Gate(GateCmd),
 }
 
 /// The output line under construction.
@@ -888,6 +891,87 @@ fn cmd_connect_loop(target: SocketAddr, count: usize) -> Out {
     out.ok()
 }
 
+// ---- gate scenarios (tests/tests/gate.rs) ------------------------------------
+
+#[derive(Subcommand, Debug)]
+enum GateCmd {
+    /// Create the socket here, move this process into cgroup --to, then --op: the
+    /// connect/sendmsg hooks judge the task's cgroup, not the socket's.
+    Moved {
+        target: SocketAddr,
+        /// The cgroup v2 directory to move into.
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// `tcp` (connect), `udp-sendto` (unconnected) or `udp-connect-send`.
+        #[arg(long, default_value = "tcp")]
+        op: String,
+    },
+    /// socket + connect a UDP socket, print `READY`, wait for a line on stdin,
+    /// then send one datagram and wait for its echo: packets of a socket made
+    /// before a change (gate installed, adoption released).
+    WaitSend {
+        target: SocketAddr,
+        #[arg(long, default_value = "ping")]
+        send: String,
+    },
+}
+
+fn cmd_gate(cmd: &GateCmd, timeout: Duration) -> Out {
+    match cmd {
+        GateCmd::Moved { target, to, op } => cmd_gate_moved(*target, to, op, timeout),
+        GateCmd::WaitSend { target, send } => cmd_gate_wait_send(*target, send, timeout),
+    }
+}
+
+fn cmd_gate_moved(target: SocketAddr, to: &std::path::Path, op: &str, timeout: Duration) -> Out {
+    let mut out = Out::new("gate-moved", target);
+    out.set("moved_to", to.display().to_string());
+    out.set("via", op);
+    let r = (|| {
+        let ty = if op == "tcp" {
+            Type::STREAM
+        } else {
+            Type::DGRAM
+        };
+        let s = Socket::new(domain_of(&target), ty, None).map_err(at("socket"))?;
+        s.set_read_timeout(Some(timeout)).map_err(at("socket"))?;
+        // Writing 0 to cgroup.procs moves the writer itself.
+        std::fs::write(to.join("cgroup.procs"), "0").map_err(at("move"))?;
+        match op {
+            "tcp" => {
+                s.connect_timeout(&target.into(), timeout)
+                    .map_err(at("connect"))?;
+            }
+            "udp-sendto" => {
+                s.send_to(b"ping", &target.into()).map_err(at("sendto"))?;
+                udp_reply(&mut out, &s)?;
+            }
+            _ => {
+                s.connect(&target.into()).map_err(at("connect"))?;
+                s.send(b"ping").map_err(at("send"))?;
+                udp_reply(&mut out, &s)?;
+            }
+        }
+        Ok(())
+    })();
+    finish(out, r)
+}
+
+fn cmd_gate_wait_send(target: SocketAddr, send: &str, timeout: Duration) -> Out {
+    let mut out = Out::new("gate-wait-send", target);
+    let r = (|| {
+        let s = udp_socket(&target, timeout)?;
+        s.connect(&target.into()).map_err(at("connect"))?;
+        println!("READY");
+        io::stdout().flush().map_err(at("ready"))?;
+        let mut line = String::new();
+        io::stdin().read_line(&mut line).map_err(at("wait"))?;
+        s.send(&unescape(send)).map_err(at("send"))?;
+        udp_reply(&mut out, &s)
+    })();
+    finish(out, r)
+}
+
 fn main() {
     let cli = Cli::parse();
     let t = Duration::from_millis(cli.timeout_ms);
@@ -960,6 +1044,7 @@ fn main() {
         } => cmd_rthdr(*target, via, *rtype, io, t),
         Cmd::UnshareConnect { target, io } => cmd_unshare(*target, io, t),
         Cmd::ConnectLoop { target, count } => cmd_connect_loop(*target, *count),
+        Cmd::Gate(cmd) => cmd_gate(cmd, t),
         Cmd::Many {
             target,
             count,

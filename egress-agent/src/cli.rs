@@ -424,33 +424,45 @@ pub fn target_cgroup(t: &Target) -> Result<Cgroup> {
 fn status(json: bool) -> Result<ExitCode> {
     let root = crate::bpf::pin_root()?;
     let mut rows = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().to_string();
-            let links = std::fs::read_dir(e.path().join("links"))
-                .map(|d| d.count())
-                .unwrap_or(0);
-            rows.push(
-                serde_json::json!({"cgroup_id": id, "pinned_links": links, "pin_dir": e.path()}),
-            );
-        }
+    for (id, dir) in crate::bpf::pinned_cgroups()? {
+        let links = std::fs::read_dir(dir.join("links"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        rows.push(
+            serde_json::json!({"cgroup_id": id.to_string(), "pinned_links": links, "pin_dir": dir}),
+        );
     }
+    let gates: Vec<serde_json::Value> = crate::bpf::gate::installed()?
+        .into_iter()
+        .map(|id| serde_json::json!({"cgroup_id": id.to_string(), "pin_dir": root.join("gate").join(id.to_string())}))
+        .collect();
     if json {
-        println!("{}", serde_json::json!({ "attachments": rows }));
-    } else if rows.is_empty() {
+        println!(
+            "{}",
+            serde_json::json!({ "attachments": rows, "gates": gates })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
         println!(
             "no cgroup is enforced (nothing pinned under {})",
             root.display()
         );
-    } else {
-        for r in rows {
-            println!(
-                "cgroup id {}: {} pinned programs ({})",
-                r["cgroup_id"].as_str().unwrap_or("?"),
-                r["pinned_links"],
-                r["pin_dir"].as_str().unwrap_or("")
-            );
-        }
+    }
+    for r in rows {
+        println!(
+            "cgroup id {}: {} pinned programs ({})",
+            r["cgroup_id"].as_str().unwrap_or("?"),
+            r["pinned_links"],
+            r["pin_dir"].as_str().unwrap_or("")
+        );
+    }
+    for g in gates {
+        println!(
+            "gated parent cgroup id {} ({})",
+            g["cgroup_id"].as_str().unwrap_or("?"),
+            g["pin_dir"].as_str().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

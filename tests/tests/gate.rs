@@ -21,7 +21,8 @@ use std::{
 
 use egress_agent::{
     addr::Reason,
-    agent::{Running, Shared},
+    agent::Running,
+    attachment::Shared,
     audit::Audit,
     bpf::{
         gate::{self, Gate},
@@ -167,7 +168,7 @@ impl InProcessAgent {
         .unwrap();
         let shared = {
             let _g = rt.enter();
-            let policy = egress_agent::cli::load_policy(&policy).unwrap();
+            let policy = egress_agent::policy::Policy::load(&policy).unwrap();
             let audit =
                 Audit::open(Some(&topo.workdir().join(format!("audit-{}.jsonl", cg.id)))).unwrap();
             Shared::new(policy, audit).unwrap()

@@ -214,7 +214,8 @@ pub fn uninstall(a: &UninstallArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cgroup ids with pins under `<bpffs>/egress-agent/`.
+/// Cgroup ids with pins under `<bpffs>/egress-agent/` (`<id>/`: an enforced cgroup;
+/// `gate/<id>/`: a gated parent, shown as `gate <id>`).
 fn pinned_cgroups() -> Vec<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let bpffs = info.lines().find_map(|l| {
@@ -224,13 +225,24 @@ fn pinned_cgroups() -> Vec<String> {
     let Some(bpffs) = bpffs else {
         return Vec::new();
     };
-    fs::read_dir(Path::new(bpffs).join("egress-agent"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    let ids = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<u64>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let root = Path::new(bpffs).join("egress-agent");
+    let mut out = ids(&root);
+    out.extend(
+        ids(&root.join("gate"))
+            .into_iter()
+            .map(|id| format!("gate {id}")),
+    );
+    out
 }
 
 fn target_dir() -> PathBuf {

@@ -11,6 +11,8 @@ pub mod addrs;
 pub mod agent;
 #[cfg(target_os = "linux")]
 pub mod clients;
+#[cfg(target_os = "linux")]
+pub mod lab;
 pub mod procstat;
 #[cfg(target_os = "linux")]
 pub mod sys;

@@ -98,6 +98,26 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 
+/// The clients of the real-client lab (tests/tests/clients.rs), as (command, Debian package):
+/// a package is installed only when its command is missing, because a machine may have the tool
+/// from elsewhere (Node.js from another repository ships its own npm, which Debian's npm
+/// conflicts with). curl and python3-venv are in APT_PACKAGES; cargo is the toolchain itself.
+const LAB_TOOLS: &[(&str, &str)] = &[
+    ("go", "golang-go"),
+    ("java", "openjdk-17-jdk-headless"),
+    ("javac", "openjdk-17-jdk-headless"),
+    ("keytool", "openjdk-17-jdk-headless"),
+    ("npm", "npm"),
+    ("git", "git"),
+    ("wget", "wget"),
+    ("openssl", "openssl"),
+];
+
+/// The lab's Python servers and clients (grpcio, websockets; PyPI), in a venv of their own (keep
+/// in step with `VENV` in tests/src/lab/mod.rs).
+const LAB_VENV: &str = "/opt/egress-agent-tools/lab-venv";
+const LAB_PYPI: &[&str] = &["grpcio==1.85.1", "websockets==17.4"];
+
 /// The offline Kubernetes schema validator (PyPI; ships the schemas), in a
 /// venv of its own (Debian's python3 refuses system-wide pip installs).
 const K8S_VENV: &str = "/opt/egress-agent-tools/venv";
@@ -354,7 +374,100 @@ fn run_bench(args: &[String], with_httpjail: bool, profile: &str) -> Result<()> 
 
 fn deps() -> Result<()> {
     apt_deps()?;
-    k8s_validator()
+    k8s_validator()?;
+    lab_clients()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join(cmd).is_file())
+}
+
+/// Runs `cmds` one after the other with their output in `target/xtask-logs/LOG`, printing one
+/// line: `xtask: WHAT … done` (or `failed, see LOG`).
+fn logged_step(what: &str, log: &str, cmds: &mut [&mut Command]) -> Result<()> {
+    use std::io::Write;
+    let dir = target_dir().join("xtask-logs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(log);
+    let file = std::fs::File::create(&path).with_context(|| format!("{}", path.display()))?;
+    eprint!("xtask: {what} … ");
+    let _ = std::io::stderr().flush();
+    for cmd in cmds.iter_mut() {
+        let status = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file.try_clone()?)
+            .status()
+            .with_context(|| format!("running {cmd:?}"))?;
+        if !status.success() {
+            eprintln!("failed, see {}", path.display());
+            bail!("{what}: {cmd:?} failed: {status} (log: {})", path.display());
+        }
+    }
+    eprintln!("done");
+    Ok(())
+}
+
+/// The real-client lab's clients (Debian) and its Python venv (PyPI), each one progress line.
+fn lab_clients() -> Result<()> {
+    let mut missing: Vec<&str> = LAB_TOOLS
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    let venv = std::path::Path::new(LAB_VENV);
+    let venv_ok = Command::new(venv.join("bin/python"))
+        .args(["-c", "import grpc, websockets"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if missing.is_empty() && venv_ok {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask: not root: the client lab's {} not installed (tests/tests/clients.rs needs them)",
+            if venv_ok { missing.join(" ") } else { format!("{} {LAB_VENV}", missing.join(" ")) }
+        );
+        return Ok(());
+    }
+    if !missing.is_empty() {
+        logged_step(
+            &format!("installing {} (client lab)", missing.join(" ")),
+            "deps-lab-apt.log",
+            &mut [
+                Command::new("apt-get").args(["update", "-qq"]),
+                Command::new("apt-get")
+                    .args(["-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq"])
+                    .arg("--no-install-recommends")
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            ],
+        )?;
+    }
+    if !venv_ok {
+        logged_step(
+            &format!("installing {} into {LAB_VENV}", LAB_PYPI.join(" ")),
+            "deps-lab-venv.log",
+            &mut [
+                Command::new("python3").args(["-m", "venv"]).arg(venv),
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "-q", "--disable-pip-version-check"])
+                    .args(LAB_PYPI),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn k8s_validator() -> Result<()> {

@@ -41,6 +41,10 @@ struct Args {
     /// Write the test CA certificate (PEM) here.
     #[arg(long)]
     ca_out: Option<PathBuf>,
+    /// Write the test CA's private key (PEM, mode 0600) here, so that other servers of the fake
+    /// internet (tests/src/lab) can hold certificates from the same CA.
+    #[arg(long)]
+    ca_key_out: Option<PathBuf>,
     /// Append one JSON line per DNS query here.
     #[arg(long)]
     query_log: Option<PathBuf>,
@@ -335,17 +339,16 @@ impl std::fmt::Debug for Certs {
 }
 
 impl Certs {
-    fn new() -> Result<(Certs, String)> {
+    /// The CA and its certificate (PEM) and key (PEM).
+    fn new() -> Result<(Certs, String, String)> {
         let ca_key = KeyPair::generate()?;
+        let ca_key_pem = ca_key.serialize_pem();
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        // The lab (tests/src/lab/pki.rs) issues its servers' leaves under this same name.
         ca.distinguished_name
-            .push(DnType::CommonName, "egress-tests fake internet CA");
+            .push(DnType::CommonName, egress_tests::lab::pki::TEST_CA_NAME);
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca.key_usages = egress_tests::lab::pki::test_ca_key_usages();
         let ca_cert = ca.self_signed(&ca_key)?;
         let leaf_key = KeyPair::generate()?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
@@ -358,6 +361,7 @@ impl Certs {
                 cache: Mutex::new(HashMap::new()),
             },
             ca_cert.pem(),
+            ca_key_pem,
         ))
     }
 
@@ -862,6 +866,18 @@ async fn udp(addr: SocketAddr) -> Result<UdpSocket> {
     }
 }
 
+/// Writes `text` to a new file readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 fn parse_records(args: &Args) -> Result<Vec<(String, IpAddr)>> {
     let mut out = Vec::new();
     for r in &args.record {
@@ -909,9 +925,12 @@ async fn run(args: Args) -> Result<()> {
     }
 
     if !args.dns_only {
-        let (certs, ca_pem) = Certs::new()?;
+        let (certs, ca_pem, ca_key_pem) = Certs::new()?;
         if let Some(p) = &args.ca_out {
             std::fs::write(p, &ca_pem).with_context(|| format!("write {}", p.display()))?;
+        }
+        if let Some(p) = &args.ca_key_out {
+            write_private(p, &ca_key_pem).with_context(|| format!("write {}", p.display()))?;
         }
         let mut provider = rustls::crypto::ring::default_provider();
         if args.bench {

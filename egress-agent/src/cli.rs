@@ -172,142 +172,41 @@ pub fn init_logging(cli: &Cli) {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let sock = crate::control::socket_path(cli.control.as_deref());
-    let daemon = || crate::control::daemon_running(&sock);
-    let get = |uri: &str| -> Result<String> {
-        let b = crate::control::call_blocking(&sock, hyper::Method::GET, uri, None)?;
-        Ok(String::from_utf8_lossy(&b).into_owned())
-    };
     if let Some(d) = &cli.state_dir {
         crate::inspect::ca::set_state_dir(d.clone());
     }
     crate::inspect::set_name_constraints(cli.ca_name_constraints);
+    let daemon = || crate::control::daemon_running(&sock);
     match cli.cmd {
-        Cmd::Ca(CaCmd::Export { policy }) => {
-            print!("{}", load_ca(policy.as_deref())?.cert_pem);
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Ca(CaCmd::Env { policy }) => {
-            let ca = load_ca(policy.as_deref())?;
-            let trust = ca.write_trust(&crate::inspect::ca::state_dir())?;
-            print!("{}", trust.shell_exports());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Policy(PolicyCmd::Check { file }) => {
-            let p = Policy::load(&file)?;
-            println!(
-                "{}: ok ({} profiles, policy {})",
-                file.display(),
-                p.profile_names().count(),
-                p.version()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Policy(PolicyCmd::Show { file: Some(file) }) => {
-            print!("{}", Policy::load(&file)?.show());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Policy(PolicyCmd::Show { file: None }) => {
-            require_daemon(&sock, "policy show without FILE")?;
-            print!("{}", get("/v1/policy")?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Ca(c) => ca(c),
+        Cmd::Policy(c) => policy(c, &sock),
         Cmd::Explain {
             host,
             profile,
-            policy: Some(policy),
-        } => {
-            print!(
-                "{}",
-                crate::report::explain_text(&Policy::load(&policy)?, &host, &profile)?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Explain {
-            host,
-            profile,
-            policy: None,
-        } => {
-            require_daemon(&sock, "explain without --policy")?;
-            print!(
-                "{}",
-                get(&format!(
-                    "/v1/explain?host={}&profile={}",
-                    crate::control::percent_encode(&host),
-                    crate::control::percent_encode(&profile)
-                ))?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Detach(t) if daemon() => {
-            let req = crate::daemon::DetachRequest {
-                cgroup: t.cgroup.clone(),
-                pid: t.pid,
-            };
-            let v = post_json(&sock, "/v1/detach", serde_json::to_value(req)?)?;
-            println!(
-                "detached {} (cgroup id {})",
-                v["detached"].as_str().unwrap_or("?"),
-                v["cgroup_id"]
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+            policy,
+        } => explain(&host, &profile, policy.as_deref(), &sock),
+        Cmd::Detach(t) if daemon() => detach_via_daemon(&sock, &t),
         Cmd::Detach(t) => {
             let cg = target_cgroup(&t)?;
             crate::bpf::detach(&cg)?;
             println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { json, .. } if daemon() => {
-            let v: serde_json::Value = serde_json::from_str(&get("/v1/status")?)?;
-            if json {
-                println!("{v}");
-            } else {
-                print_daemon_status(&v);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Status { json, .. } if daemon() => daemon_status(&sock, json),
         Cmd::Status { daemon: true, .. } => {
             require_daemon(&sock, "status --daemon")?;
             // It answered a moment ago (the arm above) but not any more.
             bail!("the daemon on {} stopped answering", sock.display())
         }
         Cmd::Status { json, .. } => status(json),
-        Cmd::Reload => {
-            require_daemon(&sock, "reload")?;
-            let v = post_json(&sock, "/v1/reload", serde_json::json!({}))?;
-            println!("reloaded: policy {}", v["policy"].as_str().unwrap_or("?"));
-            for w in v["warnings"].as_array().into_iter().flatten() {
-                eprintln!("egress-agent: warning: {}", w.as_str().unwrap_or(""));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Reload => reload(&sock),
         Cmd::Metrics => {
             require_daemon(&sock, "metrics")?;
-            print!("{}", get("/metrics")?);
+            print!("{}", get(&sock, "/metrics")?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Decisions { limit, cgroup_id } => {
-            require_daemon(&sock, "decisions")?;
-            let mut uri = format!("/v1/decisions?limit={limit}");
-            if let Some(id) = cgroup_id {
-                uri.push_str(&format!("&cgroup_id={id}"));
-            }
-            let v: serde_json::Value = serde_json::from_str(&get(&uri)?)?;
-            for r in v.as_array().into_iter().flatten() {
-                println!("{r}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Completions { shell } => {
-            use clap::CommandFactory;
-            use std::io::Write;
-            let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
-            match std::io::stdout().write_all(&buf) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-                _ => Ok(ExitCode::SUCCESS),
-            }
-        }
+        Cmd::Decisions { limit, cgroup_id } => decisions(&sock, limit, cgroup_id),
+        Cmd::Completions { shell } => completions(shell),
         Cmd::Suggest(args) => {
             print!("{}", crate::suggest::run(&args)?);
             Ok(ExitCode::SUCCESS)
@@ -319,6 +218,122 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(crate::service::run(&config, &sock, metrics))
         }
     }
+}
+
+fn ca(cmd: CaCmd) -> Result<ExitCode> {
+    match cmd {
+        CaCmd::Export { policy } => print!("{}", load_ca(policy.as_deref())?.cert_pem),
+        CaCmd::Env { policy } => {
+            let ca = load_ca(policy.as_deref())?;
+            let trust = ca.write_trust(&crate::inspect::ca::state_dir())?;
+            print!("{}", trust.shell_exports());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy(cmd: PolicyCmd, sock: &Path) -> Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Check { file } => {
+            let p = Policy::load(&file)?;
+            println!(
+                "{}: ok ({} profiles, policy {})",
+                file.display(),
+                p.profile_names().count(),
+                p.version()
+            );
+        }
+        PolicyCmd::Show { file: Some(file) } => print!("{}", Policy::load(&file)?.show()),
+        PolicyCmd::Show { file: None } => {
+            require_daemon(sock, "policy show without FILE")?;
+            print!("{}", get(sock, "/v1/policy")?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// With `--policy`, from the file; otherwise the daemon's policy decides.
+fn explain(host: &str, profile: &str, policy: Option<&Path>, sock: &Path) -> Result<ExitCode> {
+    let text = match policy {
+        Some(p) => crate::report::explain_text(&Policy::load(p)?, host, profile)?,
+        None => {
+            require_daemon(sock, "explain without --policy")?;
+            get(
+                sock,
+                &format!(
+                    "/v1/explain?host={}&profile={}",
+                    crate::control::percent_encode(host),
+                    crate::control::percent_encode(profile)
+                ),
+            )?
+        }
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detach_via_daemon(sock: &Path, t: &Target) -> Result<ExitCode> {
+    let req = crate::daemon::DetachRequest {
+        cgroup: t.cgroup.clone(),
+        pid: t.pid,
+    };
+    let v = post_json(sock, "/v1/detach", serde_json::to_value(req)?)?;
+    println!(
+        "detached {} (cgroup id {})",
+        v["detached"].as_str().unwrap_or("?"),
+        v["cgroup_id"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon_status(sock: &Path, json: bool) -> Result<ExitCode> {
+    let v: serde_json::Value = serde_json::from_str(&get(sock, "/v1/status")?)?;
+    if json {
+        println!("{v}");
+    } else {
+        print_daemon_status(&v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reload(sock: &Path) -> Result<ExitCode> {
+    require_daemon(sock, "reload")?;
+    let v = post_json(sock, "/v1/reload", serde_json::json!({}))?;
+    println!("reloaded: policy {}", v["policy"].as_str().unwrap_or("?"));
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("egress-agent: warning: {}", w.as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decisions(sock: &Path, limit: usize, cgroup_id: Option<u64>) -> Result<ExitCode> {
+    require_daemon(sock, "decisions")?;
+    let mut uri = format!("/v1/decisions?limit={limit}");
+    if let Some(id) = cgroup_id {
+        uri.push_str(&format!("&cgroup_id={id}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&get(sock, &uri)?)?;
+    for r in v.as_array().into_iter().flatten() {
+        println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
+    match std::io::stdout().write_all(&buf) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A GET on the daemon's control socket, as text.
+fn get(sock: &Path, uri: &str) -> Result<String> {
+    let b = crate::control::call_blocking(sock, hyper::Method::GET, uri, None)?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
 fn require_daemon(sock: &Path, what: &str) -> Result<()> {

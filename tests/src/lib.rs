@@ -13,6 +13,8 @@ pub mod agent;
 pub mod clients;
 pub mod procstat;
 #[cfg(target_os = "linux")]
+pub mod runtimes;
+#[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod topology;

@@ -255,7 +255,8 @@ fn podman_runc_first_instruction_reaches_metadata_without_enforcement() {
 #[test]
 fn crun_runs_or_is_refused_with_its_own_reason() {
     require_root!();
-    if !Podman::tools_present() || !Path::new(egress_tests::runtimes::podman::CRUN).is_file() {
+    let crun = egress_tests::runtimes::podman::CRUN;
+    if !Podman::tools_present() || !egress_tests::runtimes::tools_present("crun", &[crun]) {
         return;
     }
     let _serial = serial();
@@ -358,10 +359,19 @@ fn containerd_cri_pod_first_instruction_reaches_metadata_without_enforcement() {
     let (dir, subtree) = (ctd.scratch().dir().to_path_buf(), ctd.scratch().subtree());
     let v = ctd.cri().version().unwrap();
     assert_eq!(v.runtime_name, "containerd");
+    let events = ctd.cri().container_events();
     eprintln!(
-        "CRI: {} {} (API {})",
-        v.runtime_name, v.runtime_version, v.runtime_api_version
+        "CRI: {} {} (API {}), GetContainerEvents: {:?}",
+        v.runtime_name,
+        v.runtime_version,
+        v.runtime_api_version,
+        events.as_ref().map_err(|e| e.to_string())
     );
+    // containerd 1.6 has no CRI event stream: discovery must list (1.7 added it).
+    if v.runtime_version.starts_with("1.6") {
+        let e = events.expect_err("containerd 1.6 serves GetContainerEvents");
+        assert!(e.to_string().contains("Unimplemented"), "{e}");
+    }
 
     race_is_real(
         &ctd,

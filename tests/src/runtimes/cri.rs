@@ -256,6 +256,24 @@ impl CriClient {
             .map_err(status_err("RemovePodSandbox"))
     }
 
+    /// Whether the runtime serves `GetContainerEvents` (CRI's event stream; containerd ≥ 1.7):
+    /// Err carries the runtime's answer otherwise (containerd 1.6: `Unimplemented`).
+    pub fn container_events(&self) -> anyhow::Result<()> {
+        let mut c = self.runtime.clone();
+        self.rt.block_on(async {
+            let stream = c
+                .get_container_events(GetEventsRequest::default())
+                .await
+                .map_err(status_err("GetContainerEvents"))?;
+            // Some servers report Unimplemented only on the first read.
+            let mut stream = stream.into_inner();
+            match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                Ok(Err(s)) => Err(status_err("GetContainerEvents")(s)),
+                _ => Ok(()),
+            }
+        })
+    }
+
     /// `ImageStatus`: the image if the runtime has it.
     pub fn image_status(&self, image: &str) -> anyhow::Result<Option<Image>> {
         let mut c = self.image.clone();

@@ -15,6 +15,8 @@ pub mod clients;
 pub mod lab;
 pub mod procstat;
 #[cfg(target_os = "linux")]
+pub mod runtimes;
+#[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod topology;

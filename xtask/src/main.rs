@@ -94,6 +94,13 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/src/runtimes (tests/tests/runtimes.rs): real runtimes with private state, images
+    // built locally; crun only to record its refusal of hybrid cgroups; protoc builds k8s-cri.
+    "crun",
+    "docker.io",
+    "containerd",
+    "containernetworking-plugins",
+    "protobuf-compiler",
     // tests/tests/kubernetes.rs: a venv for kubernetes-validate.
     "python3-venv",
 ];

@@ -95,6 +95,15 @@ pub enum Cmd {
     /// The TLS inspection CA: `export` (PEM on stdout), `env` (shell exports for common tools).
     #[command(subcommand)]
     Ca(CaCmd),
+    /// OCI `createRuntime` hook: reads the OCI state on stdin and has the daemon enforce the
+    /// container before it runs (podman/CRI-O hooks.d; added by `runtime` elsewhere).
+    OciHook(crate::oci::hook::HookArgs),
+    /// An OCI runtime wrapper (for Docker, containerd): adds the hook on `create`, then runs
+    /// the real runtime with the same arguments. Also what `egress-agent-runc` runs.
+    Runtime(crate::oci::wrapper::RuntimeArgs),
+    /// Gated parents (`[[gate]]` in daemon.toml): `list` the pinned gates, `remove` one.
+    #[command(subcommand)]
+    Gate(GateCmd),
     /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
@@ -102,6 +111,18 @@ pub enum Cmd {
         profile: String,
         #[arg(long)]
         policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GateCmd {
+    /// The gated parents with pins (they outlive the daemon: fail closed).
+    List,
+    /// Remove a gate: every cgroup below it gets its network back unless enforced on its
+    /// own. Refused while a daemon serves it.
+    Remove {
+        #[arg(long)]
+        cgroup: PathBuf,
     },
 }
 
@@ -207,6 +228,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Decisions { limit, cgroup_id } => decisions(&sock, limit, cgroup_id),
         Cmd::Completions { shell } => completions(shell),
+        Cmd::OciHook(args) => crate::oci::hook::run(&args, &sock),
+        Cmd::Runtime(args) => crate::oci::wrapper::run(&args, cli.control.as_deref()),
+        Cmd::Gate(c) => gate(c),
         Cmd::Suggest(args) => {
             print!("{}", crate::suggest::run(&args)?);
             Ok(ExitCode::SUCCESS)
@@ -218,6 +242,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(crate::service::run(&config, &sock, metrics))
         }
     }
+}
+
+fn gate(cmd: GateCmd) -> Result<ExitCode> {
+    match cmd {
+        GateCmd::List => {
+            let ids = crate::bpf::gate::installed()?;
+            if ids.is_empty() {
+                println!("no gate is pinned");
+            }
+            for id in ids {
+                println!("gated parent cgroup id {id}");
+            }
+        }
+        GateCmd::Remove { cgroup } => {
+            let cg = Cgroup::open(&cgroup)?;
+            // The daemon holds the gate's lock while it serves it.
+            let _lock = crate::bpf::serve_lock_named(&format!("gate-{}", cg.id), &cg.path)?;
+            crate::bpf::gate::Gate::remove(&cg)?;
+            println!(
+                "removed the gate of {} (cgroup id {})",
+                cg.path.display(),
+                cg.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ca(cmd: CaCmd) -> Result<ExitCode> {
@@ -276,6 +326,7 @@ fn detach_via_daemon(sock: &Path, t: &Target) -> Result<ExitCode> {
     let req = crate::daemon::DetachRequest {
         cgroup: t.cgroup.clone(),
         pid: t.pid,
+        cgroup_id: None,
     };
     let v = post_json(sock, "/v1/detach", serde_json::to_value(req)?)?;
     println!(

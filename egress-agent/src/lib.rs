@@ -9,6 +9,7 @@
 // The commands (top: imported by nothing below them).
 pub mod cli;
 pub mod exec;
+pub mod oci;
 pub mod service;
 pub mod suggest;
 

@@ -26,6 +26,7 @@ pub mod peek;
 pub mod policy;
 pub mod resolve;
 pub mod rewind;
+pub mod sandbox;
 pub mod shared_upstreams;
 pub mod status;
 pub mod suggest;

@@ -145,9 +145,18 @@ pub struct ExecArgs {
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
     /// Make CMD trust the inspection CA: write the trust files (never the key) under the state
-    /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
+    /// directory, show them in CMD's system store (bundles, hashed directory, Java cacerts,
+    /// NSS) and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
     #[arg(long)]
     pub trust_ca: bool,
+    /// Run CMD as USER[:GROUP] (names or numbers). Default: the invoking user under sudo
+    /// (SUDO_UID/SUDO_GID), else root with a reduced capability set; `--user root` keeps root.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Remove VAR from CMD's environment (repeatable); the variables `inject` rules read are
+    /// always removed.
+    #[arg(long = "unset-env", value_name = "VAR")]
+    pub unset_env: Vec<String>,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }

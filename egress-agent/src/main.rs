@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `exec` re-executes this binary as the command's sandbox init: never a clap subcommand
+    // (it is not for people, and not in --help).
+    if let Some(code) = egress_agent::sandbox::init::dispatch() {
+        return code;
+    }
     let cli = egress_agent::cli::Cli::parse();
     egress_agent::cli::init_logging(&cli);
     // Two descriptors per intercepted connection: use every one we may.

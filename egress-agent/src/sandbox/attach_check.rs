@@ -49,12 +49,16 @@ pub struct Sensitive {
 }
 
 impl Sensitive {
-    /// This agent's: the control socket given, the state directory, the pin root.
-    pub fn of_agent(control_socket: &Path) -> Sensitive {
+    /// This agent's: the control socket given, the state directory, the pin root (under the
+    /// bpffs of `host_mountinfo`; found, never mounted).
+    pub fn of_agent(control_socket: &Path, host_mountinfo: &str) -> Sensitive {
         Sensitive {
             control_socket: control_socket.to_path_buf(),
             state_dir: crate::tls::ca::state_dir(),
-            pin_root: crate::bpf::pin_root().ok(),
+            pin_root: mountinfo::parse(host_mountinfo)
+                .into_iter()
+                .find(|m| m.fstype == "bpf")
+                .map(|m| m.mount_point.join("egress-agent")),
         }
     }
 }
@@ -62,7 +66,8 @@ impl Sensitive {
 /// Warnings for the container whose process is `pid` (empty: nothing found). What cannot
 /// be read (a process that exited) yields no warning: `attach` reports that itself.
 pub fn boundary_warnings(pid: u32, control_socket: &Path) -> Vec<String> {
-    let sensitive = Sensitive::of_agent(control_socket);
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let sensitive = Sensitive::of_agent(control_socket, &host);
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let ns = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let host_pidns = match (ns(&proc.join("ns/pid")), ns(Path::new("/proc/self/ns/pid"))) {
@@ -70,7 +75,6 @@ pub fn boundary_warnings(pid: u32, control_socket: &Path) -> Vec<String> {
         _ => false,
     };
     let status = fs::read_to_string(proc.join("status")).unwrap_or_default();
-    let host = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let ctr = fs::read_to_string(proc.join("mountinfo")).unwrap_or_default();
     let own = fs::read_to_string(proc.join("cgroup"))
         .unwrap_or_default()

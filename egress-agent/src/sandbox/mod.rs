@@ -129,10 +129,17 @@ pub fn build_spec(req: &Request<'_>) -> Result<spec::Spec, SandboxError> {
     let trust = req
         .trust
         .map(|(t, der)| trust::spec(t, der, get("JAVA_HOME"), get("HOME")));
-    // The state directory is hidden even when it does not exist yet: a daemon may create
-    // the CA in it while the command runs.
-    std::fs::create_dir_all(req.state_dir)
-        .map_err(|e| SandboxError::io(format!("creating {}", req.state_dir.display()), e))?;
+    // Both state directories are hidden even when they do not exist yet (created here, as
+    // the agent would): a daemon may create a CA in one while the command runs.
+    let mut state_dirs = vec![req.state_dir.to_path_buf()];
+    let default_state = Path::new(crate::tls::ca::DEFAULT_STATE_DIR);
+    if req.state_dir != default_state {
+        state_dirs.push(default_state.to_path_buf());
+    }
+    for d in &state_dirs {
+        std::fs::create_dir_all(d)
+            .map_err(|e| SandboxError::io(format!("creating {}", d.display()), e))?;
+    }
     let mut files: Vec<OsString> = sources
         .iter()
         .filter_map(|s| match s {
@@ -160,7 +167,10 @@ pub fn build_spec(req: &Request<'_>) -> Result<spec::Spec, SandboxError> {
         cwd: cwd.into_os_string(),
         creds: req.user.creds.clone(),
         hide: spec::Hide {
-            state_dir: Some(req.state_dir.as_os_str().to_os_string()),
+            state_dirs: state_dirs
+                .into_iter()
+                .map(PathBuf::into_os_string)
+                .collect(),
             dirs,
             files,
         },

@@ -91,7 +91,7 @@ pub const PROC_READ_ONLY: &[&str] = &[
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub mounts: Vec<MountEntry>,
-    pub state_dir: Option<PathBuf>,
+    pub state_dirs: Vec<PathBuf>,
     pub hide_dirs: Vec<PathBuf>,
     pub hide_files: Vec<PathBuf>,
     /// `--trust-ca`: the hashed directory, bundle files and Java truststores that exist.
@@ -132,13 +132,15 @@ impl Facts {
             private_dev: spec.private_dev,
             ..Facts::default()
         };
-        f.state_dir = spec
-            .hide
-            .state_dir
-            .as_ref()
-            .and_then(|p| canonical(Path::new(p)))
-            .filter(|(_, m)| m.is_dir())
-            .map(|(c, _)| c);
+        f.state_dirs = dedup_sorted(
+            spec.hide
+                .state_dirs
+                .iter()
+                .filter_map(|p| canonical(Path::new(p)))
+                .filter(|(_, m)| m.is_dir())
+                .map(|(c, _)| c)
+                .collect(),
+        );
         let (mut dirs, mut files) = (Vec::new(), Vec::new());
         for p in spec.hide.dirs.iter().chain(&spec.hide.files) {
             if let Some((c, m)) = canonical(Path::new(p)) {
@@ -240,9 +242,11 @@ pub fn plan(f: &Facts) -> Plan {
             target: m.mount_point.clone(),
         });
     }
-    if let Some(s) = &f.state_dir {
-        hide.push(Op::HideStateDir { target: s.clone() });
-    }
+    hide.extend(
+        f.state_dirs
+            .iter()
+            .map(|s| Op::HideStateDir { target: s.clone() }),
+    );
     hide.extend(
         f.hide_dirs
             .iter()
@@ -318,7 +322,7 @@ mod tests {
     fn facts() -> Facts {
         Facts {
             mounts: super::super::mountinfo::parse(HYBRID),
-            state_dir: Some("/var/lib/egress-agent".into()),
+            state_dirs: vec!["/var/lib/egress-agent".into()],
             hide_dirs: vec![
                 "/run/egress-agent".into(),
                 "/var/lib/egress-agent/ca".into(),

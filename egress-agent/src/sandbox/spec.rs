@@ -24,9 +24,10 @@ pub struct Credentials {
 /// init resolves and classifies them in its own mount namespace.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Hide {
-    /// The agent's state directory: the CA key. Replaced by an empty directory that keeps
-    /// only `trust/` (certificates).
-    pub state_dir: Option<OsString>,
+    /// The agent's state directories (the one in use and the default, where a daemon keeps
+    /// its CA key): each replaced by an empty directory that keeps only `trust/`
+    /// (certificates).
+    pub state_dirs: Vec<OsString>,
     /// Directories hidden whole (the control socket's, `/run/egress-agent`).
     pub dirs: Vec<OsString>,
     /// Files hidden (`/dev/null` over them): what `inject = { file = … }` rules read, a

@@ -35,8 +35,8 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode> {
         std::env::var("SUDO_UID").ok().as_deref(),
         std::env::var("SUDO_GID").ok().as_deref(),
     )?;
-    if let Some(n) = target.notice() {
-        eprintln!("{n}");
+    for line in target.notice().into_iter().chain(target.warnings()) {
+        eprintln!("{line}");
     }
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;

@@ -96,6 +96,18 @@ impl Target {
         ))
     }
 
+    /// Warnings for stderr: a member of `disk` reads the host's disks (and the CA key's
+    /// blocks on them) through /dev, which a user's sandbox shares.
+    pub fn warnings(&self) -> Vec<String> {
+        match sys::group_by_name("disk") {
+            Ok(Some(disk)) if !self.is_root() && self.creds.groups.contains(&disk) => vec![format!(
+                "egress-agent: exec: warning: uid {} is in group disk: it can read the host's disks, the agent's CA key included",
+                self.creds.uid
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     /// HOME, USER and LOGNAME of the target user when it is not root (the agent's own user):
     /// sudo leaves root's HOME, and caches and configs belong in the user's.
     pub fn env_overrides(&self) -> Vec<(OsString, OsString)> {

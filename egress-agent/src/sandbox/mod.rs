@@ -129,16 +129,17 @@ pub fn build_spec(req: &Request<'_>) -> Result<spec::Spec, SandboxError> {
     let trust = req
         .trust
         .map(|(t, der)| trust::spec(t, der, get("JAVA_HOME"), get("HOME")));
-    // Both state directories are hidden even when they do not exist yet (created here, as
-    // the agent would): a daemon may create a CA in one while the command runs.
+    // The state directory in use is hidden even before it exists when this agent may
+    // create the CA in it while the command runs (created here, as the agent would). The
+    // default one, where a daemon keeps its CA key, is hidden when it exists.
+    if req.trust.is_some() || !req.policy.inspect_hosts().is_empty() {
+        std::fs::create_dir_all(req.state_dir)
+            .map_err(|e| SandboxError::io(format!("creating {}", req.state_dir.display()), e))?;
+    }
     let mut state_dirs = vec![req.state_dir.to_path_buf()];
     let default_state = Path::new(crate::tls::ca::DEFAULT_STATE_DIR);
     if req.state_dir != default_state {
         state_dirs.push(default_state.to_path_buf());
-    }
-    for d in &state_dirs {
-        std::fs::create_dir_all(d)
-            .map_err(|e| SandboxError::io(format!("creating {}", d.display()), e))?;
     }
     let mut files: Vec<OsString> = sources
         .iter()

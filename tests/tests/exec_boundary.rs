@@ -142,6 +142,24 @@ impl Drop for Victim {
     }
 }
 
+/// A running `exec`, stopped with SIGTERM (exec then cleans up) if the test fails first.
+struct RunningExec(Child);
+
+impl RunningExec {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for RunningExec {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = egress_tests::sys::kill(self.0.id() as i32, libc::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn the_command_cannot_leave_its_cgroup() {
     require_root!();
@@ -722,7 +740,7 @@ fn the_unprivileged_command_keeps_its_exit_status_and_leaves_nothing_behind() {
         }
         args.extend(["--", "sh", "-c", "sleep 1234.6 & exec sleep 1234.7"]);
         let mut c = exec(&topo, &args);
-        let mut child = as_nobody(&mut c).stdout(Stdio::null()).spawn().unwrap();
+        let mut child = RunningExec(as_nobody(&mut c).stdout(Stdio::null()).spawn().unwrap());
         wait_for("the command", Duration::from_secs(10), || {
             !pids_running(&["sleep", "1234.7"]).is_empty()
                 && !pids_running(&["sleep", "1234.6"]).is_empty()
@@ -734,11 +752,11 @@ fn the_unprivileged_command_keeps_its_exit_status_and_leaves_nothing_behind() {
             status.contains("Uid:\t65534\t65534\t65534\t65534"),
             "{status}"
         );
-        assert!(exec_cgroup(child.id()).exists());
-        egress_tests::sys::kill(child.id() as i32, sig).unwrap();
+        assert!(exec_cgroup(child.pid()).exists());
+        egress_tests::sys::kill(child.pid() as i32, sig).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
+            if let Some(st) = child.0.try_wait().unwrap() {
                 break st;
             }
             assert!(Instant::now() < deadline, "exec did not exit after {sig}");
@@ -749,7 +767,7 @@ fn the_unprivileged_command_keeps_its_exit_status_and_leaves_nothing_behind() {
             pids_running(&["sleep", "1234.6"]).is_empty(),
             "background process left"
         );
-        assert!(!exec_cgroup(child.id()).exists(), "cgroup left");
+        assert!(!exec_cgroup(child.pid()).exists(), "cgroup left");
     }
 }
 
@@ -956,13 +974,12 @@ fn attach_warnings_name_what_breaks_the_guarantees() {
         assert!(w.contains(want), "{want}: {w}");
     }
     let mut c = exec(&topo, &["--policy", &p, "--", "sleep", "1234.8"]);
-    let mut child = as_nobody(&mut c).spawn().unwrap();
+    let child = RunningExec(as_nobody(&mut c).spawn().unwrap());
     wait_for("the command", Duration::from_secs(10), || {
         !pids_running(&["sleep", "1234.8"]).is_empty()
     });
     let pid = pids_running(&["sleep", "1234.8"])[0];
     let w = egress_agent::sandbox::attach_check::boundary_warnings(pid, control);
-    egress_tests::sys::kill(child.id() as i32, libc::SIGTERM).unwrap();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(w, Vec::<String>::new());
 }

@@ -123,15 +123,25 @@ fn run(op: &Op, ctx: &Ctx<'_>) -> io::Result<Option<String>> {
         Op::Cgroup2 { target } => {
             // The kernel refuses a cgroup2 mount on top of the host's (same superblock on the
             // same mount point: EBUSY), so the host's goes first; with it goes any view of
-            // the cgroups outside the command's.
+            // the cgroups outside the command's. Should another cgroup2 mount lie below it,
+            // an empty tmpfs in between separates the two.
             sys::umount_detach(target)?;
-            sys::mount(
-                Some(Path::new("cgroup2")),
-                target,
-                Some("cgroup2"),
-                HIDE,
-                None,
-            )?
+            let cgroup2 = || {
+                sys::mount(
+                    Some(Path::new("cgroup2")),
+                    target,
+                    Some("cgroup2"),
+                    HIDE,
+                    None,
+                )
+            };
+            match cgroup2() {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    tmpfs(target, HIDE, "size=4k,mode=755")?;
+                    cgroup2()?
+                }
+                r => r?,
+            }
         }
         Op::HideDir { target } => tmpfs(target, HIDE, "size=4k,mode=755")?,
         Op::HideFile { target } => bind_ro(

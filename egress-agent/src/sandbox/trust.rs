@@ -497,10 +497,12 @@ fn build_nss_as_user(
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c = |s: &OsStr| CString::new(s.as_bytes()).unwrap_or_default();
+    let mut db = OsString::from("sql:");
+    db.push(staging);
     let argv: Vec<CString> = [
         OsStr::new("certutil"),
         OsStr::new("-d"),
-        &[OsStr::new("sql:"), staging.as_os_str()].concat_os(),
+        &db,
         OsStr::new("-A"),
         OsStr::new("-t"),
         OsStr::new("C,,"),
@@ -515,7 +517,8 @@ fn build_nss_as_user(
     let prog = c(certutil.as_os_str());
     match sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
         sys::Forked::Child => {
-            let r = (|| -> io::Result<()> {
+            let copy_and_exec = || -> io::Result<()> {
+                sys::reset_signals()?;
                 sys::set_groups(&creds.groups)?;
                 sys::set_gid(creds.gid)?;
                 sys::set_uid(creds.uid)?;
@@ -533,8 +536,9 @@ fn build_nss_as_user(
                     &argv,
                     &[c(OsStr::new("PATH=/usr/bin:/bin"))],
                 ))
-            })();
-            let _ = r;
+            };
+            // Returns only when something failed (exec included).
+            let _ = copy_and_exec();
             sys::exit_now(111)
         }
         sys::Forked::Parent(pid) => match sys::wait_blocking(pid) {
@@ -545,20 +549,6 @@ fn build_nss_as_user(
             Ok(st) => Err(format!("certutil failed (wait status {st})")),
             Err(e) => Err(format!("waiting for certutil: {e}")),
         },
-    }
-}
-
-trait ConcatOs {
-    fn concat_os(&self) -> OsString;
-}
-
-impl ConcatOs for [&OsStr] {
-    fn concat_os(&self) -> OsString {
-        let mut s = OsString::new();
-        for p in self {
-            s.push(p);
-        }
-        s
     }
 }
 

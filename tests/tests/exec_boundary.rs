@@ -962,14 +962,17 @@ fn attach_warnings_name_what_breaks_the_guarantees() {
     require_root!();
     let topo = Topology::new("boundary_attach");
     let p = policy(&topo, &test_policy(&[]));
-    let control = Path::new(egress_agent::control::DEFAULT_SOCKET);
+    // A live control socket where exec() tells the agent it is (EGRESS_CONTROL).
+    let control = topo.workdir().join("control.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
+    let control = control.as_path();
     let host = Victim::start("x");
     let w = egress_agent::sandbox::attach_check::boundary_warnings(host.0.id(), control).join("\n");
     for want in [
         "shares the host's pid namespace",
         "holds CAP_SYS_ADMIN",
         "holds CAP_NET_RAW",
-        "state directory",
+        "can reach the agent's control socket",
     ] {
         assert!(w.contains(want), "{want}: {w}");
     }

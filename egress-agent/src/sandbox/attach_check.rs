@@ -88,6 +88,7 @@ pub fn boundary_warnings(pid: u32, control_socket: &Path) -> Vec<String> {
         mountinfo: &ctr,
         own_cgroup: own.as_deref(),
         sensitive: &sensitive,
+        exists: &|p: &Path| p.exists(),
     })
 }
 
@@ -104,6 +105,8 @@ pub struct Inspected<'a> {
     /// Its cgroup v2 path (`0::` of /proc/PID/cgroup).
     pub own_cgroup: Option<&'a Path>,
     pub sensitive: &'a Sensitive,
+    /// Whether a host path exists (the filesystem, or a test's stand-in).
+    pub exists: &'a dyn Fn(&Path) -> bool,
 }
 
 pub fn warnings(i: &Inspected<'_>) -> Vec<String> {
@@ -147,7 +150,9 @@ pub fn warnings(i: &Inspected<'_>) -> Vec<String> {
     if let Some(p) = &s.pin_root {
         targets.push((p.as_path(), "the agent's pins (bpffs)"));
     }
-    for (path, what) in targets {
+    // A path that does not exist holds nothing yet (the state directory of an agent that
+    // never made a CA): no warning.
+    for (path, what) in targets.into_iter().filter(|(p, _)| (i.exists)(p)) {
         if let Some(at) = visible_at(&host, &ctr, path) {
             out.push(format!(
                 "process {pid} can reach {what} ({}) at {}: do not mount it into the container",
@@ -221,6 +226,7 @@ mod tests {
             mountinfo: ctr,
             own_cgroup: Some(Path::new("/libpod_parent/libpod-abc")),
             sensitive: &s,
+            exists: &|_| true,
         })
     }
 

@@ -322,32 +322,44 @@ pub(super) enum Node {
 pub(super) fn snapshot(dir: &Path, depth: u32, budget: &mut u64) -> io::Result<Vec<Node>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir)? {
-        let e = e?;
-        let meta = e.path().symlink_metadata()?;
-        let name = e.file_name();
-        if meta.file_type().is_symlink() {
-            out.push(Node::Link {
-                name,
-                target: fs::read_link(e.path())?,
-            });
-        } else if meta.is_file() {
-            *budget = budget.checked_sub(meta.len()).ok_or_else(|| {
-                io::Error::other(format!("{} holds more than 64 MiB", dir.display()))
-            })?;
-            out.push(Node::File {
-                name,
-                mode: meta.mode() & 0o7777,
-                data: fs::read(e.path())?,
-            });
-        } else if meta.is_dir() && depth > 0 {
-            out.push(Node::Dir {
-                name,
-                mode: meta.mode() & 0o7777,
-                children: snapshot(&e.path(), depth - 1, budget)?,
-            });
+        match snapshot_entry(&e?, depth, budget) {
+            Ok(Some(n)) => out.push(n),
+            Ok(None) => {}
+            // update-ca-certificates replaces entries as we read: one that vanished in
+            // between is simply not there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
+}
+
+fn snapshot_entry(e: &fs::DirEntry, depth: u32, budget: &mut u64) -> io::Result<Option<Node>> {
+    let meta = e.path().symlink_metadata()?;
+    let name = e.file_name();
+    Ok(if meta.file_type().is_symlink() {
+        Some(Node::Link {
+            name,
+            target: fs::read_link(e.path())?,
+        })
+    } else if meta.is_file() {
+        *budget = budget.checked_sub(meta.len()).ok_or_else(|| {
+            io::Error::other(format!("{} holds more than 64 MiB", e.path().display()))
+        })?;
+        Some(Node::File {
+            name,
+            mode: meta.mode() & 0o7777,
+            data: fs::read(e.path())?,
+        })
+    } else if meta.is_dir() && depth > 0 {
+        Some(Node::Dir {
+            name,
+            mode: meta.mode() & 0o7777,
+            children: snapshot(&e.path(), depth - 1, budget)?,
+        })
+    } else {
+        None
+    })
 }
 
 /// Writes `nodes` under `dir`; a file whose path relative to the copy's root is in
@@ -584,6 +596,36 @@ mod tests {
             checked += 1;
         }
         eprintln!("{checked} hashed entries checked");
+    }
+
+    #[test]
+    fn the_copy_keeps_links_and_modes_and_swaps_the_bundles() {
+        let base = std::env::temp_dir().join(format!("egress-certdir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fs::create_dir_all(src.join("java")).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        write_new(&src.join("ca-certificates.crt"), b"system roots", 0o644).unwrap();
+        write_new(&src.join("java/cacerts"), b"jks", 0o640).unwrap();
+        std::os::unix::fs::symlink("ca-certificates.crt", src.join("0123abcd.0")).unwrap();
+        let mut budget = 1 << 20;
+        let nodes = snapshot(&src, 2, &mut budget).unwrap();
+        assert_eq!(hash_entry(&nodes, "0123abcd"), OsString::from("0123abcd.1"));
+        assert_eq!(hash_entry(&nodes, "ffffffff"), OsString::from("ffffffff.0"));
+        let replace: Vec<(PathBuf, &[u8])> = vec![
+            ("ca-certificates.crt".into(), b"roots + CA"),
+            ("java/cacerts".into(), b"jks + CA"),
+        ];
+        materialize(&dst, Path::new(""), &nodes, &replace).unwrap();
+        assert_eq!(fs::read(dst.join("0123abcd.0")).unwrap(), b"roots + CA");
+        assert_eq!(
+            fs::read_link(dst.join("0123abcd.0")).unwrap(),
+            PathBuf::from("ca-certificates.crt")
+        );
+        assert_eq!(fs::read(dst.join("java/cacerts")).unwrap(), b"jks + CA");
+        let mode = fs::metadata(dst.join("java/cacerts")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

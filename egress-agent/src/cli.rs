@@ -236,7 +236,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
-        Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args)),
+        Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args, cli.control.as_deref())),
         Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
         Cmd::Daemon { config, metrics } => {
             runtime()?.block_on(crate::service::run(&config, &sock, metrics))
@@ -277,6 +277,7 @@ fn ca(cmd: CaCmd) -> Result<ExitCode> {
             let ca = load_ca(policy.as_deref())?;
             let trust = ca.write_trust(&crate::inspect::ca::state_dir())?;
             print!("{}", trust.shell_exports());
+            print!("{}", crate::sandbox::trust::ca_env_notes(&trust));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -402,7 +403,28 @@ fn post_json(sock: &Path, uri: &str, body: serde_json::Value) -> Result<serde_js
     Ok(serde_json::from_slice(&b)?)
 }
 
+/// Says on stderr what the target holds that breaks the guarantees (host pid namespace,
+/// CAP_SYS_ADMIN / CAP_NET_RAW / CAP_SYS_PTRACE, the control socket or state directory in
+/// view): enforcement goes ahead, but the operator should know.
+fn warn_boundary(t: &Target, sock: &Path) {
+    let pid = match (t.pid, &t.cgroup) {
+        (Some(pid), _) => Some(pid),
+        (None, Some(cg)) => Cgroup::open(cg)
+            .ok()
+            .and_then(|c| c.pids_recursive().ok())
+            .and_then(|p| p.first().copied()),
+        _ => None,
+    };
+    for w in pid
+        .map(|p| crate::sandbox::attach_check::boundary_warnings(p, sock))
+        .unwrap_or_default()
+    {
+        eprintln!("egress-agent: warning: {w}");
+    }
+}
+
 fn attach_via_daemon(sock: &Path, args: &AttachArgs) -> Result<ExitCode> {
+    warn_boundary(&args.target, sock);
     if args.policy.is_some() || args.audit_log.is_some() {
         bail!(
             "a daemon is running on {}: it enforces its own policy and audit log; drop --policy/--audit-log (or use --control for another socket)",
@@ -539,6 +561,7 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     };
     let policy = Policy::load(policy)?;
     let cg = target_cgroup(&args.target)?;
+    warn_boundary(&args.target, &crate::control::socket_path(None));
     cg.check_enforceable()?;
     cg.check_dedicated(args.target.pid)?;
     let netns = match (&args.netns, args.target.pid) {

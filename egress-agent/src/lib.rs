@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod exec;
 pub mod oci;
+pub mod sandbox;
 pub mod service;
 pub mod suggest;
 

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `exec` re-executes this binary as the command's sandbox init: never a clap subcommand
+    // (it is not for people, and not in --help).
+    if let Some(code) = egress_agent::sandbox::init::dispatch() {
+        return code;
+    }
     // Invoked as `egress-agent-runc[.PROFILE]` (a runtime handler's BinaryName): the runtime
     // wrapper, with the caller's runc arguments as they are.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

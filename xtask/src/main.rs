@@ -118,6 +118,8 @@ const LAB_TOOLS: &[(&str, &str)] = &[
     ("git", "git"),
     ("wget", "wget"),
     ("openssl", "openssl"),
+    // exec --trust-ca builds the NSS database (Chromium, Firefox) with certutil.
+    ("certutil", "libnss3-tools"),
 ];
 
 /// The lab's Python servers and clients (grpcio, websockets; PyPI), in a venv of their own (keep

@@ -7,6 +7,7 @@
 
 pub mod name;
 mod parse;
+pub mod path;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -19,6 +20,7 @@ use crate::addr::AddrPolicy;
 use crate::deny::{Denial, DenyCode};
 
 pub use name::{split_host_port, CanonicalName, HostPattern, NameError, Pattern, DEFAULT_PORTS};
+pub use path::{PathGlob, Reading, Readings, Unjudgeable};
 
 /// Errors loading a policy. Every error about the file's content renders as one line
 /// `FILE:LINE:COL: key `KEY`: WHAT` (or `FILE:LINE:COL: WHAT` for TOML syntax errors).
@@ -257,117 +259,6 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A path glob: `*` is any run of characters except `/`, `**` any run at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathGlob {
-    text: String,
-    toks: Vec<GlobTok>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GlobTok {
-    Lit(u8),
-    Star,
-    DoubleStar,
-}
-
-/// Tokens per glob: the matcher keeps its state set in a u128.
-const GLOB_MAX_TOKENS: usize = 127;
-
-impl PathGlob {
-    fn parse(text: &str) -> Result<Self, String> {
-        if !text.starts_with('/') {
-            return Err(format!("path glob {text:?} must start with `/`"));
-        }
-        if text.contains(|c: char| c.is_ascii_control() || c == ' ' || c == '?' || c == '#') {
-            return Err(format!(
-                "path glob {text:?} contains a control character, space, `?` or `#`"
-            ));
-        }
-        let b = text.as_bytes();
-        let mut toks = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'*' {
-                if b.get(i + 1) == Some(&b'*') {
-                    toks.push(GlobTok::DoubleStar);
-                    i += 2;
-                } else {
-                    toks.push(GlobTok::Star);
-                    i += 1;
-                }
-            } else {
-                toks.push(GlobTok::Lit(b[i]));
-                i += 1;
-            }
-        }
-        if toks.len() > GLOB_MAX_TOKENS {
-            return Err(format!(
-                "path glob is too long ({} > {GLOB_MAX_TOKENS} characters)",
-                toks.len()
-            ));
-        }
-        Ok(Self {
-            text: text.to_string(),
-            toks,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// NFA simulation over the tokens: linear in the path, no allocation, no backtracking.
-    pub fn matches(&self, path: &str) -> bool {
-        let n = self.toks.len();
-        let closure = |mut set: u128| {
-            // A star may match nothing: state i (a star) also reaches i + 1.
-            for (i, t) in self.toks.iter().enumerate() {
-                if set & (1 << i) != 0 && matches!(t, GlobTok::Star | GlobTok::DoubleStar) {
-                    set |= 1 << (i + 1);
-                }
-            }
-            set
-        };
-        let mut set = closure(1);
-        for &c in path.as_bytes() {
-            let mut next: u128 = 0;
-            for (i, t) in self.toks.iter().enumerate() {
-                if set & (1 << i) == 0 {
-                    continue;
-                }
-                match t {
-                    GlobTok::Lit(l) if *l == c => next |= 1 << (i + 1),
-                    GlobTok::Star if c != b'/' => next |= 1 << i,
-                    GlobTok::DoubleStar => next |= 1 << i,
-                    _ => {}
-                }
-            }
-            if next == 0 {
-                return false;
-            }
-            set = closure(next);
-        }
-        set & (1 << n) != 0
-    }
-}
-
-/// Paths a path rule refuses to judge: after normalisation by the upstream they could name
-/// something else (`/v1/../admin`, `%2e%2e`, `%2f`, backslashes).
-fn ambiguous_path(path: &str) -> bool {
-    let b = path.as_bytes();
-    if b.iter().any(|c| *c == b'\\' || c.is_ascii_control()) {
-        return true;
-    }
-    let lower_eq = |w: &[u8], pat: &[u8]| w.eq_ignore_ascii_case(pat);
-    if b.windows(3)
-        .any(|w| lower_eq(w, b"%2e") || lower_eq(w, b"%2f") || lower_eq(w, b"%5c"))
-    {
-        return true;
-    }
-    path.split('/').any(|seg| seg == "." || seg == "..")
-}
-
 /// The credential a rule injects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inject {
@@ -418,14 +309,37 @@ impl HttpRule {
         }
     }
 
-    /// The path without its query; ambiguous paths never match a path restriction.
+    /// The path without its query; allowed when every reading of it a server may act on
+    /// is (see [`path`]); a path without a reliable reading never matches a restriction.
     pub fn allows_path(&self, path: &str) -> bool {
-        let Some(globs) = &self.paths else {
-            return true;
-        };
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        !ambiguous_path(path) && globs.iter().any(|g| g.matches(path))
+        self.allows_readings(&Readings::of(without_query(path)))
     }
+
+    fn allows_readings(&self, judged: &Result<Readings<'_>, Unjudgeable>) -> bool {
+        self.refused_reading(judged).is_none()
+    }
+
+    /// The first reading this rule's paths do not allow (`None`: allowed); an unjudgeable
+    /// path is refused as a whole (`Some(None)`).
+    fn refused_reading<'r>(
+        &self,
+        judged: &'r Result<Readings<'_>, Unjudgeable>,
+    ) -> Option<Option<(Reading, &'r str)>> {
+        let globs = self.paths.as_ref()?;
+        let Ok(readings) = judged else {
+            return Some(None);
+        };
+        readings
+            .each()
+            .into_iter()
+            .find(|(_, p)| !globs.iter().any(|g| g.matches(p)))
+            .map(Some)
+    }
+}
+
+/// The path of a request target, without its query or fragment.
+fn without_query(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or("")
 }
 
 /// Exact names and wildcard suffixes, each to rule indices in precedence order.
@@ -720,11 +634,15 @@ impl Policy {
             return Err(self.unknown_profile(profile));
         };
         let group = p.http_index.most_specific(host.as_str());
+        if group.is_empty() {
+            return Ok(None);
+        }
+        let judged = Readings::of(without_query(path));
         let mut path_ok: Option<&HttpRule> = None;
         let mut first: Option<&HttpRule> = None;
         for r in group.iter().filter_map(|i| p.http.get(*i)) {
             first.get_or_insert(r);
-            if r.allows_path(path) {
+            if r.allows_readings(&judged) {
                 if r.allows_method(method) {
                     return Ok(Some(r));
                 }
@@ -734,7 +652,6 @@ impl Policy {
         let Some(first) = first else {
             return Ok(None);
         };
-        let shown = clip(path, 100);
         if let Some(r) = path_ok {
             return Err(Denied {
                 code: DenyCode::MethodNotAllowed,
@@ -752,20 +669,7 @@ impl Policy {
                 ),
             });
         }
-        let reason = if ambiguous_path(path.split(['?', '#']).next().unwrap_or("")) {
-            format!("path {shown:?} for {host} is ambiguous (dot segments, encoded separators or backslashes) and cannot be matched against path rules")
-        } else {
-            format!("path {shown:?} is not allowed for {host} by {}", first.id)
-        };
-        Err(Denied {
-            code: DenyCode::PathNotAllowed,
-            reason,
-            rule: Some(first.id.clone()),
-            hint: format!(
-                "add a glob matching {shown:?} to paths of the http rule {} (host \"{}\")",
-                first.id, first.host
-            ),
-        })
+        Err(path_refusal(host, path, &judged, first))
     }
 
     fn unknown_profile(&self, profile: &str) -> Denied {
@@ -784,6 +688,54 @@ impl Policy {
     /// sources as `env:NAME` / path (never values). `Policy::parse` of it decides the same.
     pub fn show(&self) -> String {
         parse::show(self)
+    }
+}
+
+/// `path_not_allowed` for a path `rule` (the first of the host's rules) refused: naming the
+/// reading it refused when that differs from the path as written, or why no reading is
+/// reliable.
+fn path_refusal(
+    host: &CanonicalName,
+    path: &str,
+    judged: &Result<Readings<'_>, Unjudgeable>,
+    rule: &HttpRule,
+) -> Denied {
+    let shown = clip(path, 100);
+    let (reason, hint) = match (judged, rule.refused_reading(judged)) {
+        (Err(why), _) => (
+            format!("path {shown:?} for {host} cannot be judged by path rules: it contains {why}"),
+            format!(
+                "no path glob can allow this spelling; the client must send the path plainly (or remove `paths` from the http rule {} to allow every path)",
+                rule.id
+            ),
+        ),
+        (Ok(r), Some(Some((reading, seen)))) if r.differ() => (
+            format!(
+                "path {shown:?} is not allowed for {host} by {}: {} act on {:?}",
+                rule.id,
+                reading.who(),
+                clip(seen, 100)
+            ),
+            format!(
+                "add a glob matching {:?} to paths of the http rule {} (host \"{}\")",
+                clip(r.normalised(), 100),
+                rule.id,
+                rule.host
+            ),
+        ),
+        _ => (
+            format!("path {shown:?} is not allowed for {host} by {}", rule.id),
+            format!(
+                "add a glob matching {shown:?} to paths of the http rule {} (host \"{}\")",
+                rule.id, rule.host
+            ),
+        ),
+    };
+    Denied {
+        code: DenyCode::PathNotAllowed,
+        reason,
+        rule: Some(rule.id.clone()),
+        hint,
     }
 }
 

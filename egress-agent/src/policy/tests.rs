@@ -316,19 +316,19 @@ fn per_request_rules() {
         req("get", "/health").expect_err("deny").code,
         DenyCode::MethodNotAllowed
     );
-    // Ambiguous paths never match a path rule.
-    for bad in [
-        "/v1/../admin",
-        "/v1/./x",
-        "/v1/%2e%2e/admin",
-        "/v1/%2E%2E",
-        "/v1/a%2fb",
-        "/v1\\..\\admin",
-        "/files/..",
+    // Paths whose readings differ never match on the strength of one reading alone.
+    for (bad, why) in [
+        ("/v1/../admin", "act on \"/admin\""),
+        ("/v1/./x", "as sent act on \"/v1/./x\""),
+        ("/v1/%2e%2e/admin", "act on \"/admin\""),
+        ("/v1/%2E%2E", "act on \"/\""),
+        ("/v1/a%2fb", "encoded `/`"),
+        ("/v1\\..\\admin", "backslash"),
+        ("/files/..", "act on \"/\""),
     ] {
         let d = req("GET", bad).expect_err(bad);
         assert_eq!(d.code, DenyCode::PathNotAllowed, "{bad}");
-        assert!(d.reason.contains("ambiguous"), "{bad}: {}", d.reason);
+        assert!(d.reason.contains(why), "{bad}: {}", d.reason);
     }
     // Hosts without rules: any request.
     assert!(p
@@ -400,6 +400,124 @@ fn path_globs() {
     assert!(PathGlob::parse("v1").is_err());
     assert!(PathGlob::parse("/a?b").is_err());
     assert!(PathGlob::parse(&format!("/{}", "a".repeat(200))).is_err());
+}
+
+/// Issue 17 §6: a rule allowing only `/ok/**` refuses each class of spelling that some server
+/// resolves outside `/ok/`, and still allows every legitimate path under it.
+#[test]
+fn path_rules_judge_what_the_server_acts_on() {
+    let p = Policy::parse(
+        r#"
+[profile.default]
+inspect = ["api.example.com", "files.example.com"]
+[[profile.default.http]]
+host = "api.example.com"
+paths = ["/ok/**"]
+[[profile.default.http]]
+host = "files.example.com"
+paths = ["/pub/*.txt"]
+"#,
+        "p.toml",
+    )
+    .expect("policy");
+    let req = |host: &str, path: &str| p.decide_request("default", &n(host), "GET", path);
+    // (class, spelling, what the reason says)
+    let refused: &[(&str, &str, &str)] = &[
+        ("dot segments", "/ok/../admin", "act on \"/admin\""),
+        ("dot segments", "/ok/a/../../admin", "act on \"/admin\""),
+        ("dot segments", "/ok/..", "act on \"/\""),
+        (
+            "dot segments before the prefix",
+            "/admin/../ok/x",
+            "as sent act on \"/admin/../ok/x\"",
+        ),
+        ("encoded dots", "/ok/%2e%2e/admin", "act on \"/admin\""),
+        ("encoded dots", "/ok/.%2E/admin", "act on \"/admin\""),
+        ("path parameters", "/ok/..;/admin", "`..;`"),
+        ("path parameters", "/ok/..;jsessionid=1/admin", "`..;`"),
+        ("path parameters", "/ok/.;/../admin", "`..;`"),
+        ("path parameters", "/ok/..%3b/admin", "`..;`"),
+        ("double encoding", "/ok/%252e%252e/admin", "encoded `%`"),
+        ("double encoding", "/ok/%252fadmin", "encoded `%`"),
+        ("invalid UTF-8", "/ok/%c0%ae%c0%ae/admin", "UTF-8"),
+        ("invalid UTF-8", "/ok/%e0%80%ae%e0%80%ae/admin", "UTF-8"),
+        ("invalid UTF-8", "/ok/%ff", "UTF-8"),
+        ("NUL", "/ok/x%00", "NUL"),
+        ("NUL", "/ok/..%00/admin", "NUL"),
+        ("encoded separators", "/ok/..%2fadmin", "encoded `/`"),
+        ("encoded separators", "/ok/..%5Cadmin", "encoded `/`"),
+        ("backslash", "/ok\\..\\admin", "backslash"),
+        ("bad escape", "/ok/%u002e%u002e/admin", "two hex digits"),
+        (
+            "encoded control",
+            "/ok/a%0d%0aX-Injected:1",
+            "control character",
+        ),
+        (
+            "outside",
+            "/admin",
+            "not allowed for api.example.com by profile.default.http[0]",
+        ),
+        ("outside", "/okay", "not allowed"),
+        ("outside", "/ok", "not allowed"),
+    ];
+    for (class, path, why) in refused {
+        let d = req("api.example.com", path).expect_err(path);
+        assert_eq!(d.code, DenyCode::PathNotAllowed, "{class}: {path}");
+        assert!(d.reason.contains(why), "{class}: {path}: {}", d.reason);
+        assert_eq!(
+            d.rule.as_ref().map(RuleRef::as_str),
+            Some("profile.default.http[0]")
+        );
+        assert!(!d.hint.is_empty());
+    }
+    let allowed = [
+        "/ok/",
+        "/ok/a",
+        "/ok/a/b/c.json",
+        "/ok/a?next=/admin/../x",
+        "/ok/a?q=%252e%00",
+        "/ok/%7Euser",
+        "/ok/%41bc",
+        "/ok/a%2Db_c",
+        "/ok/%2e%2e%2e",
+        "/ok/a%20b",
+        "/ok/caf%C3%A9",
+        "/ok/caf\u{e9}",
+        "/ok/a/./b",
+        "/ok/a/../b",
+        "/ok/%2e/b",
+        "/ok/a;v=1",
+        "/ok/.well-known/x",
+        "/ok/...",
+        "/ok//x",
+    ];
+    for path in allowed {
+        assert!(
+            matches!(req("api.example.com", path), Ok(Some(_))),
+            "{path}: {:?}",
+            req("api.example.com", path)
+        );
+    }
+    // Servlet containers strip `;` parameters: `a.conf;.txt` is `a.conf` to them.
+    assert!(req("files.example.com", "/pub/a.txt").is_ok());
+    let d = req("files.example.com", "/pub/secret.conf;.txt").expect_err("servlet");
+    assert!(d.reason.contains("Tomcat"), "{}", d.reason);
+    assert!(d.reason.contains("\"/pub/secret.conf\""), "{}", d.reason);
+    // A glob is normalised like a path, and one that could never match is refused.
+    let p2 = Policy::parse(
+        "[profile.default]\ninspect = [\"a.example\"]\n[[profile.default.http]]\nhost = \"a.example\"\npaths = [\"/%7Euser/*\"]\n",
+        "p.toml",
+    )
+    .expect("policy");
+    assert!(
+        p2.show().contains("paths = [\"/~user/*\"]"),
+        "{}",
+        p2.show()
+    );
+    assert!(p2
+        .decide_request("default", &n("a.example"), "GET", "/%7euser/x")
+        .is_ok());
 }
 
 #[test]

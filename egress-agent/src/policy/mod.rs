@@ -8,6 +8,7 @@
 pub mod name;
 mod parse;
 pub mod path;
+pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -21,6 +22,7 @@ use crate::deny::{Denial, DenyCode};
 
 pub use name::{split_host_port, CanonicalName, HostPattern, NameError, Pattern, DEFAULT_PORTS};
 pub use path::{PathGlob, Reading, Readings, Unjudgeable};
+pub use proxy::{ProxyHost, Route, UpstreamProxy};
 
 /// Errors loading a policy. Every error about the file's content renders as one line
 /// `FILE:LINE:COL: key `KEY`: WHAT` (or `FILE:LINE:COL: WHAT` for TOML syntax errors).
@@ -432,6 +434,7 @@ pub struct Policy {
     resolver: Option<SocketAddr>,
     addr: AddrPolicy,
     upstream_ca: Option<PathBuf>,
+    upstream_proxy: Option<UpstreamProxy>,
     profiles: BTreeMap<String, Profile>,
 }
 
@@ -492,6 +495,20 @@ impl Policy {
         self.upstream_ca.as_deref()
     }
 
+    /// `upstream_proxy`, with its credentials file and `no_upstream_proxy` exceptions.
+    pub fn upstream_proxy(&self) -> Option<&UpstreamProxy> {
+        self.upstream_proxy.as_ref()
+    }
+
+    /// How an allowed connection to `name:port` is dialed: through the upstream proxy
+    /// (`CONNECT`, the proxy resolves) unless none is set or `no_upstream_proxy` matches.
+    pub fn route(&self, name: &CanonicalName, port: u16) -> Route<'_> {
+        match &self.upstream_proxy {
+            None => Route::Direct,
+            Some(p) => p.route(name, port),
+        }
+    }
+
     /// The address classifier with this policy's `allow_ranges`.
     pub fn addr_policy(&self) -> &AddrPolicy {
         &self.addr
@@ -511,14 +528,20 @@ impl Policy {
         v
     }
 
-    /// Every credential source an `inject` rule of any profile reads (environment variables
-    /// and files), sorted, without duplicates: what the sandbox must never see.
+    /// Every credential source the agent reads — `inject` rules of any profile (environment
+    /// variables and files) and `upstream_proxy_auth` — sorted, without duplicates: what the
+    /// sandbox must never see.
     pub fn inject_sources(&self) -> Vec<&SecretSource> {
         let mut v: Vec<&SecretSource> = self
             .profiles
             .values()
             .flat_map(|p| p.http.iter())
             .filter_map(|r| r.inject().map(|(_, s)| s))
+            .chain(
+                self.upstream_proxy
+                    .as_ref()
+                    .and_then(UpstreamProxy::auth_source),
+            )
             .collect();
         v.sort_by_key(|s| s.to_string());
         v.dedup();

@@ -6,6 +6,9 @@
 //! resolver = "203.0.113.53:53"      # optional; default: first nameserver of /etc/resolv.conf
 //! allow_ranges = ["203.0.113.0/24"] # exemptions from the deny set (never metadata, loopback)
 //! upstream_ca = "/path/ca.pem"      # optional extra CA for inspected upstreams
+//! upstream_proxy = "http://proxy.corp:3128"                 # optional; see `proxy.rs`
+//! upstream_proxy_auth = { file = "/etc/egress-agent/proxy" } # `user:password`
+//! no_upstream_proxy = ["*.internal.corp"]                   # dialed directly
 //!
 //! [profile.default]
 //! allow = ["example.com", "*.example.org", "db.example.net:5432"]  # no port = 80 and 443
@@ -38,7 +41,7 @@ use super::{
 };
 use crate::addr::{AddrError, AddrPolicy};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     version: Option<Spanned<String>>,
@@ -47,6 +50,11 @@ struct RawPolicy {
     #[serde(default)]
     allow_ranges: Vec<Spanned<String>>,
     upstream_ca: Option<Spanned<String>>,
+    // The upstream proxy: validated and shown by `proxy.rs`.
+    upstream_proxy: Option<Spanned<String>>,
+    upstream_proxy_auth: Option<Spanned<super::proxy::RawProxyAuth>>,
+    #[serde(default)]
+    no_upstream_proxy: Vec<Spanned<String>>,
     #[serde(default)]
     profile: BTreeMap<String, Spanned<RawProfile>>,
 }
@@ -81,7 +89,7 @@ struct RawInject {
     file: Option<Spanned<String>>,
 }
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     src: &'a str,
     origin: &'a str,
 }
@@ -91,7 +99,12 @@ impl Ctx<'_> {
         line_col(self.src, offset)
     }
 
-    fn err(&self, span: Range<usize>, key: &str, message: impl fmt::Display) -> PolicyError {
+    pub(super) fn err(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl fmt::Display,
+    ) -> PolicyError {
         let (line, col) = self.pos(span.start);
         PolicyError::Invalid {
             origin: self.origin.to_string(),
@@ -288,6 +301,15 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         }
         Some(p) => Some(PathBuf::from(p.get_ref())),
     };
+    let upstream_proxy = super::proxy::build(
+        ctx,
+        super::proxy::RawUpstream {
+            url: raw.upstream_proxy.as_ref(),
+            auth: raw.upstream_proxy_auth.as_ref(),
+            bypass: &raw.no_upstream_proxy,
+        },
+        &addr,
+    )?;
     let mut profiles = BTreeMap::new();
     for (name, prof) in &raw.profile {
         let key = format!("profile.{}", seg(name));
@@ -313,6 +335,7 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         resolver,
         addr,
         upstream_ca,
+        upstream_proxy,
         profiles,
     })
 }
@@ -600,12 +623,8 @@ pub(super) fn from_allow_list(patterns: &[String]) -> Result<Policy, PolicyError
         ),
     );
     let raw = RawPolicy {
-        version: None,
-        mode: None,
-        resolver: None,
-        allow_ranges: Vec::new(),
-        upstream_ca: None,
         profile,
+        ..RawPolicy::default()
     };
     let ctx = Ctx {
         src: "",
@@ -650,6 +669,9 @@ pub(super) fn show(p: &Policy) -> String {
     }
     if let Some(ca) = &p.upstream_ca {
         let _ = writeln!(o, "upstream_ca = {}", q(&ca.display().to_string()));
+    }
+    if let Some(proxy) = &p.upstream_proxy {
+        super::proxy::show(&mut o, proxy);
     }
     for (name, prof) in &p.profiles {
         let _ = writeln!(o, "\n[profile.{name}]");

@@ -6,6 +6,9 @@ mode = "enforce"
 resolver = "203.0.113.53:53"
 allow_ranges = ["203.0.113.0/24", "198.51.100.7"]
 upstream_ca = "/etc/egress-agent/upstream.pem"
+upstream_proxy = "http://Proxy.Corp:3128/"
+upstream_proxy_auth = { file = "/etc/egress-agent/proxy-auth" }
+no_upstream_proxy = ["*.svc.example.org", "db.example.net:5432"]
 
 [profile.default]
 allow = ["example.com", "*.example.org", "db.example.net:5432", "*.svc.example.org:8443"]
@@ -82,6 +85,32 @@ fn sample_accessors() {
     assert!(a.classify("203.0.113.9".parse().expect("ip")).is_allowed());
     assert!(a.classify("198.51.100.7".parse().expect("ip")).is_allowed());
     assert!(!a.classify("198.51.100.8".parse().expect("ip")).is_allowed());
+    let proxy = p.upstream_proxy().expect("proxy");
+    assert_eq!(proxy.url(), "http://proxy.corp:3128");
+    assert_eq!(
+        proxy.auth_file(),
+        Some(Path::new("/etc/egress-agent/proxy-auth"))
+    );
+    assert!(matches!(p.route(&n("example.com"), 443), Route::Proxy(_)));
+    assert!(matches!(
+        p.route(&n("a.svc.example.org"), 8443),
+        Route::Bypass(0, _)
+    ));
+    assert!(matches!(
+        p.route(&n("db.example.net"), 5432),
+        Route::Bypass(1, _)
+    ));
+    assert!(matches!(
+        p.route(&n("db.example.net"), 443),
+        Route::Proxy(_)
+    ));
+    // The proxy's credentials are a secret the sandbox must never see, like inject sources.
+    assert!(p
+        .inject_sources()
+        .contains(&&SecretSource::File("/etc/egress-agent/proxy-auth".into())));
+    let plain = Policy::parse("[profile.default]\nallow = [\"a.com\"]\n", "p").expect("ok");
+    assert!(plain.upstream_proxy().is_none());
+    assert_eq!(plain.route(&n("a.com"), 443), Route::Direct);
 }
 
 #[test]
@@ -375,33 +404,6 @@ fn secrets_are_resolved_lazily_and_redacted() {
     assert!(shown.contains("file = \"/etc/egress-agent/key\""));
 }
 
-#[test]
-fn path_globs() {
-    let g = |s: &str| PathGlob::parse(s).expect("glob");
-    assert!(g("/v1/*").matches("/v1/x"));
-    assert!(g("/v1/*").matches("/v1/"));
-    assert!(!g("/v1/*").matches("/v1/x/y"));
-    assert!(!g("/v1/*").matches("/v1"));
-    assert!(g("/v1/**").matches("/v1/x/y/z"));
-    assert!(g("/**").matches("/"));
-    assert!(g("/a/*/c").matches("/a/b/c"));
-    assert!(!g("/a/*/c").matches("/a/b/b/c"));
-    assert!(g("/a/**/c").matches("/a/b/b/c"));
-    assert!(g("/a/**/c").matches("/a//c"));
-    assert!(g("/*.json").matches("/x.json"));
-    assert!(!g("/*.json").matches("/x.jsonx"));
-    assert!(g("/health").matches("/health"));
-    assert!(!g("/health").matches("/healthz"));
-    assert!(!g("/health").matches("/health/"));
-    // Pathological globs stay linear.
-    let many = format!("/{}x", "*".repeat(60));
-    let glob = PathGlob::parse(&many).expect("ok");
-    assert!(!glob.matches(&format!("/{}", "a".repeat(10_000))));
-    assert!(PathGlob::parse("v1").is_err());
-    assert!(PathGlob::parse("/a?b").is_err());
-    assert!(PathGlob::parse(&format!("/{}", "a".repeat(200))).is_err());
-}
-
 /// Issue 17 §6: a rule allowing only `/ok/**` refuses each class of spelling that some server
 /// resolves outside `/ok/`, and still allows every legitimate path under it.
 #[test]
@@ -521,6 +523,33 @@ paths = ["/pub/*.txt"]
 }
 
 #[test]
+fn path_globs() {
+    let g = |s: &str| PathGlob::parse(s).expect("glob");
+    assert!(g("/v1/*").matches("/v1/x"));
+    assert!(g("/v1/*").matches("/v1/"));
+    assert!(!g("/v1/*").matches("/v1/x/y"));
+    assert!(!g("/v1/*").matches("/v1"));
+    assert!(g("/v1/**").matches("/v1/x/y/z"));
+    assert!(g("/**").matches("/"));
+    assert!(g("/a/*/c").matches("/a/b/c"));
+    assert!(!g("/a/*/c").matches("/a/b/b/c"));
+    assert!(g("/a/**/c").matches("/a/b/b/c"));
+    assert!(g("/a/**/c").matches("/a//c"));
+    assert!(g("/*.json").matches("/x.json"));
+    assert!(!g("/*.json").matches("/x.jsonx"));
+    assert!(g("/health").matches("/health"));
+    assert!(!g("/health").matches("/healthz"));
+    assert!(!g("/health").matches("/health/"));
+    // Pathological globs stay linear.
+    let many = format!("/{}x", "*".repeat(60));
+    let glob = PathGlob::parse(&many).expect("ok");
+    assert!(!glob.matches(&format!("/{}", "a".repeat(10_000))));
+    assert!(PathGlob::parse("v1").is_err());
+    assert!(PathGlob::parse("/a?b").is_err());
+    assert!(PathGlob::parse(&format!("/{}", "a".repeat(200))).is_err());
+}
+
+#[test]
 fn errors_name_file_line_column_and_key() {
     let cases: &[(&str, &str)] = &[
         (
@@ -542,6 +571,58 @@ fn errors_name_file_line_column_and_key() {
         (
             "allow_ranges = [\"10.1.0.0/8\"]\n",
             "p.toml:1:17: key `allow_ranges[0]`: network \"10.1.0.0/8\" has host bits set: did you mean 10.0.0.0/8?",
+        ),
+        (
+            "upstream_proxy = \"https://proxy.corp:3128\"\n",
+            "p.toml:1:18: key `upstream_proxy`: scheme \"https\": only http:// proxies are supported",
+        ),
+        (
+            "upstream_proxy = \"proxy.corp:3128\"\n",
+            "p.toml:1:18: key `upstream_proxy`: \"proxy.corp:3128\" is not a URL",
+        ),
+        (
+            "upstream_proxy = \"http://u:p@proxy.corp:3128\"\n",
+            "p.toml:1:18: key `upstream_proxy`: credentials do not belong in the URL",
+        ),
+        (
+            "upstream_proxy = \"http://10.1.2.3:3128\"\n",
+            "p.toml:1:18: key `upstream_proxy`: 10.1.2.3 is in the deny set",
+        ),
+        (
+            "upstream_proxy = \"http://127.0.0.1:3128\"\nallow_ranges = [\"10.0.0.0/8\"]\n",
+            "p.toml:1:18: key `upstream_proxy`: 127.0.0.1 is in the deny set",
+        ),
+        (
+            "upstream_proxy = 3128\n",
+            "p.toml:1:18: key `upstream_proxy`: invalid type: integer `3128`, expected a string",
+        ),
+        (
+            "upstream_proxy = \"http://p.corp:3128\"\nupstream_proxy_auth = { file = \"auth\" }\n",
+            "p.toml:2:32: key `upstream_proxy_auth.file`: \"auth\" must be an absolute path",
+        ),
+        (
+            "upstream_proxy = \"http://p.corp:3128\"\nupstream_proxy_auth = { env = \"PW\" }\n",
+            "p.toml:2:25: key `upstream_proxy_auth.env`: unknown field `env`, expected `file`",
+        ),
+        (
+            "upstream_proxy_auth = { file = \"/a\" }\n",
+            "p.toml:1:23: key `upstream_proxy_auth`: credentials without `upstream_proxy`",
+        ),
+        (
+            "no_upstream_proxy = [\"a.corp\"]\n",
+            "p.toml:1:22: key `no_upstream_proxy[0]`: exceptions without `upstream_proxy`",
+        ),
+        (
+            "upstream_proxy = \"http://p.corp:3128\"\nno_upstream_proxy = [\"a.corp\", \"10.0.0.1\"]\n",
+            "p.toml:2:32: key `no_upstream_proxy[1]`: 10.0.0.1 is an IP address",
+        ),
+        (
+            "upstream_proxy = \"http://p.corp:3128\"\nno_upstream_proxy = [\"a.corp\", \"A.corp.\"]\n",
+            "p.toml:2:32: key `no_upstream_proxy[1]`: \"a.corp\" is listed twice",
+        ),
+        (
+            "[profile.default]\ninspect = [\"x.com\"]\n[[profile.default.http]]\nhost = \"x.com\"\npaths = [\"/ok/..;/x\"]\n",
+            "p.toml:5:10: key `profile.default.http[0].paths[0]`: path glob \"/ok/..;/x\" can never match",
         ),
         (
             "mode = \"block\"\n",
@@ -725,6 +806,11 @@ fn show_round_trips() {
     assert_eq!(q.resolver(), p.resolver());
     assert_eq!(q.addr_policy(), p.addr_policy());
     assert_eq!(q.upstream_ca(), p.upstream_ca());
+    assert_eq!(q.upstream_proxy(), p.upstream_proxy());
+    assert!(
+        shown.contains("upstream_proxy = \"http://proxy.corp:3128\"\nupstream_proxy_auth = { file = \"/etc/egress-agent/proxy-auth\" }\nno_upstream_proxy = [\"*.svc.example.org\", \"db.example.net:5432\"]\n"),
+        "{shown}"
+    );
     assert_eq!(q.show(), shown.replace("sample.toml", "shown.toml"));
     // Normalised, nothing added: methods upper-cased, patterns canonical.
     assert!(shown.contains("methods = [\"GET\", \"POST\"]"), "{shown}");

@@ -6,6 +6,7 @@
 //! sockets an HTTP engine owns ([`Lingering`]).
 
 mod lingering;
+mod proxy;
 pub mod tls;
 
 pub use lingering::Lingering;
@@ -16,19 +17,23 @@ use tokio::net::TcpStream;
 
 use crate::{
     deny::DenyCode,
-    policy::{name::CanonicalName, Policy},
+    policy::{name::CanonicalName, Policy, Route},
     resolve::Resolver,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Resolve `name`, screen its addresses with `policy`, dial one that passed.
+/// Resolve `name`, screen its addresses with `policy`, dial one that passed — or, with an
+/// `upstream_proxy` for this name, a tunnel through the proxy (which resolves the name).
 pub async fn connect(
     resolver: &Resolver,
     policy: &Policy,
     name: &CanonicalName,
     port: u16,
 ) -> Result<TcpStream, (DenyCode, String)> {
+    if let Route::Proxy(p) = policy.route(name, port) {
+        return proxy::connect(resolver, policy, p, name, port).await;
+    }
     let (addrs, _ttl) = resolver
         .lookup(name.as_str())
         .await

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::policy::{name::CanonicalName, Decision, Policy, Protocol};
+use crate::policy::{name::CanonicalName, Decision, Policy, Protocol, Route};
 
 /// An error chain as one line.
 pub fn one_line(e: &anyhow::Error) -> String {
@@ -51,5 +51,27 @@ pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String
             ),
         };
     }
+    let _ = writeln!(
+        o,
+        "{}:{port} route: {}",
+        name.as_str(),
+        route_text(policy, &name, port)
+    );
     Ok(o)
+}
+
+/// How an allowed connection to `name:port` is dialed, for `explain`.
+fn route_text(policy: &Policy, name: &CanonicalName, port: u16) -> String {
+    match policy.route(name, port) {
+        Route::Direct => "direct: the agent resolves the name and dials a screened address".into(),
+        Route::Bypass(i, p) => format!(
+            "direct (no_upstream_proxy[{i}] \"{p}\"): the agent resolves the name and dials a screened address"
+        ),
+        Route::Proxy(p) => format!(
+            "CONNECT {name}:{port} through upstream proxy {}{} (the proxy resolves the name; the proxy's own address is screened)",
+            p.url(),
+            if p.auth_file().is_some() { " with upstream_proxy_auth" } else { "" },
+            name = name.as_str()
+        ),
+    }
 }

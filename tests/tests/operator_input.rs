@@ -243,3 +243,161 @@ fn a_corrupt_ca_key_is_refused_with_one_line() {
     // The operator's key is left for them to inspect, never silently replaced.
     assert!(std::fs::read_to_string(&key).unwrap().contains("garbage"));
 }
+
+/// Issue 17 §7: the upstream proxy keys and path globs get the same one-line errors; `policy
+/// show` and `explain` print the proxy; a reload to a bad proxy key changes nothing.
+#[test]
+fn bad_proxy_keys_and_path_globs_are_refused_and_a_reload_changes_nothing() {
+    require_root!();
+    let topo = Topology::new("op_proxy");
+    let net = topo.start_fakenet();
+    let dir = topo.workdir();
+    let base = test_policy(&[]);
+    let p = dir.join("policy.toml");
+    let path_rule = "inspect = [\"api.allowed.test\"]\n[[profile.default.http]]\n\
+                     host = \"api.allowed.test\"\npaths = [\"/ok/%252e/*\"]\n";
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "https proxy",
+            format!("upstream_proxy = \"https://proxy.test:3128\"\n{base}"),
+            &["policy.toml:1:18:", "key `upstream_proxy`", "only http://"],
+        ),
+        (
+            "credentials in the URL",
+            format!("upstream_proxy = \"http://alice:pw@proxy.test:3128\"\n{base}"),
+            &["key `upstream_proxy`", "upstream_proxy_auth"],
+        ),
+        (
+            "private proxy address not exempted",
+            format!("upstream_proxy = \"http://10.66.0.10:3128\"\n{base}"),
+            &["key `upstream_proxy`", "deny set", "allow_ranges"],
+        ),
+        (
+            "relative credentials file",
+            format!(
+                "upstream_proxy = \"http://proxy.test:3128\"\n\
+                 upstream_proxy_auth = {{ file = \"proxy-auth\" }}\n{base}"
+            ),
+            &[
+                "policy.toml:2:",
+                "key `upstream_proxy_auth.file`",
+                "absolute",
+            ],
+        ),
+        (
+            "credentials without a proxy",
+            format!("upstream_proxy_auth = {{ file = \"/etc/proxy-auth\" }}\n{base}"),
+            &["key `upstream_proxy_auth`", "without `upstream_proxy`"],
+        ),
+        (
+            "bad exception pattern",
+            format!(
+                "upstream_proxy = \"http://proxy.test:3128\"\n\
+                 no_upstream_proxy = [\"ok.test\", \"*\"]\n{base}"
+            ),
+            &[
+                "policy.toml:2:33:",
+                "key `no_upstream_proxy[1]`",
+                "bare `*`",
+            ],
+        ),
+        (
+            "a path glob that can never match",
+            format!("{base}{path_rule}"),
+            &["key `profile.default.http[0].paths[0]`", "can never match"],
+        ),
+    ];
+    for (what, text, needles) in cases {
+        std::fs::write(&p, text).unwrap();
+        let out = run(&topo, &["policy", "check", p.to_str().unwrap()], &[]);
+        assert_refused(what, &out, needles);
+    }
+
+    // A good proxy policy: show prints the keys (never a credential), explain the route.
+    let auth = dir.join("proxy-auth");
+    std::fs::write(&auth, "alice:s3cr3t-never-shown\n").unwrap();
+    let good = format!(
+        "upstream_proxy = \"http://Proxy.Test:3128\"\n\
+         upstream_proxy_auth = {{ file = \"{}\" }}\n\
+         no_upstream_proxy = [\"*.allowed.test\"]\n{base}",
+        auth.display()
+    );
+    std::fs::write(&p, &good).unwrap();
+    let ps = p.to_str().unwrap();
+    let out = run(&topo, &["policy", "show", ps], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        shown.contains("upstream_proxy = \"http://proxy.test:3128\"")
+            && shown.contains(&format!(
+                "upstream_proxy_auth = {{ file = \"{}\" }}",
+                auth.display()
+            ))
+            && shown.contains("no_upstream_proxy = [\"*.allowed.test\"]")
+            && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+    let out = run(&topo, &["explain", "allowed.test", "--policy", ps], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("allowed.test:443 route: CONNECT allowed.test:443 through upstream proxy http://proxy.test:3128 with upstream_proxy_auth"),
+        "{text}"
+    );
+    let out = run(
+        &topo,
+        &["explain", "www.allowed.test:80", "--policy", ps],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("route: direct (no_upstream_proxy[0] \"*.allowed.test\")"),
+        "{text}"
+    );
+
+    // A running agent asked to reload a bad proxy key keeps its policy: still direct, still
+    // working (proxy.test does not even exist in this fake internet).
+    let agent = Agent::attach(&topo, &base);
+    let get = || {
+        raw(
+            &topo,
+            &WEB1.to_string(),
+            80,
+            &http_get("allowed.test"),
+            0,
+            false,
+        )
+    };
+    assert_eq!(get().http_status(), Some(200));
+    std::fs::write(
+        &agent.policy,
+        format!("upstream_proxy = \"http://10.66.0.10:3128\"\n{base}"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let refused = agent.wait_log("reload refused", std::time::Duration::from_secs(10));
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|l| l.contains("upstream_proxy")),
+        "{refused:?}"
+    );
+    let r = get();
+    assert_eq!(r.http_status(), Some(200), "{r:?}");
+    let recs = agent.audit_records(2);
+    let last = recs
+        .iter()
+        .rev()
+        .find(|r| r["protocol"] == "http")
+        .expect("an http record");
+    let direct = [format!("{WEB1}:80"), format!("[{WEB1_V6}]:80")];
+    assert!(
+        direct.iter().any(|d| last["upstream"] == d.as_str()),
+        "still direct: {last}"
+    );
+    assert_eq!(last["policy"], "test-1");
+    drop(net);
+}

@@ -103,6 +103,11 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     // tests/tests/kubernetes.rs: a venv for kubernetes-validate.
     "python3-venv",
+    // tests/tests/upstream_proxy.rs: a real upstream proxy (the openssl flavour is what the
+    // bench machine already has; plain `squid` conflicts with it).
+    "squid-openssl",
+    // tests/tests/upstream_proxy.rs: the proxy's password file (`openssl passwd`).
+    "openssl",
 ];
 
 /// The clients of the real-client lab (tests/tests/clients.rs), as (command, Debian package):

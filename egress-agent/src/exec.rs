@@ -34,6 +34,9 @@ pub struct ExecArgs {
     /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
     #[arg(long)]
     pub trust_ca: bool,
+    /// Do not print a line on stderr for each denial while CMD runs.
+    #[arg(long)]
+    pub quiet: bool,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -50,6 +53,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode> {
     };
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
+    let _denials = crate::notify::to_stderr(&shared.audit, args.quiet);
 
     let cg = Cgroup::create("egress-agent.exec", &format!("{}", std::process::id()))?;
     let result = run_in(&args, shared, &cg).await;
@@ -82,6 +86,7 @@ async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) ->
 
     let mut cmd = tokio::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
+    running.attachment.set_trusts_ca(args.trust_ca);
     if args.trust_ca {
         // Certificates only: the CA key stays in the state directory's `ca/` (mode 0600).
         let policy = running.attachment.shared.policy.load_full();

@@ -70,7 +70,8 @@ const MAX_TTL: u32 = 60;
 const MAX_QUERIES_IN_FLIGHT: usize = 512;
 
 pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
-    let netns_cookie = crate::sys::netns_cookie(std::os::fd::AsRawFd::as_raw_fd(&sock)).unwrap_or(0);
+    let netns_cookie =
+        crate::sys::netns_cookie(std::os::fd::AsRawFd::as_raw_fd(&sock)).unwrap_or(0);
     let sock = Arc::new(sock);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT));
     // At most one warning per 10 s while at the cap: a flood must not flood the log too.
@@ -223,8 +224,10 @@ pub fn respond(req: &Message, outcome: &Outcome) -> Option<Vec<u8>> {
             code,
         } => {
             resp.metadata.response_code = *rcode;
-            edns.options_mut()
-                .insert(EdnsOption::Unknown(EDNS_EDE, ede(ede_info_code(code), reason)));
+            edns.options_mut().insert(EdnsOption::Unknown(
+                EDNS_EDE,
+                ede(ede_info_code(code), reason),
+            ));
         }
     }
     let explained = matches!(outcome, Outcome::Steered { .. });
@@ -245,7 +248,11 @@ pub struct Asker {
 impl Asker {
     /// The sender of a datagram from `from`, as the kernel noted it (`eg_dns_src`).
     fn of_datagram(att: &Attachment, netns_cookie: u64, from: SocketAddr) -> Self {
-        match att.dns_senders.as_ref().and_then(|t| t.get(netns_cookie, from)) {
+        match att
+            .dns_senders
+            .as_ref()
+            .and_then(|t| t.get(netns_cookie, from))
+        {
             Some(v) => Self {
                 pid: v.tgid,
                 comm: v.comm().to_string(),
@@ -314,6 +321,9 @@ fn record_of(
             rec.hint = Some(d.hint);
         }
     }
+    if let Outcome::Steered { reason } = outcome {
+        rec.reason = Some(reason.clone());
+    }
     if let Outcome::Blocked { code, reason, .. } = outcome {
         // Refused in either mode: monitor mode answers every name it can, so what is left
         // is a real refusal (unparseable name, prohibited addresses only, resolver failure).
@@ -331,7 +341,9 @@ pub enum Outcome {
     /// A denied name (`dns_deny = "explain"`): A is answered with the agent's service
     /// address, so the connection that follows is refused where the client shows it; other
     /// types get NODATA (AAAA: clients use the v4 answer). Never forwarded.
-    Steered { reason: String },
+    Steered {
+        reason: String,
+    },
     Blocked {
         rcode: ResponseCode,
         code: &'static str,

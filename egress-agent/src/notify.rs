@@ -66,6 +66,17 @@ fn subject(rec: &Record) -> String {
     s
 }
 
+/// What the rate limit counts as "the same denial": the name whatever the port or way (the
+/// DNS answer for a denied name and the connection that follows are one line), else the
+/// destination address.
+fn key_subject(rec: &Record) -> String {
+    let s = match &rec.name {
+        Some(n) => n.as_str(),
+        None => rec.orig_dst.as_str(),
+    };
+    s.chars().take(300).collect()
+}
+
 /// The record's own hint, else the fix for a kernel refusal (no policy rule made those).
 pub fn hint(rec: &Record) -> Option<String> {
     if let Some(h) = rec.hint.as_ref().filter(|h| !h.is_empty()) {
@@ -156,10 +167,7 @@ impl Limiter {
 
     /// Writes the record's line unless its key was written within [`WINDOW`] of `now`.
     pub fn offer(&mut self, rec: &Record, now: Instant) {
-        let key = (
-            rec.code.clone().unwrap_or_default(),
-            subject(rec).chars().take(300).collect(),
-        );
+        let key = (rec.code.clone().unwrap_or_default(), key_subject(rec));
         if let Some(seen) = self.keys.get_mut(&key) {
             if now.duration_since(seen.printed) < WINDOW {
                 seen.suppressed += 1;
@@ -247,7 +255,9 @@ mod tests {
             name: Some(name.into()),
             port: Some(443),
             code: Some(code.into()),
-            reason: Some(format!("{name} is not in the allow list of profile default")),
+            reason: Some(format!(
+                "{name} is not in the allow list of profile default"
+            )),
             hint: Some(format!("add \"{name}\" to [profile.default] allow")),
             ..Default::default()
         }
@@ -302,7 +312,7 @@ mod tests {
         let lines = buf.lines();
         assert_eq!(
             lines.last().unwrap(),
-            "egress-agent: 1 more host_not_allowed denial(s) of a.test:443 were not shown (one line per 10 s)"
+            "egress-agent: 1 more host_not_allowed denial(s) of a.test were not shown (one line per 10 s)"
         );
         l.summary();
         assert_eq!(buf.lines().len(), lines.len(), "told once");

@@ -571,7 +571,16 @@ fn untrusted_ca_is_reported_with_the_fix() {
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
     let rec = wait_record(&agent, |r| r["code"] == "client_rejected_ca");
-    assert!(rec["reason"].as_str().unwrap().contains("ca env"), "{rec}");
+    assert!(
+        rec["reason"].as_str().unwrap().contains("UnknownCA"),
+        "{rec}"
+    );
+    // Not known to trust the CA (no `exec --trust-ca`): the fix is to trust it.
+    let hint = rec["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("ca env") && hint.contains("--trust-ca"),
+        "{rec}"
+    );
     // The status page shows it to the sandbox.
     let r = s.curl(&["http://egress.internal/status"]);
     assert_eq!(r.status, 200, "{r:?}");

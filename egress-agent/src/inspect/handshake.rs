@@ -41,9 +41,9 @@ impl std::fmt::Display for Rejection {
             Rejection::Alert(a) => write!(f, "it sent the alert {a:?}"),
             Rejection::Eof => f.write_str("it closed the connection during the handshake"),
             Rejection::CloseNotify => f.write_str("it sent close_notify during the handshake"),
-            Rejection::AfterHandshake => f.write_str(
-                "it closed the connection right after the handshake without a request",
-            ),
+            Rejection::AfterHandshake => {
+                f.write_str("it closed the connection right after the handshake without a request")
+            }
         }
     }
 }

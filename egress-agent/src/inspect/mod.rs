@@ -150,7 +150,12 @@ pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
         Err(failure) => {
             let mut rec = conn.base;
             failure.describe(&mut rec, &conn.name, conn.att.trusts_ca());
-            tracing::debug!(name = conn.name.as_str(), code = rec.code.as_deref().unwrap_or(""), reason = rec.reason.as_deref().unwrap_or(""), "inspection handshake failed");
+            tracing::debug!(
+                name = conn.name.as_str(),
+                code = rec.code.as_deref().unwrap_or(""),
+                reason = rec.reason.as_deref().unwrap_or(""),
+                "inspection handshake failed"
+            );
             conn.att.finish(rec, started);
             return;
         }
@@ -215,9 +220,7 @@ pub async fn answer_refused(tls: handshake::Terminated, denial: crate::deny::Den
     let denial = Arc::new(denial);
     let svc = hyper::service::service_fn(move |_req| {
         let d = denial.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(crate::requests::denial_response(&d))
-        }
+        async move { Ok::<_, std::convert::Infallible>(crate::requests::denial_response(&d)) }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     b.http1()

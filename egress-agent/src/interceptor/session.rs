@@ -100,8 +100,7 @@ impl Session {
         if self.service || !super::wanted::opaque_could_be_allowed(self.dst, &self.att, policy) {
             limits.first_byte_timeout = limits.total_timeout;
         }
-        match Box::pin(peek::peek(&mut self.client, &mut self.buf, limits)).await
-        {
+        match Box::pin(peek::peek(&mut self.client, &mut self.buf, limits)).await {
             Ok(p) => Ok(p),
             Err(peek::PeekError::Http(e)) => {
                 let (code, host) = match &e {
@@ -208,8 +207,10 @@ impl Session {
         );
         let (client, buf, att, started) = (self.client, self.buf, self.att, self.started);
         if r.reply == Reply::Tls && tells_in_tls(&att, &r) {
-            return Box::pin(refuse_in_tls(client, buf, policy, rec, denial, &att, started))
-                .await;
+            return Box::pin(refuse_in_tls(
+                client, buf, policy, rec, denial, &att, started,
+            ))
+            .await;
         }
         att.finish(rec, started);
         respond::send(client, r.reply, &denial).await;

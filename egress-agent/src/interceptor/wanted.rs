@@ -164,7 +164,9 @@ fn host_header(host: Option<&str>, port: u16, service: bool) -> Result<Wanted, U
     };
     let (h, _) = split_host_port(host, port)
         .map_err(|e| refused(reply, host, port, format!("Host {host:?}: {e}")))?;
-    if service {
+    // The status page is the service address asked for by its own name (or address); any
+    // other Host there is a name the agent's DNS steered to it, judged like everywhere.
+    if service && is_service_name(&h) {
         return Err(Unnamed::Status);
     }
     Ok(Wanted {
@@ -173,6 +175,13 @@ fn host_header(host: Option<&str>, port: u16, service: bool) -> Result<Wanted, U
         protocol: Protocol::Http,
         reply,
     })
+}
+
+fn is_service_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.');
+    h.eq_ignore_ascii_case(crate::SERVICE_NAME)
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == std::net::IpAddr::V4(crate::SERVICE_ADDR4))
 }
 
 /// No name on the wire: only a name our DNS gave this container for this address can be

@@ -34,8 +34,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    DnsDeny, HostPattern, HttpRule, Inject, Mode, NameError, PathGlob, Pattern, Policy, PolicyError,
-    Profile, Rule, RuleKind, RuleRef, SecretSource,
+    DnsDeny, HostPattern, HttpRule, Inject, Mode, NameError, PathGlob, Pattern, Policy,
+    PolicyError, Profile, Rule, RuleKind, RuleRef, SecretSource,
 };
 use crate::addr::{AddrError, AddrPolicy};
 

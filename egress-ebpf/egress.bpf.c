@@ -283,7 +283,9 @@ static __always_inline __u32 __egress_connect6(struct bpf_sock_addr *ctx, __u8 *
 		to = mapped ? cfg->dns_port4 : cfg->dns_port6;
 		flags |= SOCK_F_DNS;
 	} else if (ctx->type == SOCK_STREAM) {
-		if (dport != DNS_PORT) {
+		/* As in connect4: the service address skips classification, here as
+		 * ::ffff:192.0.2.1 (an AF_INET6 socket, e.g. every JVM's). */
+		if (dport != DNS_PORT && !(mapped && cfg->svc_addr4 && word(daddr, 3) == bpf_ntohl(cfg->svc_addr4))) {
 			reason = classify6(daddr);
 			if (reason)
 				return reason;

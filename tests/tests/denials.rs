@@ -105,6 +105,18 @@ fn a_denied_name_resolves_to_the_agent_and_the_connection_explains_it() {
         .starts_with("egress-agent"));
     assert_eq!(c.json()["error"], "host_not_allowed", "{c:?}");
     assert_eq!(c.json()["host"], "other.test", "{c:?}");
+    // The same from an AF_INET6 socket (every JVM's): ::ffff:192.0.2.1 reaches the agent too.
+    let p = topo.probe(&[
+        "tcp",
+        "192.0.2.1:80",
+        "--v6-socket",
+        "--send",
+        "GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+        "--shut-wr",
+        "--read",
+    ]);
+    let reply = p["reply"].as_str().unwrap_or("");
+    assert!(reply.starts_with("HTTP/1.1 403") && reply.contains("host_not_allowed"), "{p}");
     // TLS from a sandbox not known to trust the CA: the alert that means "denied".
     let c = curl(&topo, &["--cacert", &ca, "https://other.test/"], &[]);
     assert_eq!(c.exit, 35, "{c:?}");
@@ -131,13 +143,13 @@ fn a_denied_name_resolves_to_the_agent_and_the_connection_explains_it() {
         .connections_to(WEB2.into())
         .iter()
         .all(|c| c["peer"].as_str().unwrap_or("").starts_with("10.200.")));
-    // One record per decision: the probe's 2 questions, curl's A + AAAA twice, 2 connections;
+    // One record per decision: the probe's 2 questions, curl's A + AAAA twice, 3 connections;
     // each denial names its fix.
-    let recs = records_of(&agent, "other.test", 8);
+    let recs = records_of(&agent, "other.test", 9);
     std::thread::sleep(Duration::from_millis(300));
-    let recs2 = records_of(&agent, "other.test", 8);
-    assert_eq!(recs.len(), 8, "{recs:#?}");
-    assert_eq!(recs2.len(), 8, "late records: {recs2:#?}");
+    let recs2 = records_of(&agent, "other.test", 9);
+    assert_eq!(recs.len(), 9, "{recs:#?}");
+    assert_eq!(recs2.len(), 9, "late records: {recs2:#?}");
     for r in &recs {
         assert_eq!(r["decision"], "deny", "{r}");
         assert_eq!(r["code"], "host_not_allowed", "{r}");
@@ -147,7 +159,7 @@ fn a_denied_name_resolves_to_the_agent_and_the_connection_explains_it() {
     let count = |p: &str| recs.iter().filter(|r| r["protocol"] == p).count();
     assert_eq!(
         (count("dns"), count("http"), count("tls")),
-        (6, 1, 1),
+        (6, 2, 1),
         "{recs:#?}"
     );
 }

@@ -636,9 +636,21 @@ static __always_inline void note_dns_sender(struct __sk_buff *skb, const struct 
 {
 	struct orig_dst_key key = {};
 
+	struct orig_dst_value *v;
+
 	if (!udp_source(skb, &key))
 		return;
 	key.netns_cookie = st->netns_cookie;
+	/* A socket asks again and again (A, AAAA, retries, the next name): its entry is
+	 * rewritten in place only when the sender changed. An LRU update allocates a
+	 * node and frees the old one, several times the cost of this lookup. */
+	v = bpf_map_lookup_elem(&eg_dns_src, &key);
+	if (v) {
+		if (v->pid != st->orig.pid || v->tgid != st->orig.tgid ||
+		    v->cgroup_id != st->orig.cgroup_id)
+			__builtin_memcpy(v, &st->orig, sizeof(*v));
+		return;
+	}
 	bpf_map_update_elem(&eg_dns_src, &key, &st->orig, BPF_ANY);
 }
 

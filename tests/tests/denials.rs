@@ -116,7 +116,10 @@ fn a_denied_name_resolves_to_the_agent_and_the_connection_explains_it() {
         "--read",
     ]);
     let reply = p["reply"].as_str().unwrap_or("");
-    assert!(reply.starts_with("HTTP/1.1 403") && reply.contains("host_not_allowed"), "{p}");
+    assert!(
+        reply.starts_with("HTTP/1.1 403") && reply.contains("host_not_allowed"),
+        "{p}"
+    );
     // TLS from a sandbox not known to trust the CA: the alert that means "denied".
     let c = curl(&topo, &["--cacert", &ca, "https://other.test/"], &[]);
     assert_eq!(c.exit, 35, "{c:?}");
@@ -431,4 +434,60 @@ fn exec_prints_one_line_per_denial_and_trust_ca_gets_the_403_inside_tls() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("alert access denied"));
     assert!(denial_lines(&out.stderr).is_empty(), "{out:?}");
     assert!(!net.was_queried("never.test"));
+}
+
+/// The kernel's cost of DNS attribution (eg_dns_src), measured with `BPF_ENABLE_STATS`: ns per
+/// run of the egress backstop and of sendmsg4 over 3,000 DNS datagrams. Not a check (timings
+/// on a shared machine): run it by hand, with `EGRESS_BIN_DIR` pointing at a build without the
+/// map for the figure before (`cargo test -p egress-tests --test denials -- --ignored cost`).
+#[test]
+#[ignore]
+fn dns_attribution_cost_in_the_kernel() {
+    require_root!();
+    let topo = Topology::new("deny_cost");
+    let _net = topo.start_fakenet();
+    let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let _stats = egress_agent::bpf::enable_run_time_stats().expect("BPF_ENABLE_STATS");
+    let script = "import socket,struct\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\nq=struct.pack('>HHHHHH',1,0x100,1,0,0,0)+b'\\x06egress\\x08internal\\x00\\x00\\x01\\x00\\x01'\nfor i in range(3000):\n  s.sendto(q,('203.0.113.53',53)); s.recv(512)\nprint('{}')";
+    let before = cgroup_prog_stats(topo.ctr_cgroup_path());
+    python(&topo, script, &[], &[]);
+    let after = cgroup_prog_stats(topo.ctr_cgroup_path());
+    for (ty, (t1, n1)) in &after {
+        let (t0, n0) = before.get(ty).copied().unwrap_or((0, 0));
+        if n1 > &n0 {
+            println!(
+                "{ty}: {} runs, {:.0} ns per run",
+                n1 - n0,
+                (t1 - t0) as f64 / (n1 - n0) as f64
+            );
+        }
+    }
+}
+
+/// attach type -> (run_time_ns, run_cnt) of the programs attached to `cg`.
+fn cgroup_prog_stats(cg: &std::path::Path) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cg)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = std::collections::BTreeMap::new();
+    for p in progs {
+        let id = p["id"].to_string();
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "id", &id, "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        m.insert(
+            p["attach_type"].as_str().unwrap_or("?").to_string(),
+            (
+                v["run_time_ns"].as_u64().unwrap_or(0),
+                v["run_cnt"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    m
 }

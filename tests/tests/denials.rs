@@ -491,3 +491,26 @@ fn cgroup_prog_stats(cg: &std::path::Path) -> std::collections::BTreeMap<String,
     }
     m
 }
+
+/// A client that sends its ClientHello late (a cold JVM on a loaded machine: > 500 ms after
+/// connecting) to a destination no opaque rule could allow is waited for, not taken for a
+/// server-first protocol and reset.
+#[test]
+fn a_slow_client_hello_is_waited_for() {
+    require_root!();
+    let topo = Topology::new("deny_slow_hello");
+    let net = topo.start_fakenet();
+    let ca = ca(&net);
+    let script = "import socket,ssl,sys,time,json\ns=socket.create_connection(('198.51.100.10',443),timeout=10)\ntime.sleep(1.5)\nc=ssl.create_default_context(cafile=sys.argv[1])\nt=c.wrap_socket(s,server_hostname='allowed.test')\nt.sendall(b'GET /slow HTTP/1.1\\r\\nHost: allowed.test\\r\\nConnection: close\\r\\n\\r\\n')\nprint(json.dumps({'reply':t.recv(100).decode(errors='replace')}))";
+    let v = python(&topo, script, &[&ca], &[]);
+    assert!(
+        v["reply"].as_str().unwrap().starts_with("HTTP/1.1 200"),
+        "direct: {v}"
+    );
+    let _agent = Agent::attach(&topo, &test_policy(&[]));
+    let v = python(&topo, script, &[&ca], &[]);
+    assert!(
+        v["reply"].as_str().unwrap().starts_with("HTTP/1.1 200"),
+        "{v}"
+    );
+}

@@ -93,11 +93,15 @@ impl Session {
     /// A client that sends nothing is taken for a server-first protocol (opaque TCP) after
     /// the short first-byte wait only where a `host:port` rule could allow the destination;
     /// elsewhere it gets the whole timeout (a cold JVM on a loaded machine sends its
-    /// ClientHello more than 500 ms after connecting).
+    /// ClientHello more than 500 ms after connecting). In monitor mode every nameless
+    /// connection may pass, so the short wait stays.
     pub async fn peek(&mut self, policy: &Policy) -> Result<Peeked, Stop> {
         let port = self.dst.port();
         let mut limits = PeekLimits::default();
-        if self.service || !super::wanted::opaque_could_be_allowed(self.dst, &self.att, policy) {
+        // Monitor mode passes nameless connections on: any of them may be server-first.
+        let server_first_possible = policy.mode() == Mode::Monitor
+            || super::wanted::opaque_could_be_allowed(self.dst, &self.att, policy);
+        if self.service || !server_first_possible {
             limits.first_byte_timeout = limits.total_timeout;
         }
         match Box::pin(peek::peek(&mut self.client, &mut self.buf, limits)).await {

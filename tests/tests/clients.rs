@@ -76,8 +76,9 @@ const DENIED: &[(&str, [Option<Shown>; 3])] = &[
     // Opaque TCP: reset (no request to judge by path, no protocol to say anything in).
     ("git-daemon", [Some(EXEC), Some(EXEC), None]),
     ("cargo", [Some(BOTH), Some(BOTH), Some(BOTH)]),
-    // go: "403 Forbidden", no body.
-    ("go", [Some(EXEC), Some(EXEC), Some(EXEC)]),
+    // go prints the status line, no body: a refused name's connection is HTTP/1.1 with
+    // "403 Forbidden by egress-agent: host_not_allowed"; the path rule's 403 is h2 (no phrase).
+    ("go", [Some(BOTH), Some(BOTH), Some(EXEC)]),
     ("java", [Some(BOTH), Some(BOTH), Some(BOTH)]),
     // grpcio trusts its own roots only: it rejects the agent's certificate before any
     // request (exec says so, with the fix: client_rejected_ca for the path way).

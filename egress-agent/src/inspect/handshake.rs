@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::Inspector;
+use std::sync::Arc;
+
 use crate::{policy::name::CanonicalName, record::Record, rewind::Rewind};
 
 /// The client must finish its handshake within this.
@@ -50,11 +51,11 @@ impl std::fmt::Display for Rejection {
 
 /// Replays the peeked ClientHello into rustls and completes the handshake.
 pub async fn terminate(
-    inspector: &Inspector,
+    config: Arc<rustls::ServerConfig>,
     client: TcpStream,
     peeked: Vec<u8>,
 ) -> Result<Terminated, Failure> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(inspector.server.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         acceptor.accept(Rewind::new(peeked, client)),

@@ -68,6 +68,9 @@ pub struct Inspector {
     pub ca: Arc<ca::Ca>,
     pub minter: Arc<mint::Minter>,
     pub server: Arc<ServerConfig>,
+    /// For refused connections: the same leaves, ALPN HTTP/1.1 only, so that the 403's
+    /// status line (which names egress-agent and the code) reaches clients that print it.
+    pub refusal: Arc<ServerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +99,14 @@ impl Inspector {
             .with_no_client_auth()
             .with_cert_resolver(minter.clone());
         server.ignore_client_order = true;
+        let mut refusal = server.clone();
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        refusal.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             ca,
             minter,
             server: Arc::new(server),
+            refusal: Arc::new(refusal),
         })
     }
 
@@ -145,7 +151,7 @@ pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
         Ok(x) => x,
         Err(reason) => return unavailable(client, conn, &reason, started).await,
     };
-    let tls = match handshake::terminate(&inspector, client, peeked).await {
+    let tls = match handshake::terminate(inspector.server.clone(), client, peeked).await {
         Ok(tls) => tls,
         Err(failure) => {
             let mut rec = conn.base;
@@ -197,7 +203,7 @@ pub async fn terminate_refused(
     policy: &Policy,
 ) -> Result<handshake::Terminated, String> {
     let inspector = Inspector::get(policy)?;
-    handshake::terminate(&inspector, client, peeked)
+    handshake::terminate(inspector.refusal.clone(), client, peeked)
         .await
         .map_err(|f| match f {
             handshake::Failure::RejectedCa(how) => {
@@ -214,21 +220,29 @@ pub fn can_mint_refusals() -> bool {
     !name_constraints_wanted()
 }
 
-/// Answers every request on `tls` with the denial (403 + Proxy-Status + JSON; h2 or
-/// HTTP/1.1 as ALPN chose), until the client closes. The denial was recorded once already.
+/// Answers every request on `tls` with the denial (403 + Proxy-Status + JSON, over HTTP/1.1
+/// with a status line naming egress-agent and the code: clients that show no body, such as
+/// Go's, print it), until the client closes. The denial was recorded once already.
 pub async fn answer_refused(tls: handshake::Terminated, denial: crate::deny::Denial) {
+    let phrase = format!("Forbidden by egress-agent: {}", denial.code.as_str());
+    let phrase = hyper::ext::ReasonPhrase::try_from(phrase).ok();
     let denial = Arc::new(denial);
     let svc = hyper::service::service_fn(move |_req| {
-        let d = denial.clone();
-        async move { Ok::<_, std::convert::Infallible>(crate::requests::denial_response(&d)) }
+        let (d, phrase) = (denial.clone(), phrase.clone());
+        async move {
+            let mut resp = crate::requests::denial_response(&d);
+            if let Some(p) = phrase {
+                resp.extensions_mut().insert(p);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
-    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    b.http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(REFUSED_IDLE);
-    b.http2().timer(hyper_util::rt::TokioTimer::new());
     let io = hyper_util::rt::TokioIo::new(tls);
-    let _ = tokio::time::timeout(REFUSED_IDLE * 4, b.serve_connection(io, svc)).await;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REFUSED_IDLE)
+        .serve_connection(io, svc);
+    let _ = tokio::time::timeout(REFUSED_IDLE * 4, conn).await;
 }
 
 /// How long a refused connection may wait for a request (and, times four, live at all).

@@ -520,3 +520,48 @@ async fn resolve(
     }
     Outcome::Answer(answer, ttl)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_name_their_owner() {
+        let owner = |raw| service_label_owner(raw);
+        assert_eq!(owner("_https._tcp.example.com."), Some("example.com."));
+        assert_eq!(owner("_443._tcp.api.example.com"), Some("api.example.com"));
+        assert_eq!(owner("_dns.example.com"), Some("example.com"));
+        // Not a service label, or nothing under it.
+        assert_eq!(owner("example.com"), None);
+        assert_eq!(owner("a._tcp.example.com"), None);
+        assert_eq!(owner("_tcp."), None);
+        assert_eq!(owner("_tcp"), None);
+        assert_eq!(owner("_a._b."), None);
+    }
+
+    #[test]
+    fn a_steered_answer_is_the_service_address_for_a_and_nodata_else() {
+        let q = |t| {
+            let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query("denied.test.".parse().unwrap(), t));
+            m
+        };
+        let outcome = Outcome::Steered {
+            reason: "denied.test is not allowed".into(),
+        };
+        let a = Message::from_vec(&respond(&q(RecordType::A), &outcome).unwrap()).unwrap();
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a.answers.len(), 1);
+        assert_eq!(a.answers[0].ttl, STEERED_TTL);
+        assert!(matches!(&a.answers[0].data, RData::A(A(ip)) if *ip == crate::SERVICE_ADDR4));
+        let ede = a.edns.as_ref().expect("EDE");
+        // EDE 4 "Forged Answer", then the text.
+        assert!(
+            format!("{ede:?}").contains("Unknown(15, [0, 4, 101, 103"),
+            "{ede:?}"
+        );
+        let aaaa = Message::from_vec(&respond(&q(RecordType::AAAA), &outcome).unwrap()).unwrap();
+        assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+        assert!(aaaa.answers.is_empty());
+    }
+}

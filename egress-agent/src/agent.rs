@@ -150,17 +150,23 @@ pub fn sync_deny_set(enf: &mut Enforcement, policy: &Policy) -> Result<(), Agent
 }
 
 fn kernel_record(att: &Attachment, ev: &EgressEvent) -> Record {
+    let version = att.shared.policy.load().version().to_string();
+    kernel_event_record(&att.profile, version, ev)
+}
+
+/// The audit record of a kernel denial (a container's programs or a gate's).
+pub fn kernel_event_record(profile: &str, policy_version: String, ev: &EgressEvent) -> Record {
     let reason = crate::addr::Reason::from_u32(ev.reason as u32);
     Record {
         time: Record::now(),
         cgroup_id: ev.cgroup_id,
-        profile: att.profile.clone(),
+        profile: profile.to_string(),
         pid: ev.tgid,
         comm: ev.comm().to_string(),
         orig_dst: ev.destination().map(|d| d.to_string()).unwrap_or_default(),
         protocol: "kernel",
         decision: "deny",
-        policy: att.shared.policy.load().version().to_string(),
+        policy: policy_version,
         code: Some(
             reason
                 .map(|r| r.label().to_string())

@@ -95,6 +95,15 @@ pub enum Cmd {
     /// The TLS inspection CA: `export` (PEM on stdout), `env` (shell exports for common tools).
     #[command(subcommand)]
     Ca(CaCmd),
+    /// OCI `createRuntime` hook: reads the OCI state on stdin and has the daemon enforce the
+    /// container before it runs (podman/CRI-O hooks.d; added by `runtime` elsewhere).
+    OciHook(crate::oci::hook::HookArgs),
+    /// An OCI runtime wrapper (for Docker, containerd): adds the hook on `create`, then runs
+    /// the real runtime with the same arguments. Also what `egress-agent-runc` runs.
+    Runtime(crate::oci::wrapper::RuntimeArgs),
+    /// Gated parents (`[[gate]]` in daemon.toml): `list` the pinned gates, `remove` one.
+    #[command(subcommand)]
+    Gate(GateCmd),
     /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
@@ -102,6 +111,18 @@ pub enum Cmd {
         profile: String,
         #[arg(long)]
         policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GateCmd {
+    /// The gated parents with pins (they outlive the daemon: fail closed).
+    List,
+    /// Remove a gate: every cgroup below it gets its network back unless enforced on its
+    /// own. Refused while a daemon serves it.
+    Remove {
+        #[arg(long)]
+        cgroup: PathBuf,
     },
 }
 
@@ -174,27 +195,99 @@ pub fn init_logging(cli: &Cli) {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let sock = crate::control::socket_path(cli.control.as_deref());
-    let daemon = || crate::control::daemon_running(&sock);
-    let get = |uri: &str| -> Result<String> {
-        let b = crate::control::call_blocking(&sock, hyper::Method::GET, uri, None)?;
-        Ok(String::from_utf8_lossy(&b).into_owned())
-    };
     if let Some(d) = &cli.state_dir {
         crate::inspect::ca::set_state_dir(d.clone());
     }
     crate::inspect::set_name_constraints(cli.ca_name_constraints);
+    let daemon = || crate::control::daemon_running(&sock);
     match cli.cmd {
-        Cmd::Ca(CaCmd::Export { policy }) => {
-            print!("{}", load_ca(policy.as_deref())?.cert_pem);
+        Cmd::Ca(c) => ca(c),
+        Cmd::Policy(c) => policy(c, &sock),
+        Cmd::Explain {
+            host,
+            profile,
+            policy,
+        } => explain(&host, &profile, policy.as_deref(), &sock),
+        Cmd::Detach(t) if daemon() => detach_via_daemon(&sock, &t),
+        Cmd::Detach(t) => {
+            let cg = target_cgroup(&t)?;
+            crate::bpf::detach(&cg)?;
+            println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ca(CaCmd::Env { policy }) => {
+        Cmd::Status { json, .. } if daemon() => daemon_status(&sock, json),
+        Cmd::Status { daemon: true, .. } => {
+            require_daemon(&sock, "status --daemon")?;
+            // It answered a moment ago (the arm above) but not any more.
+            bail!("the daemon on {} stopped answering", sock.display())
+        }
+        Cmd::Status { json, .. } => status(json),
+        Cmd::Reload => reload(&sock),
+        Cmd::Metrics => {
+            require_daemon(&sock, "metrics")?;
+            print!("{}", get(&sock, "/metrics")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decisions { limit, cgroup_id } => decisions(&sock, limit, cgroup_id),
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::OciHook(args) => crate::oci::hook::run(&args, &sock),
+        Cmd::Runtime(args) => crate::oci::wrapper::run(&args, cli.control.as_deref()),
+        Cmd::Gate(c) => gate(c),
+        Cmd::Suggest(args) => {
+            print!("{}", crate::suggest::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
+        Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args, cli.control.as_deref())),
+        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
+        Cmd::Daemon { config, metrics } => {
+            runtime()?.block_on(crate::service::run(&config, &sock, metrics))
+        }
+    }
+}
+
+fn gate(cmd: GateCmd) -> Result<ExitCode> {
+    match cmd {
+        GateCmd::List => {
+            let ids = crate::bpf::gate::installed()?;
+            if ids.is_empty() {
+                println!("no gate is pinned");
+            }
+            for id in ids {
+                println!("gated parent cgroup id {id}");
+            }
+        }
+        GateCmd::Remove { cgroup } => {
+            let cg = Cgroup::open(&cgroup)?;
+            // The daemon holds the gate's lock while it serves it.
+            let _lock = crate::bpf::serve_lock_named(&format!("gate-{}", cg.id), &cg.path)?;
+            crate::bpf::gate::Gate::remove(&cg)?;
+            println!(
+                "removed the gate of {} (cgroup id {})",
+                cg.path.display(),
+                cg.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca(cmd: CaCmd) -> Result<ExitCode> {
+    match cmd {
+        CaCmd::Export { policy } => print!("{}", load_ca(policy.as_deref())?.cert_pem),
+        CaCmd::Env { policy } => {
             let ca = load_ca(policy.as_deref())?;
             let trust = ca.write_trust(&crate::inspect::ca::state_dir())?;
             print!("{}", trust.shell_exports());
-            Ok(ExitCode::SUCCESS)
+            print!("{}", crate::sandbox::trust::ca_env_notes(&trust));
         }
-        Cmd::Policy(PolicyCmd::Check { file }) => {
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy(cmd: PolicyCmd, sock: &Path) -> Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Check { file } => {
             let p = Policy::load(&file)?;
             println!(
                 "{}: ok ({} profiles, policy {})",
@@ -202,125 +295,99 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 p.profile_names().count(),
                 p.version()
             );
-            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Policy(PolicyCmd::Show { file: Some(file) }) => {
-            print!("{}", Policy::load(&file)?.show());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Policy(PolicyCmd::Show { file: None }) => {
-            require_daemon(&sock, "policy show without FILE")?;
-            print!("{}", get("/v1/policy")?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Explain {
-            host,
-            profile,
-            policy: Some(policy),
-        } => {
-            print!(
-                "{}",
-                crate::report::explain_text(&Policy::load(&policy)?, &host, &profile)?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Explain {
-            host,
-            profile,
-            policy: None,
-        } => {
-            require_daemon(&sock, "explain without --policy")?;
-            print!(
-                "{}",
-                get(&format!(
-                    "/v1/explain?host={}&profile={}",
-                    crate::control::percent_encode(&host),
-                    crate::control::percent_encode(&profile)
-                ))?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Detach(t) if daemon() => {
-            let req = crate::daemon::DetachRequest {
-                cgroup: t.cgroup.clone(),
-                pid: t.pid,
-            };
-            let v = post_json(&sock, "/v1/detach", serde_json::to_value(req)?)?;
-            println!(
-                "detached {} (cgroup id {})",
-                v["detached"].as_str().unwrap_or("?"),
-                v["cgroup_id"]
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Detach(t) => {
-            let cg = target_cgroup(&t)?;
-            crate::bpf::detach(&cg)?;
-            println!("detached {} (cgroup id {})", cg.path.display(), cg.id);
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Status { json, .. } if daemon() => {
-            let v: serde_json::Value = serde_json::from_str(&get("/v1/status")?)?;
-            if json {
-                println!("{v}");
-            } else {
-                print_daemon_status(&v);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Status { daemon: true, .. } => {
-            require_daemon(&sock, "status --daemon")?;
-            // It answered a moment ago (the arm above) but not any more.
-            bail!("the daemon on {} stopped answering", sock.display())
-        }
-        Cmd::Status { json, .. } => status(json),
-        Cmd::Reload => {
-            require_daemon(&sock, "reload")?;
-            let v = post_json(&sock, "/v1/reload", serde_json::json!({}))?;
-            println!("reloaded: policy {}", v["policy"].as_str().unwrap_or("?"));
-            for w in v["warnings"].as_array().into_iter().flatten() {
-                eprintln!("egress-agent: warning: {}", w.as_str().unwrap_or(""));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Metrics => {
-            require_daemon(&sock, "metrics")?;
-            print!("{}", get("/metrics")?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Decisions { limit, cgroup_id } => {
-            require_daemon(&sock, "decisions")?;
-            let mut uri = format!("/v1/decisions?limit={limit}");
-            if let Some(id) = cgroup_id {
-                uri.push_str(&format!("&cgroup_id={id}"));
-            }
-            let v: serde_json::Value = serde_json::from_str(&get(&uri)?)?;
-            for r in v.as_array().into_iter().flatten() {
-                println!("{r}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Completions { shell } => {
-            use clap::CommandFactory;
-            use std::io::Write;
-            let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
-            match std::io::stdout().write_all(&buf) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-                _ => Ok(ExitCode::SUCCESS),
-            }
-        }
-        Cmd::Suggest(args) => {
-            print!("{}", crate::suggest::run(&args)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
-        Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args)),
-        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
-        Cmd::Daemon { config, metrics } => {
-            runtime()?.block_on(crate::service::run(&config, &sock, metrics))
+        PolicyCmd::Show { file: Some(file) } => print!("{}", Policy::load(&file)?.show()),
+        PolicyCmd::Show { file: None } => {
+            require_daemon(sock, "policy show without FILE")?;
+            print!("{}", get(sock, "/v1/policy")?);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// With `--policy`, from the file; otherwise the daemon's policy decides.
+fn explain(host: &str, profile: &str, policy: Option<&Path>, sock: &Path) -> Result<ExitCode> {
+    let text = match policy {
+        Some(p) => crate::report::explain_text(&Policy::load(p)?, host, profile)?,
+        None => {
+            require_daemon(sock, "explain without --policy")?;
+            get(
+                sock,
+                &format!(
+                    "/v1/explain?host={}&profile={}",
+                    crate::control::percent_encode(host),
+                    crate::control::percent_encode(profile)
+                ),
+            )?
+        }
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detach_via_daemon(sock: &Path, t: &Target) -> Result<ExitCode> {
+    let req = crate::daemon::DetachRequest {
+        cgroup: t.cgroup.clone(),
+        pid: t.pid,
+        cgroup_id: None,
+    };
+    let v = post_json(sock, "/v1/detach", serde_json::to_value(req)?)?;
+    println!(
+        "detached {} (cgroup id {})",
+        v["detached"].as_str().unwrap_or("?"),
+        v["cgroup_id"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon_status(sock: &Path, json: bool) -> Result<ExitCode> {
+    let v: serde_json::Value = serde_json::from_str(&get(sock, "/v1/status")?)?;
+    if json {
+        println!("{v}");
+    } else {
+        print_daemon_status(&v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reload(sock: &Path) -> Result<ExitCode> {
+    require_daemon(sock, "reload")?;
+    let v = post_json(sock, "/v1/reload", serde_json::json!({}))?;
+    println!("reloaded: policy {}", v["policy"].as_str().unwrap_or("?"));
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("egress-agent: warning: {}", w.as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decisions(sock: &Path, limit: usize, cgroup_id: Option<u64>) -> Result<ExitCode> {
+    require_daemon(sock, "decisions")?;
+    let mut uri = format!("/v1/decisions?limit={limit}");
+    if let Some(id) = cgroup_id {
+        uri.push_str(&format!("&cgroup_id={id}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&get(sock, &uri)?)?;
+    for r in v.as_array().into_iter().flatten() {
+        println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut buf);
+    match std::io::stdout().write_all(&buf) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A GET on the daemon's control socket, as text.
+fn get(sock: &Path, uri: &str) -> Result<String> {
+    let b = crate::control::call_blocking(sock, hyper::Method::GET, uri, None)?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
 fn require_daemon(sock: &Path, what: &str) -> Result<()> {
@@ -338,7 +405,28 @@ fn post_json(sock: &Path, uri: &str, body: serde_json::Value) -> Result<serde_js
     Ok(serde_json::from_slice(&b)?)
 }
 
+/// Says on stderr what the target holds that breaks the guarantees (host pid namespace,
+/// CAP_SYS_ADMIN / CAP_NET_RAW / CAP_SYS_PTRACE, the control socket or state directory in
+/// view): enforcement goes ahead, but the operator should know.
+fn warn_boundary(t: &Target, sock: &Path) {
+    let pid = match (t.pid, &t.cgroup) {
+        (Some(pid), _) => Some(pid),
+        (None, Some(cg)) => Cgroup::open(cg)
+            .ok()
+            .and_then(|c| c.pids_recursive().ok())
+            .and_then(|p| p.first().copied()),
+        _ => None,
+    };
+    for w in pid
+        .map(|p| crate::sandbox::attach_check::boundary_warnings(p, sock))
+        .unwrap_or_default()
+    {
+        eprintln!("egress-agent: warning: {w}");
+    }
+}
+
 fn attach_via_daemon(sock: &Path, args: &AttachArgs) -> Result<ExitCode> {
+    warn_boundary(&args.target, sock);
     if args.policy.is_some() || args.audit_log.is_some() {
         bail!(
             "a daemon is running on {}: it enforces its own policy and audit log; drop --policy/--audit-log (or use --control for another socket)",
@@ -475,6 +563,7 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
     };
     let policy = Policy::load(policy)?;
     let cg = target_cgroup(&args.target)?;
+    warn_boundary(&args.target, &crate::control::socket_path(None));
     cg.check_enforceable()?;
     cg.check_dedicated(args.target.pid)?;
     let netns = match (&args.netns, args.target.pid) {

@@ -9,7 +9,8 @@
 //! | GET | `/v1/status` | | daemon, policy, audit and attachments (JSON) |
 //! | GET | `/v1/attachments` | | `[{cgroup, cgroup_id, profile, listeners, …}]` |
 //! | POST | `/v1/attach` | `{"cgroup"|"pid", "profile", "netns"?}` | the attachment; 409 if already attached |
-//! | POST | `/v1/detach` | `{"cgroup"|"pid"}` | `{detached, cgroup_id}`; 404 if not attached |
+//! | POST | `/v1/adopt` | `{"pid", "profile", "cgroups_path"?, "pod"?, "pod_uid"?, "container"?}` | the attachment (idempotent: the OCI hook) |
+//! | POST | `/v1/detach` | `{"cgroup"|"pid"|"cgroup_id"}` | `{detached, cgroup_id}`; 404 if not attached |
 //! | POST | `/v1/reload` | | `{policy, warnings}`; 400 (nothing changed) if invalid |
 //! | GET | `/v1/decisions` | `?limit=N&cgroup_id=ID` | recent decisions, newest first |
 //! | GET | `/v1/policy` | | the effective policy (text, `policy show`) |
@@ -31,7 +32,7 @@ use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::daemon::{AttachRequest, Daemon, DetachRequest};
+use crate::daemon::{AdoptRequest, AttachRequest, Daemon, DetachRequest};
 
 pub const DEFAULT_SOCKET: &str = "/run/egress-agent/control.sock";
 /// Request bodies are tiny; anything bigger is refused.
@@ -179,6 +180,16 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Reply {
                 Err(e) => error(e.status(), e),
             }
         }
+        (Method::POST, "/v1/adopt") => {
+            let r: AdoptRequest = match body_json(req).await {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+            match daemon.adopt(r).await {
+                Ok(v) => json(200, &v),
+                Err(e) => error(e.status(), e),
+            }
+        }
         (Method::POST, "/v1/detach") => {
             let r: DetachRequest = match body_json(req).await {
                 Ok(r) => r,
@@ -219,7 +230,8 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Reply {
             }
         }
         (Method::GET, "/metrics") => crate::metrics::text_response(daemon.metrics().await),
-        (_, "/v1/status" | "/v1/attachments" | "/v1/attach" | "/v1/detach" | "/v1/reload")
+        (_, "/v1/status" | "/v1/attachments" | "/v1/attach" | "/v1/adopt" | "/v1/detach")
+        | (_, "/v1/reload")
         | (_, "/v1/decisions" | "/v1/policy" | "/v1/explain" | "/metrics") => error(
             405,
             format!("method {} not allowed on {path}", req.method()),

@@ -1,7 +1,8 @@
-//! Command: `egress-agent exec`: run a command in a fresh cgroup (and, with --netns, a
-//! fresh network namespace with only `lo`) under enforcement, pass its exit
-//! status through, and leave nothing behind: cgroup, pins and listeners are
-//! removed on exit, on Ctrl-C and on SIGTERM.
+//! `egress-agent exec`: run a command in a fresh cgroup (and, with --netns, a fresh network
+//! namespace with only `lo`) under enforcement, inside the boundary of `crate::sandbox`
+//! (its own user, cgroup, mount and pid namespaces: DESIGN.md §12), pass its exit status
+//! through, and leave nothing behind: cgroup, pins, listeners and every process of the
+//! command are removed on exit, on Ctrl-C, SIGTERM and SIGHUP.
 
 use std::{os::fd::AsRawFd, path::PathBuf, process::ExitCode};
 
@@ -10,7 +11,13 @@ use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    agent::Running, attachment::Shared, audit::Audit, cgroup::Cgroup, netns::Netns, policy::Policy,
+    agent::Running,
+    attachment::Shared,
+    audit::Audit,
+    cgroup::Cgroup,
+    netns::Netns,
+    policy::Policy,
+    sandbox::{self, user::Target},
 };
 
 #[derive(Args, Debug)]
@@ -31,9 +38,18 @@ pub struct ExecArgs {
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
     /// Make CMD trust the inspection CA: write the trust files (never the key) under the state
-    /// directory and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
+    /// directory, show them in CMD's system store (bundles, hashed directory, Java cacerts,
+    /// NSS) and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS… for CMD.
     #[arg(long)]
     pub trust_ca: bool,
+    /// Run CMD as USER[:GROUP] (names or numbers). Default: the invoking user under sudo
+    /// (SUDO_UID/SUDO_GID), else root with a reduced capability set; `--user root` keeps root.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Remove VAR from CMD's environment (repeatable); the variables `inject` rules read are
+    /// always removed.
+    #[arg(long = "unset-env", value_name = "VAR")]
+    pub unset_env: Vec<String>,
     /// Do not print a line on stderr for each denial while CMD runs.
     #[arg(long)]
     pub quiet: bool,
@@ -41,7 +57,7 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-pub async fn run(args: ExecArgs) -> Result<ExitCode> {
+pub async fn run(args: ExecArgs, control: Option<&std::path::Path>) -> Result<ExitCode> {
     let policy = match &args.policy {
         Some(p) => Policy::load(p)?,
         None if !args.allow.is_empty() => {
@@ -51,12 +67,21 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode> {
             "give --policy FILE or at least one --allow PATTERN (nothing is allowed otherwise)"
         ),
     };
+    // Decided before anything exists: an unknown user changes nothing.
+    let target = sandbox::user::resolve(
+        args.user.as_deref(),
+        std::env::var("SUDO_UID").ok().as_deref(),
+        std::env::var("SUDO_GID").ok().as_deref(),
+    )?;
+    for line in target.notice().into_iter().chain(target.warnings()) {
+        eprintln!("{line}");
+    }
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
     let _denials = crate::notify::to_stderr(&shared.audit, args.quiet);
 
     let cg = Cgroup::create("egress-agent.exec", &format!("{}", std::process::id()))?;
-    let result = run_in(&args, shared, &cg).await;
+    let result = run_in(&args, &target, shared, &cg, control).await;
     // Kill stragglers first (nothing may run unenforced), then the cgroup goes;
     // the pins go with `Running::detach` inside run_in or here on error.
     let removed = cg.kill_and_remove();
@@ -65,7 +90,13 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode> {
     result
 }
 
-async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) -> Result<ExitCode> {
+async fn run_in(
+    args: &ExecArgs,
+    target: &Target,
+    shared: std::sync::Arc<Shared>,
+    cg: &Cgroup,
+    control: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let netns = if args.netns {
         Netns::create()?
     } else {
@@ -76,67 +107,61 @@ async fn run_in(args: &ExecArgs, shared: std::sync::Arc<Shared>, cg: &Cgroup) ->
         .then(|| netns.fd().try_clone_to_owned())
         .transpose()?;
     let running = Running::start(shared, cg.clone(), netns, args.profile.clone())?;
+    let policy = running.attachment.shared.policy.load_full();
 
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(cg.path.join("cgroup.procs"))
         .context("opening cgroup.procs")?;
-    let procs_fd = procs.as_raw_fd();
-    let netns_fd = child_netns.as_ref().map(|f| f.as_raw_fd());
-
-    let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]);
+    let state_dir = crate::inspect::ca::state_dir();
     running.attachment.set_trusts_ca(args.trust_ca);
-    if args.trust_ca {
-        // Certificates only: the CA key stays in the state directory's `ca/` (mode 0600).
-        let policy = running.attachment.shared.policy.load_full();
+    let trust = if args.trust_ca {
+        // Certificates only: the CA key stays in the state directory's `ca/` (mode 0600),
+        // which the command's mount namespace hides.
         let inspector = crate::inspect::Inspector::get(&policy)
             .map_err(|e| anyhow::anyhow!("--trust-ca: {e}"))?;
-        let trust = inspector
-            .ca
-            .write_trust(&crate::inspect::ca::state_dir())
-            .context("--trust-ca")?;
-        for (k, v) in trust.env() {
-            cmd.env(k, v);
-        }
-        let java = match std::env::var("JAVA_TOOL_OPTIONS") {
-            Ok(prev) if !prev.is_empty() => format!("{prev} {}", trust.java_options()),
-            _ => trust.java_options(),
-        };
-        cmd.env("JAVA_TOOL_OPTIONS", java);
-    }
-    // SAFETY: the closure only makes async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::sys::join_cgroup_raw(procs_fd)?;
-            if let Some(fd) = netns_fd {
-                crate::sys::setns_net_raw(fd)?;
-            }
-            // No CAP_NET_RAW (AF_PACKET bypasses every cgroup hook), no way to
-            // detach programs or leave the namespace.
-            crate::sys::drop_net_caps()
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", args.command[0]))?;
+        let written = inspector.ca.write_trust(&state_dir).context("--trust-ca")?;
+        Some((written, inspector.ca.cert_der.to_vec()))
+    } else {
+        None
+    };
+    // The daemon's control socket (masked in the command's mount namespace).
+    let control = crate::control::socket_path(control);
+    let spec = sandbox::build_spec(&sandbox::Request {
+        argv: &args.command,
+        policy: &policy,
+        user: target,
+        unset_env: &args.unset_env,
+        trust: trust.as_ref().map(|(t, der)| (t, der.as_slice())),
+        state_dir: &state_dir,
+        control_socket: &control,
+    })?;
+    let mut sb = sandbox::launch::launch(
+        &spec,
+        procs.as_raw_fd(),
+        child_netns.as_ref().map(|f| f.as_raw_fd()),
+    )?;
     drop(procs);
-    let pid = child.id().unwrap_or(0);
+    let pid = sb.pid().unwrap_or(0);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // The init forwards what it receives to the command.
     let status = loop {
         tokio::select! {
-            s = child.wait() => break s?,
+            s = sb.wait() => break s?,
             _ = term.recv() => { let _ = crate::sys::kill(pid, libc::SIGTERM); }
             _ = int.recv() => { let _ = crate::sys::kill(pid, libc::SIGINT); }
+            _ = hup.recv() => { let _ = crate::sys::kill(pid, libc::SIGHUP); }
         }
     };
+    let outcome = sb.outcome(status);
     // Anything the command left running in its cgroup dies before the
     // enforcement is removed: nothing from the sandbox ever runs unenforced.
     cg.kill_and_remove()?;
     running.detach()?;
-    Ok(exit_code(status))
+    Ok(exit_code(outcome?))
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {

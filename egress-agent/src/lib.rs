@@ -9,6 +9,8 @@
 // The commands (top: imported by nothing below them).
 pub mod cli;
 pub mod exec;
+pub mod oci;
+pub mod sandbox;
 pub mod service;
 pub mod suggest;
 

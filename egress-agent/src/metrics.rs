@@ -83,6 +83,10 @@ pub struct Metrics {
     active: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Links found detached (by someone else) and re-attached, per attachment or gate.
+    tamper_repairs: AtomicU64,
+    /// Attachments ended because their cgroup went away (the container exited).
+    exited: AtomicU64,
     /// Kernel counters of attachments already detached (their maps are gone).
     kernel_retired: Mutex<BTreeMap<(&'static str, u32), u64>>,
 }
@@ -155,6 +159,16 @@ impl Metrics {
         } else {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// One tampered attachment or gate found and repaired (its links re-attached).
+    pub fn tamper_repaired(&self) {
+        self.tamper_repairs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One attachment ended because its cgroup was removed.
+    pub fn exited(&self) {
+        self.exited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Keep the kernel counters of an attachment that is going away.
@@ -289,6 +303,28 @@ impl Metrics {
             o,
             "egress_reloads_total{{result=\"failed\"}} {}",
             self.reloads_failed.load(Ordering::Relaxed)
+        );
+        header(
+            &mut o,
+            "egress_tamper_repairs_total",
+            "counter",
+            "Attachments or gates whose links someone detached, found and re-attached (the cgroup frozen meanwhile).",
+        );
+        let _ = writeln!(
+            o,
+            "egress_tamper_repairs_total {}",
+            self.tamper_repairs.load(Ordering::Relaxed)
+        );
+        header(
+            &mut o,
+            "egress_exited_detached_total",
+            "counter",
+            "Attachments detached because their cgroup went away (the container exited).",
+        );
+        let _ = writeln!(
+            o,
+            "egress_exited_detached_total {}",
+            self.exited.load(Ordering::Relaxed)
         );
         header(
             &mut o,

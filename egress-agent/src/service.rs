@@ -10,9 +10,17 @@
 //! cgroup = "/sys/fs/cgroup/sandbox/job1"   # or: pid = 1234
 //! profile = "default"
 //! netns = "/run/netns/job1"                # optional
+//! [[gate]]                                  # optional: no network until adopted (see `daemon::gates`)
+//! cgroup = "/sys/fs/cgroup/sandbox.slice"
+//! exempt = ["infra"]
 //! [kubernetes]                              # optional: pods by annotation (see `kube`)
 //! annotation = "egress-agent.io/profile"
 //! ```
+//!
+//! Start-up order keeps every container either served or refused, never open: the gates'
+//! pinned maps are loaded, the attachments of an earlier daemon restored (their pins
+//! adopted, listeners created anew, gate entries updated), the `[[attach]]` entries
+//! attached, and only then are the gates armed.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,7 +34,7 @@ use serde::Deserialize;
 use crate::{
     attachment::Shared,
     audit::Audit,
-    daemon::{AttachRequest, Daemon},
+    daemon::{gates::GateConfig, state, AttachRequest, Daemon},
 };
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +44,13 @@ pub struct DaemonConfig {
     pub audit_log: Option<PathBuf>,
     #[serde(default)]
     pub attach: Vec<AttachRequest>,
+    /// Gated parents: below each, a cgroup not adopted has no network.
+    #[serde(default)]
+    pub gate: Vec<GateConfig>,
+    /// Where attachments are recorded for a restart (default /run/egress-agent/attachments).
+    pub state_dir: Option<PathBuf>,
+    /// How often links are checked for tampering and cgroups for exit (default 500).
+    pub watch_interval_ms: Option<u64>,
     /// Pods selected by annotation on this node (see `kube`).
     pub kubernetes: Option<crate::kube::KubeConfig>,
 }
@@ -65,19 +80,21 @@ pub async fn run(
     let policy = crate::policy::Policy::load(&config.policy)?;
     let audit = Audit::open(config.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
-    let daemon = Daemon::new(shared.clone(), config.policy.clone());
+    let state_dir = config
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| state::DEFAULT_DIR.into());
+    let daemon = Daemon::new(shared.clone(), config.policy.clone(), state_dir);
     // Bind first: a second daemon on the same socket is refused before it
     // touches any cgroup.
     let listener = crate::control::bind(control)?;
-    for (i, req) in config.attach.into_iter().enumerate() {
-        if let Err(e) = daemon.attach(req).await {
-            let _ = std::fs::remove_file(control);
-            return Err(anyhow::anyhow!(
-                "{}: attach[{i}]: {e}",
-                config_path.display()
-            ));
-        }
+    if let Err(e) = start(&daemon, &config, config_path).await {
+        let _ = std::fs::remove_file(control);
+        return Err(e);
     }
+    let interval =
+        std::time::Duration::from_millis(config.watch_interval_ms.unwrap_or(500).max(50));
+    let watch_task = tokio::spawn(crate::daemon::watch(daemon.clone(), interval));
     let metrics_task = match metrics_addr {
         Some(addr) => {
             let d = daemon.clone();
@@ -106,6 +123,7 @@ pub async fn run(
     })
     .await;
     server.abort();
+    watch_task.abort();
     if let Some(t) = kube_task {
         t.abort();
     }
@@ -115,4 +133,27 @@ pub async fn run(
     let _ = std::fs::remove_file(control);
     daemon.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Gates loaded, earlier attachments restored, configured ones attached, gates armed.
+async fn start(daemon: &Daemon, config: &DaemonConfig, config_path: &Path) -> Result<()> {
+    daemon
+        .load_gates(&config.gate)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let restored = daemon.restore().await;
+    if restored > 0 {
+        tracing::info!(
+            restored,
+            "serving the attachments of an earlier daemon again"
+        );
+    }
+    for (i, req) in config.attach.iter().cloned().enumerate() {
+        if let Err(e) = daemon.attach_configured(req).await {
+            anyhow::bail!("{}: attach[{i}]: {e}", config_path.display());
+        }
+    }
+    daemon
+        .arm_gates()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))
 }

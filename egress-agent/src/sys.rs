@@ -513,3 +513,492 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>, what: &Path) -> io::Result<CgroupL
         attach_type: first(info[3]),
     })
 }
+// ---- sandbox (`exec`, see `crate::sandbox`): namespaces, mounts, credentials, processes ----
+// Thin wrappers written by hand: the workspace has no `nix`, and the `_raw` ones run between
+// fork and exec, where only async-signal-safe calls (no allocation, no locks) are allowed.
+
+/// In a forked child before exec: `unshare(flags)`. Async-signal-safe.
+pub fn unshare_raw(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall; affects only the calling process.
+    cvt(unsafe { libc::unshare(flags) } as libc::c_long).map(|_| ())
+}
+
+/// In a forked child before exec: let `fd` survive the exec (clear FD_CLOEXEC).
+/// Async-signal-safe.
+pub fn inherit_fd_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd number; no memory is passed.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } as libc::c_long).map(|_| ())
+}
+
+/// Best-effort write of a short message (a failure report) to `fd`. Async-signal-safe.
+pub fn write_raw(fd: RawFd, msg: &[u8]) {
+    // SAFETY: writes an initialised buffer to an fd number; the result is ignored on purpose
+    // (the caller is already failing and has nowhere else to report).
+    let _ = unsafe { libc::write(fd, msg.as_ptr() as *const libc::c_void, msg.len()) };
+}
+
+/// `prctl(PR_SET_PDEATHSIG, sig)`: `sig` is sent to this process when the thread that forked
+/// it exits. Async-signal-safe.
+pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }
+            as libc::c_long,
+    )
+    .map(|_| ())
+}
+
+/// The parent's pid. Async-signal-safe.
+pub fn getppid() -> u32 {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Mark `fd` close-on-exec.
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a valid borrowed fd.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } as libc::c_long)
+        .map(|_| ())
+}
+
+/// A memfd holding `data`, sealed against every change (write, grow, shrink, further seals):
+/// whoever inherits it reads exactly what was written. Close-on-exec.
+pub fn sealed_memfd(name: &std::ffi::CStr, data: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: valid NUL-terminated name; the returned fd is new and owned below.
+    let fd = cvt(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    } as libc::c_long)?;
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut f = std::fs::File::from(owned);
+    f.write_all(data)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl with an integer argument on the fd we own.
+    cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)?;
+    Ok(f.into())
+}
+
+/// `mount(2)`. `source`, `fstype` and `data` are optional as in C.
+pub fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let src = source
+        .map(|s| CString::new(s.as_os_str().as_bytes()))
+        .transpose()?;
+    let tgt = CString::new(target.as_os_str().as_bytes())?;
+    let ty = fstype.map(CString::new).transpose()?;
+    let dat = data.map(CString::new).transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is a live NUL-terminated string or NULL.
+    let r = unsafe {
+        libc::mount(
+            ptr(&src),
+            tgt.as_ptr(),
+            ptr(&ty),
+            flags,
+            ptr(&dat) as *const libc::c_void,
+        )
+    };
+    cvt(r as libc::c_long).map(|_| ())
+}
+
+/// The two sides of a fork.
+pub enum Forked {
+    Child,
+    Parent(u32),
+}
+
+/// `fork(2)`. Only for a single-threaded caller (the sandbox init): the child of a
+/// multi-threaded process may only make async-signal-safe calls, and the init's children
+/// allocate.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: the caller is single-threaded (documented above), so the child inherits no
+    // lock held by another thread.
+    let pid = cvt(unsafe { libc::fork() } as libc::c_long)?;
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid as u32)
+    })
+}
+
+/// `waitpid(pid, WNOHANG)` (`pid` -1: any child): Ok(None) when no child has changed state,
+/// Err(ECHILD) when there is no child left.
+pub fn try_wait(pid: i32) -> io::Result<Option<(u32, libc::c_int)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: status is a valid out-pointer.
+    let r = cvt(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } as libc::c_long)?;
+    Ok((r != 0).then_some((r as u32, status)))
+}
+
+fn sigset(sigs: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill the local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in sigs {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+/// Block `sigs` for the calling thread (they stay pending until [`wait_signal`] takes them).
+pub fn block_signals(sigs: &[libc::c_int]) -> io::Result<()> {
+    let set = sigset(sigs);
+    // SAFETY: valid set pointer; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Unblock every signal and restore SIGPIPE's default action (the Rust runtime ignores it,
+/// and an ignored signal stays ignored across exec).
+pub fn reset_signals() -> io::Result<()> {
+    let set = sigset(&[]);
+    // SAFETY: valid set pointer; signal() with SIG_DFL installs no handler code.
+    unsafe {
+        let r = libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    Ok(())
+}
+
+/// Take the next of `sigs` (which must be blocked): `sigwaitinfo`, retried on EINTR.
+/// Returns the signal and its `si_code` (> 0: sent by the kernel, e.g. a terminal's Ctrl-C;
+/// <= 0: sent by a process with kill/tgkill/sigqueue).
+pub fn wait_signal(sigs: &[libc::c_int]) -> io::Result<(libc::c_int, libc::c_int)> {
+    let set = sigset(sigs);
+    loop {
+        // SAFETY: valid set pointer and siginfo out-buffer.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        if r >= 0 {
+            return Ok((r, info.si_code));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `setgroups(2)`.
+pub fn set_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: pointer and length of a live slice of gid_t (u32).
+    cvt(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } as libc::c_long).map(|_| ())
+}
+
+/// `setresgid(gid, gid, gid)`.
+pub fn set_gid(gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::setresgid(gid, gid, gid) } as libc::c_long).map(|_| ())
+}
+
+/// `setresuid(uid, uid, uid)`. Leaving uid 0 clears the permitted, effective and ambient
+/// capability sets.
+pub fn set_uid(uid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::setresuid(uid, uid, uid) } as libc::c_long).map(|_| ())
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: no exec after this can gain privileges (setuid/setgid bits and
+/// file capabilities are ignored). Inherited by every descendant, irreversible.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long).map(|_| ())
+}
+
+/// `PR_SET_DUMPABLE`: a non-dumpable process's /proc files belong to root and it cannot be
+/// ptraced without CAP_SYS_PTRACE.
+pub fn set_dumpable(on: bool) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) } as libc::c_long)
+        .map(|_| ())
+}
+
+/// Drop every capability outside `keep` (bit n = capability n) from the bounding set and
+/// clear the ambient set. Needs CAP_SETPCAP; the current sets are untouched (see
+/// [`set_capabilities`]).
+pub fn limit_bounding_set(keep: u64) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        for cap in 0..64u32 {
+            if keep & (1u64 << cap) != 0 {
+                continue;
+            }
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                let e = io::Error::last_os_error();
+                // EINVAL: beyond the kernel's last capability.
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e);
+                }
+            }
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Set the effective and permitted capability sets to (current permitted ∩ `keep`) and the
+/// inheritable set to empty.
+pub fn set_capabilities(keep: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with valid pointers to a v3 header and two data words.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for (i, d) in data.iter_mut().enumerate() {
+            let k = (keep >> (32 * i)) as u32;
+            d.permitted &= k;
+            d.effective = d.permitted;
+            d.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `execve(2)`; returns only on failure.
+pub fn execve(path: &std::ffi::CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of live NUL-terminated strings.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `_exit(2)`: end a forked child at once, without running the parent's exit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no shared state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `access(2)` with the real uid and gid (the target user's, after the switch).
+pub fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated path.
+    cvt(unsafe { libc::access(p.as_ptr(), mode) } as libc::c_long).map(|_| ())
+}
+
+/// `lchown(2)`.
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated path.
+    cvt(unsafe { libc::lchown(p.as_ptr(), uid, gid) } as libc::c_long).map(|_| ())
+}
+
+/// A passwd entry (through NSS, as `id` and `sudo` see it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: std::path::PathBuf,
+}
+
+fn nss_buffer() -> Vec<libc::c_char> {
+    vec![0; 4096]
+}
+
+fn passwd_lookup(
+    mut call: impl FnMut(
+        *mut libc::passwd,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut libc::passwd,
+    ) -> libc::c_int,
+) -> io::Result<Option<Passwd>> {
+    let mut buf = nss_buffer();
+    loop {
+        // SAFETY: pwd, buf and result are valid for the call; the strings read afterwards
+        // point into buf, which outlives them.
+        unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let r = call(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+            if r == libc::ERANGE && buf.len() < (1 << 20) {
+                buf = vec![0; buf.len() * 4];
+                continue;
+            }
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+            if result.is_null() {
+                return Ok(None);
+            }
+            let s =
+                |p: *const libc::c_char| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+            return Ok(Some(Passwd {
+                name: s(pwd.pw_name),
+                uid: pwd.pw_uid,
+                gid: pwd.pw_gid,
+                home: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+                    std::ffi::CStr::from_ptr(pwd.pw_dir).to_bytes(),
+                )),
+            }));
+        }
+    }
+}
+
+/// `getpwnam_r`.
+pub fn passwd_by_name(name: &str) -> io::Result<Option<Passwd>> {
+    let n = CString::new(name)?;
+    // SAFETY: forwarded to getpwnam_r with the buffers passwd_lookup provides.
+    passwd_lookup(|p, b, l, r| unsafe { libc::getpwnam_r(n.as_ptr(), p, b, l, r) })
+}
+
+/// `getpwuid_r`.
+pub fn passwd_by_uid(uid: u32) -> io::Result<Option<Passwd>> {
+    // SAFETY: forwarded to getpwuid_r with the buffers passwd_lookup provides.
+    passwd_lookup(|p, b, l, r| unsafe { libc::getpwuid_r(uid, p, b, l, r) })
+}
+
+/// `getgrnam_r`: the gid of group `name`.
+pub fn group_by_name(name: &str) -> io::Result<Option<u32>> {
+    let n = CString::new(name)?;
+    let mut buf = nss_buffer();
+    loop {
+        // SAFETY: grp, buf and result are valid for the call; only gr_gid is read.
+        unsafe {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let r = libc::getgrnam_r(
+                n.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            );
+            if r == libc::ERANGE && buf.len() < (1 << 22) {
+                buf = vec![0; buf.len() * 4];
+                continue;
+            }
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+            return Ok((!result.is_null()).then_some(grp.gr_gid));
+        }
+    }
+}
+
+/// `getgrouplist`: `gid` plus every group that lists `user` as a member.
+pub fn group_list(user: &str, gid: u32) -> io::Result<Vec<u32>> {
+    let n = CString::new(user)?;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut count = groups.len() as libc::c_int;
+        // SAFETY: groups has room for `count` entries; count is updated by the call.
+        let r = unsafe { libc::getgrouplist(n.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        if r >= 0 {
+            groups.truncate(count.max(0) as usize);
+            return Ok(groups);
+        }
+        if count as usize <= groups.len() || groups.len() > 65_536 {
+            return Err(io::Error::other("getgrouplist failed"));
+        }
+        groups = vec![0; count as usize];
+    }
+}
+
+/// `umount2(target, MNT_DETACH)`.
+pub fn umount_detach(target: &Path) -> io::Result<()> {
+    let t = CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated path.
+    cvt(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } as libc::c_long).map(|_| ())
+}
+
+/// `waitpid(pid, 0)`: the raw wait status.
+pub fn wait_blocking(pid: u32) -> io::Result<libc::c_int> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Point stdin, stdout and stderr at /dev/null (a helper whose chatter nobody reads).
+pub fn quiet_stdio() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for fd in 0..3 {
+        // SAFETY: dup2 of a valid fd onto a standard descriptor number.
+        cvt(unsafe { libc::dup2(null.as_raw_fd(), fd) } as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// Set O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments on a valid borrowed fd.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) as libc::c_long)
+            .map(|_| ())
+    }
+}
+
+/// Take ownership of a descriptor this process inherited by number (named on its command
+/// line by the process that started it). Fails if `fd` is not open.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only checks that the number is open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) } as libc::c_long)?;
+    // SAFETY: the fd is open, and by the calling convention (inherited, named once on the
+    // command line) nothing else in this process owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

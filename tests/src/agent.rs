@@ -147,7 +147,13 @@ impl Agent {
         let policy = dir.join("policy.toml");
         std::fs::write(&policy, policy_toml).unwrap();
         let audit = dir.join("audit.jsonl");
-        let mut cfg = format!("policy = {:?}\naudit_log = {:?}\n", policy, audit);
+        // Its own record of attachments (a restart restores them): never the machine's.
+        let mut cfg = format!(
+            "policy = {:?}\naudit_log = {:?}\nstate_dir = {:?}\n",
+            policy,
+            audit,
+            dir.join("attachments")
+        );
         for (t, profile) in entries {
             cfg.push_str(&format!(
                 "[[attach]]\ncgroup = {:?}\nnetns = {:?}\nprofile = {profile:?}\n",
@@ -212,7 +218,10 @@ impl Agent {
         let config = dir.join("daemon.toml");
         std::fs::write(
             &config,
-            format!("policy = {policy:?}\naudit_log = {audit:?}\n{extra_config}"),
+            format!(
+                "policy = {policy:?}\naudit_log = {audit:?}\nstate_dir = {:?}\n{extra_config}",
+                dir.join("attachments")
+            ),
         )
         .unwrap();
         let mut cmd = topo.ag_command(bin_path("egress-agent"));

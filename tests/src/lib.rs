@@ -15,6 +15,8 @@ pub mod clients;
 pub mod lab;
 pub mod procstat;
 #[cfg(target_os = "linux")]
+pub mod runtimes;
+#[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod topology;
@@ -62,7 +64,7 @@ macro_rules! require_root {
 pub const THREAT_LOG_ENV: &str = "EGRESS_THREAT_LOG";
 
 /// Records one attack of the THREATS.md catalogue, run WITH the enforcer: `class` is the
-/// catalogue's letter (A-E), `name` the attack, `blocked` whether it failed the documented way.
+/// catalogue's letter (A-F), `name` the attack, `blocked` whether it failed the documented way.
 /// Call it right before the assertion, so a bypass is recorded before the test panics. Appends
 /// one JSON line to the file named by `EGRESS_THREAT_LOG` (nothing when unset); `cargo xtask
 /// test` summarises it as `threats: N attacks, N blocked, 0 bypassed`.

@@ -30,7 +30,8 @@ fn policy_file(topo: &Topology) -> String {
 const WHOAMI: &str = r#"cg=$(sed -n 's/^0:://p' /proc/self/cgroup); echo "CG=$cg"; echo "CGID=$(stat -c %i "$CG2$cg")"; echo "NETNS=$(readlink /proc/self/ns/net)";"#;
 
 struct Seen {
-    cgroup: PathBuf,
+    /// The cgroup as the command sees it: "/" (its cgroup namespace is rooted at it).
+    cgroup: String,
     cgroup_id: String,
     netns: String,
 }
@@ -42,22 +43,32 @@ fn seen(out: &str) -> Seen {
             .unwrap_or_else(|| panic!("no {k} in {out:?}"))
             .to_string()
     };
-    let cg2 = cgroup2_root().unwrap();
     Seen {
-        cgroup: cg2.join(get("CG").trim_start_matches('/')),
+        cgroup: get("CG"),
         cgroup_id: get("CGID"),
         netns: get("NETNS"),
     }
 }
 
+/// exec's cgroup, found by the id the command saw: `<cg2>/egress-agent.exec/<exec pid>`.
+fn exec_cgroup(id: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = cgroup2_root().unwrap().join("egress-agent.exec");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino().to_string() == id))
+}
+
 fn assert_nothing_left(topo: &Topology, s: &Seen) {
-    assert!(
-        s.cgroup
-            .starts_with(cgroup2_root().unwrap().join("egress-agent.exec")),
-        "{}",
-        s.cgroup.display()
+    assert_eq!(s.cgroup, "/", "the command sees its own cgroup only");
+    assert_eq!(
+        exec_cgroup(&s.cgroup_id),
+        None,
+        "cgroup {} left",
+        s.cgroup_id
     );
-    assert!(!s.cgroup.exists(), "cgroup {} left", s.cgroup.display());
     let pin = PathBuf::from("/sys/fs/bpf/egress-agent").join(&s.cgroup_id);
     assert!(!pin.exists(), "pin {} left", pin.display());
     // No process lives in that network namespace any more (an anonymous netns dies with them).
@@ -205,7 +216,7 @@ fn sigterm_and_ctrl_c_to_exec_clean_up() {
             std::thread::sleep(Duration::from_millis(50));
         };
         let s = seen(&text);
-        assert!(s.cgroup.exists());
+        assert!(exec_cgroup(&s.cgroup_id).is_some());
         std::thread::sleep(Duration::from_millis(200));
         // nsenter execs egress-agent: the child's pid is the agent's.
         unsafe { libc::kill(child.id() as i32, sig) };

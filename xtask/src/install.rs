@@ -28,6 +28,10 @@ pub struct InstallArgs {
     /// Install this binary instead of building the release one.
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Docker runtimes to register in /etc/docker/daemon.json, one per profile: `egress`
+    /// for `default`, `egress-NAME` for the others (e.g. `--docker default,ci`).
+    #[arg(long, value_delimiter = ',')]
+    pub docker: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -52,8 +56,13 @@ fn under(root: &Path, abs: &Path) -> PathBuf {
 
 struct Layout {
     bin: PathBuf,
+    /// `egress-agent-runc`: the runtime wrapper under the name a runtime handler points at.
+    wrapper: PathBuf,
     unit: PathBuf,
     etc: PathBuf,
+    /// The OCI hook for podman and CRI-O.
+    hook: PathBuf,
+    docker: PathBuf,
     completions: [(&'static str, PathBuf); 3],
 }
 
@@ -61,8 +70,11 @@ fn layout(root: &Path, prefix: &Path) -> Layout {
     let u = |p: &str| under(root, Path::new(p));
     Layout {
         bin: under(root, &prefix.join("bin/egress-agent")),
+        wrapper: under(root, &prefix.join("bin/egress-agent-runc")),
         unit: u("/etc/systemd/system/egress-agent.service"),
         etc: u("/etc/egress-agent"),
+        hook: u("/etc/containers/oci/hooks.d/egress-agent.json"),
+        docker: u("/etc/docker/daemon.json"),
         completions: [
             (
                 "bash",
@@ -121,6 +133,7 @@ pub fn install(a: &InstallArgs) -> Result<()> {
     println!("installed {}", l.bin.display());
 
     let bindir = a.prefix.join("bin");
+    install_runtime_hooks(&l, &bindir, &a.docker)?;
     let unit = UNIT.replace("@BINDIR@", &bindir.display().to_string());
     write_file(&l.unit, unit.as_bytes(), 0o644)?;
     println!("installed {}", l.unit.display());
@@ -193,7 +206,12 @@ pub fn uninstall(a: &UninstallArgs) -> Result<()> {
             .args(["disable", "--now", "egress-agent"])
             .status();
     }
-    let mut removed = vec![l.bin.clone(), l.unit.clone()];
+    remove_docker_runtimes(&l.docker)?;
+    for p in wrappers(&l.wrapper) {
+        let _ = fs::remove_file(&p);
+        println!("removed {}", p.display());
+    }
+    let mut removed = vec![l.bin.clone(), l.unit.clone(), l.hook.clone()];
     removed.extend(l.completions.iter().map(|(_, p)| p.clone()));
     for p in removed {
         match fs::remove_file(&p) {
@@ -210,6 +228,109 @@ pub fn uninstall(a: &UninstallArgs) -> Result<()> {
     }
     if live(&a.root) && systemd_running() {
         let _ = Command::new("systemctl").arg("daemon-reload").status();
+    }
+    Ok(())
+}
+
+/// The hooks.d file for podman and CRI-O: the hook runs at createRuntime for every container
+/// carrying the profile annotation (others are untouched, unless under a gated parent).
+fn hooks_d(bindir: &Path) -> String {
+    let hook = serde_json::json!({
+        "version": "1.0.0",
+        "hook": {"path": bindir.join("egress-agent"), "args": ["egress-agent", "oci-hook"]},
+        "when": {"annotations": {"^egress-agent\\.io/profile$": ".+"}},
+        "stages": ["createRuntime"],
+    });
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&hook).unwrap_or_default()
+    )
+}
+
+/// The hooks.d file, the `egress-agent-runc` wrapper (one `egress-agent-runc.PROFILE` per
+/// Docker profile) and the Docker runtimes.
+fn install_runtime_hooks(l: &Layout, bindir: &Path, docker: &[String]) -> Result<()> {
+    write_file(&l.hook, hooks_d(bindir).as_bytes(), 0o644)?;
+    println!("installed {} (podman, CRI-O)", l.hook.display());
+    let mut links = vec![l.wrapper.clone()];
+    links.extend(docker.iter().map(|p| wrapper_for(&l.wrapper, p)));
+    for link in &links {
+        let _ = fs::remove_file(link);
+        std::os::unix::fs::symlink("egress-agent", link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        println!("installed {} -> egress-agent", link.display());
+    }
+    if docker.is_empty() {
+        return Ok(());
+    }
+    let mut cfg: serde_json::Value = match fs::read_to_string(&l.docker) {
+        Ok(t) => serde_json::from_str(&t)
+            .with_context(|| format!("{} is not valid JSON", l.docker.display()))?,
+        Err(_) => serde_json::json!({}),
+    };
+    let runtimes = cfg
+        .as_object_mut()
+        .context("daemon.json is not an object")?
+        .entry("runtimes")
+        .or_insert_with(|| serde_json::json!({}));
+    for p in docker {
+        let name = if p == "default" {
+            "egress".to_string()
+        } else {
+            format!("egress-{p}")
+        };
+        let path = bindir.join(format!("egress-agent-runc.{p}"));
+        runtimes[&name] = serde_json::json!({ "path": path });
+        println!("docker runtime {name} (profile {p}): `docker run --runtime {name} ...`");
+    }
+    write_file(
+        &l.docker,
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+        0o644,
+    )?;
+    println!("updated {} (restart dockerd to use it)", l.docker.display());
+    Ok(())
+}
+
+fn wrapper_for(wrapper: &Path, profile: &str) -> PathBuf {
+    wrapper.with_file_name(format!("egress-agent-runc.{profile}"))
+}
+
+/// Every installed wrapper link (`egress-agent-runc`, `egress-agent-runc.*`).
+fn wrappers(wrapper: &Path) -> Vec<PathBuf> {
+    let Some(dir) = wrapper.parent() else {
+        return Vec::new();
+    };
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n == "egress-agent-runc" || n.starts_with("egress-agent-runc.")
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Our `egress*` runtimes out of daemon.json (the rest of the file as it was).
+fn remove_docker_runtimes(path: &Path) -> Result<()> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let Ok(mut cfg) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(());
+    };
+    let Some(rt) = cfg.get_mut("runtimes").and_then(|r| r.as_object_mut()) else {
+        return Ok(());
+    };
+    let before = rt.len();
+    rt.retain(|k, _| k != "egress" && !k.starts_with("egress-"));
+    if rt.len() != before {
+        write_file(path, serde_json::to_string_pretty(&cfg)?.as_bytes(), 0o644)?;
+        println!("removed the egress runtimes from {}", path.display());
     }
     Ok(())
 }
@@ -281,6 +402,7 @@ mod tests {
             root: root.clone(),
             prefix: "/usr/local".into(),
             binary: Some(bin),
+            docker: vec!["ci".into()],
         };
         install(&args).unwrap();
         let l = layout(&root, Path::new("/usr/local"));
@@ -297,6 +419,20 @@ mod tests {
         assert!(policy.contains("mode = \"enforce\"") && policy.contains("allow = []"));
         let bash = fs::read_to_string(&l.completions[0].1).unwrap();
         assert!(bash.contains("egress-agent") && bash.contains("attach"));
+        let hook: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&l.hook).unwrap()).unwrap();
+        assert_eq!(hook["hook"]["path"], "/usr/local/bin/egress-agent");
+        assert_eq!(hook["stages"], serde_json::json!(["createRuntime"]));
+        let docker: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&l.docker).unwrap()).unwrap();
+        assert_eq!(
+            docker["runtimes"]["egress-ci"]["path"],
+            "/usr/local/bin/egress-agent-runc.ci"
+        );
+        assert_eq!(
+            fs::read_link(wrapper_for(&l.wrapper, "ci")).unwrap(),
+            Path::new("egress-agent")
+        );
 
         // An operator's edits survive a reinstall.
         fs::write(
@@ -316,6 +452,11 @@ mod tests {
             keep_enforcement: false,
         };
         uninstall(&un).unwrap();
+        assert!(!l.hook.exists() && !l.wrapper.exists());
+        assert!(fs::symlink_metadata(wrapper_for(&l.wrapper, "ci")).is_err());
+        let docker: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&l.docker).unwrap()).unwrap();
+        assert_eq!(docker["runtimes"], serde_json::json!({}));
         assert!(!l.bin.exists() && !l.unit.exists() && !l.completions[2].1.exists());
         assert!(l.etc.join("policy.toml").exists());
         uninstall(&UninstallArgs { purge: true, ..un }).unwrap();

@@ -94,6 +94,13 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/src/runtimes (tests/tests/runtimes.rs): real runtimes with private state, images
+    // built locally; crun only to record its refusal of hybrid cgroups; protoc builds k8s-cri.
+    "crun",
+    "docker.io",
+    "containerd",
+    "containernetworking-plugins",
+    "protobuf-compiler",
     // tests/tests/kubernetes.rs: a venv for kubernetes-validate.
     "python3-venv",
 ];
@@ -111,6 +118,8 @@ const LAB_TOOLS: &[(&str, &str)] = &[
     ("git", "git"),
     ("wget", "wget"),
     ("openssl", "openssl"),
+    // exec --trust-ca builds the NSS database (Chromium, Firefox) with certutil.
+    ("certutil", "libnss3-tools"),
 ];
 
 /// The lab's Python servers and clients (grpcio, websockets; PyPI), in a venv of their own (keep

@@ -151,7 +151,7 @@ pub fn serve_lock(cg: &Cgroup) -> Result<fs::File, BpfError> {
 }
 
 /// [`serve_lock`] on `<LOCK_DIR>/<name>.lock`, for `subject` (named in the error).
-pub(crate) fn serve_lock_named(name: &str, subject: &Path) -> Result<fs::File, BpfError> {
+pub fn serve_lock_named(name: &str, subject: &Path) -> Result<fs::File, BpfError> {
     let dir = Path::new(LOCK_DIR);
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(format!("{name}.lock"));

@@ -291,6 +291,14 @@ impl Trust {
             "PIP_CERT",
             "CARGO_HTTP_CAINFO",
             "AWS_CA_BUNDLE",
+            // grpcio (C core) ships its own roots and reads only this.
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+            // Nix-built binaries (their OpenSSL has no /etc default).
+            "NIX_SSL_CERT_FILE",
+            // Elixir's hex, Ruby's bundler, conda: their own bundles, replaced whole.
+            "HEX_CACERTS_PATH",
+            "BUNDLE_SSL_CA_CERT",
+            "CONDA_SSL_VERIFY",
         ]
         .into_iter()
         .map(|k| (k, bundle.clone()))

@@ -635,6 +635,20 @@ impl Policy {
         v
     }
 
+    /// Every credential source an `inject` rule of any profile reads (environment variables
+    /// and files), sorted, without duplicates: what the sandbox must never see.
+    pub fn inject_sources(&self) -> Vec<&SecretSource> {
+        let mut v: Vec<&SecretSource> = self
+            .profiles
+            .values()
+            .flat_map(|p| p.http.iter())
+            .filter_map(|r| r.inject().map(|(_, s)| s))
+            .collect();
+        v.sort_by_key(|s| s.to_string());
+        v.dedup();
+        v
+    }
+
     /// Profile names, sorted.
     pub fn profile_names(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)

@@ -191,6 +191,8 @@ enum Cmd {
     /// Scenarios of the cgroup gate (tests/tests/gate.rs).
     #[command(subcommand)]
     Gate(GateCmd),
+    #[command(flatten)]
+    Boundary(boundary::Cmd),
 }
 
 /// The output line under construction.
@@ -1058,6 +1060,7 @@ fn main() {
         Cmd::UnshareConnect { target, io } => cmd_unshare(*target, io, t),
         Cmd::ConnectLoop { target, count } => cmd_connect_loop(*target, *count),
         Cmd::Gate(cmd) => cmd_gate(cmd, t),
+        Cmd::Boundary(b) => boundary::run(b, t),
         Cmd::Many {
             target,
             count,
@@ -1076,4 +1079,318 @@ fn main() {
         ),
     };
     out.print();
+}
+
+// ---- THREATS F: getting out from under the enforcement (tests/tests/exec_boundary.rs) ----
+// The raw calls live here rather than in egress_tests::sys: they exist only for these
+// subcommands (to move to sys.rs when the lead merges the harness).
+mod boundary {
+    use super::{cmd_tcp, Io, Out};
+    use serde_json::{json, Value};
+    use std::io;
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    #[derive(clap::Subcommand, Debug)]
+    pub enum Cmd {
+        /// Write "0" (this process) into PROCS (a `cgroup.procs`), then connect to TARGET.
+        CgroupEscape {
+            #[arg(long)]
+            procs: std::path::PathBuf,
+            target: SocketAddr,
+            #[command(flatten)]
+            io: Io,
+        },
+        /// clone3(CLONE_INTO_CGROUP, DIR); the child connects to TARGET (the parent does when
+        /// the clone fails).
+        Clone3Escape {
+            #[arg(long)]
+            cgroup: std::path::PathBuf,
+            target: SocketAddr,
+            #[command(flatten)]
+            io: Io,
+        },
+        /// ptrace(PTRACE_SEIZE), process_vm_readv, /proc/PID/environ and kill(SIGNAL) on PID.
+        TouchProcess {
+            pid: i32,
+            #[arg(long, default_value_t = 0)]
+            signal: i32,
+        },
+        /// Install a seccomp filter failing unshare(2) with EPERM when its flags intersect
+        /// --deny-unshare, and mount(2) with --deny-mount; then exec CMD.
+        SeccompExec {
+            #[arg(long, value_parser = parse_hex, default_value = "0")]
+            deny_unshare: u64,
+            #[arg(long)]
+            deny_mount: bool,
+            #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+            cmd: Vec<String>,
+        },
+    }
+
+    fn parse_hex(s: &str) -> Result<u64, String> {
+        u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
+    }
+
+    pub fn run(c: &Cmd, t: Duration) -> Out {
+        match c {
+            Cmd::CgroupEscape { procs, target, io } => cgroup_escape(procs, *target, io, t),
+            Cmd::Clone3Escape { cgroup, target, io } => clone3_escape(cgroup, *target, io, t),
+            Cmd::TouchProcess { pid, signal } => touch_process(*pid, *signal),
+            Cmd::SeccompExec {
+                deny_unshare,
+                deny_mount,
+                cmd,
+            } => seccomp_exec(*deny_unshare, *deny_mount, cmd),
+        }
+    }
+
+    fn own_cgroup() -> Value {
+        std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            })
+            .map(Value::from)
+            .unwrap_or(Value::Null)
+    }
+
+    fn errno_of(r: &io::Result<()>) -> Value {
+        match r {
+            Ok(()) => Value::Null,
+            Err(e) => json!(e.raw_os_error()),
+        }
+    }
+
+    fn merge(mut out: Out, tcp: Out) -> Out {
+        for (k, v) in tcp.0 {
+            if k != "op" {
+                out.set(&k, v);
+            }
+        }
+        out
+    }
+
+    fn cgroup_escape(procs: &std::path::Path, target: SocketAddr, io: &Io, t: Duration) -> Out {
+        let mut out = Out::new("cgroup-escape", target);
+        let moved = std::fs::write(procs, "0");
+        out.set("escaped", moved.is_ok());
+        out.set("escape_errno", errno_of(&moved));
+        out.set("cgroup", own_cgroup());
+        merge(out, cmd_tcp(target, io, false, t))
+    }
+
+    fn clone3_escape(dir: &std::path::Path, target: SocketAddr, io: &Io, t: Duration) -> Out {
+        let mut out = Out::new("clone3-escape", target);
+        let fd = match std::fs::File::open(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                out.set("cloned", false);
+                out.set("clone_errno", json!(e.raw_os_error()));
+                out.set("clone_stage", "open");
+                return merge(out, cmd_tcp(target, io, false, t));
+            }
+        };
+        let (rd, wr) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => return out.fail("pipe", &e),
+        };
+        #[repr(C)]
+        #[derive(Default)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+            cgroup: u64,
+        }
+        let args = CloneArgs {
+            // CLONE_INTO_CGROUP (Linux 5.7); libc's constant is deprecated for overflowing.
+            flags: 0x2_0000_0000,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd.as_raw_fd() as u64,
+            ..Default::default()
+        };
+        // SAFETY: clone3 without CLONE_VM is a fork; the probe is single-threaded, so the
+        // child may allocate. args is a valid clone_args of the size passed.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            out.set("cloned", false);
+            out.set("clone_errno", json!(e.raw_os_error()));
+            out.set("clone_stage", "clone3");
+            return merge(out, cmd_tcp(target, io, false, t));
+        }
+        if pid == 0 {
+            drop(rd);
+            let mut line = cmd_tcp(target, io, false, t);
+            line.set("child_cgroup", own_cgroup());
+            let text = Value::Object(line.0).to_string();
+            let _ = std::io::Write::write_all(&mut &wr, text.as_bytes());
+            // SAFETY: end the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        drop(wr);
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut &rd, &mut text);
+        let mut status = 0;
+        // SAFETY: waits for the child we just created; status is a valid out-pointer.
+        unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        out.set("cloned", true);
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => {
+                for (k, v) in m {
+                    if k != "op" {
+                        out.set(&k, v);
+                    }
+                }
+                out
+            }
+            _ => out.fail("child", &io::Error::other(format!("child said {text:?}"))),
+        }
+    }
+
+    fn touch_process(pid: i32, signal: i32) -> Out {
+        let mut out = Out::new("touch-process", pid);
+        let cvt = |r: libc::c_long| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: ptrace with integer arguments only; a seized tracee is detached at once.
+        let seized = cvt(unsafe {
+            libc::ptrace(
+                libc::PTRACE_SEIZE,
+                pid,
+                std::ptr::null_mut::<libc::c_void>(),
+                0,
+            )
+        });
+        if seized.is_ok() {
+            // SAFETY: as above.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+        }
+        out.set(
+            "ptrace",
+            json!({"ok": seized.is_ok(), "errno": errno_of(&seized)}),
+        );
+        // An address that is mapped in the target if we may read its maps; else any address
+        // (the pid check comes first).
+        let addr = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .ok()
+            .and_then(|m| {
+                let first = m.lines().next()?.split('-').next()?.to_string();
+                usize::from_str_radix(&first, 16).ok()
+            })
+            .unwrap_or(0x1000);
+        let mut buf = [0u8; 16];
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: local points to our buffer of iov_len bytes; remote is only read by the
+        // kernel on the target's side.
+        let read =
+            cvt(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long);
+        out.set(
+            "vm_read",
+            json!({"ok": read.is_ok(), "errno": errno_of(&read)}),
+        );
+        match std::fs::read(format!("/proc/{pid}/environ")) {
+            Ok(b) => out.set(
+                "environ",
+                json!({"ok": true, "text": String::from_utf8_lossy(&b).replace('\0', "\n")}),
+            ),
+            Err(e) => out.set("environ", json!({"ok": false, "errno": e.raw_os_error()})),
+        }
+        // SAFETY: plain syscall.
+        let killed = cvt(unsafe { libc::kill(pid, signal) } as libc::c_long);
+        out.set(
+            "kill",
+            json!({"ok": killed.is_ok(), "errno": errno_of(&killed)}),
+        );
+        out.ok()
+    }
+
+    fn seccomp_exec(deny_unshare: u64, deny_mount: bool, cmd: &[String]) -> Out {
+        let out = Out::new("seccomp-exec", cmd.join(" "));
+        #[cfg(target_arch = "x86_64")]
+        const ARCH: u32 = 0xC000_003E;
+        #[cfg(target_arch = "aarch64")]
+        const ARCH: u32 = 0xC000_00B7;
+        const RET_ALLOW: u32 = 0x7fff_0000;
+        const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+        let st = |code: u16, k: u32| libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let ld = |off: u32| st((libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, off);
+        let ret = |k: u32| st((libc::BPF_RET | libc::BPF_K) as u16, k);
+        // Jump offsets count from the next instruction.
+        let mut prog = vec![
+            ld(4),                                               // 0: arch
+            jeq(ARCH, 0, 6),                                     // 1: another arch: allow (8)
+            ld(0),                                               // 2: syscall number
+            jeq(libc::SYS_unshare as u32, 2, 0),                 // 3: unshare: check its flags (6)
+            jeq(libc::SYS_mount as u32, 0, 3),                   // 4: neither: allow (8)
+            ret(if deny_mount { RET_EPERM } else { RET_ALLOW }), // 5: mount
+            ld(16),                                              // 6: args[0], low word
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16,
+                jt: 1,
+                jf: 0,
+                k: deny_unshare as u32,
+            }, // 7: a denied flag: EPERM (9)
+            ret(RET_ALLOW),                                      // 8
+            ret(RET_EPERM),                                      // 9
+        ];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_mut_ptr(),
+        };
+        // SAFETY: fprog points to the live program; prctl copies it.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &fprog as *const libc::sock_fprog,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            return out.fail("seccomp", &io::Error::last_os_error());
+        }
+        use std::os::unix::process::CommandExt;
+        let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+        out.fail("exec", &e)
+    }
 }

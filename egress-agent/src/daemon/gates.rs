@@ -1,0 +1,190 @@
+//! The daemon's gated parents (`[[gate]]` in daemon.toml): under each, a cgroup the daemon
+//! has not adopted (nor exempted) has no network from its first syscall. Adoption is the
+//! last step of an attach below a gated parent, release the first step of a detach.
+//!
+//! ```toml
+//! [[gate]]
+//! cgroup = "/sys/fs/cgroup/sandbox.slice"
+//! exempt = ["infra"]          # below the parent (or absolute); exempted when it appears
+//! ```
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    bpf::{
+        gate::{self, Gate},
+        maps::EgressConfig,
+        BpfError,
+    },
+    cgroup::Cgroup,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// The gated parent cgroup.
+    pub cgroup: PathBuf,
+    /// Cgroups left unenforced: paths below the parent (or absolute paths under it).
+    #[serde(default)]
+    pub exempt: Vec<PathBuf>,
+}
+
+/// One gated parent and the exemptions the operator asked for.
+pub struct Gated {
+    pub gate: Gate,
+    exempt: Vec<PathBuf>,
+    /// Exempt cgroups that exist and carry an entry.
+    exempted: BTreeSet<u64>,
+}
+
+impl Gated {
+    /// Loads the gate of `cfg.cgroup` (reusing its pinned maps, so a restart keeps every
+    /// entry) without arming it: the caller adopts what it serves, then [`Gated::arm`]s.
+    pub fn load(cfg: &GateConfig) -> Result<Self, String> {
+        let parent =
+            Cgroup::open(&cfg.cgroup).map_err(|e| format!("gate {}: {e}", cfg.cgroup.display()))?;
+        let exempt = cfg
+            .exempt
+            .iter()
+            .map(|p| {
+                if p.is_absolute() {
+                    p.clone()
+                } else {
+                    parent.path.join(p)
+                }
+            })
+            .collect::<Vec<_>>();
+        if let Some(bad) = exempt.iter().find(|p| !p.starts_with(&parent.path)) {
+            return Err(format!(
+                "gate {}: exempt {} is not below the gated parent",
+                cfg.cgroup.display(),
+                bad.display()
+            ));
+        }
+        let gate =
+            Gate::load(&parent).map_err(|e| format!("gate {}: {e}", cfg.cgroup.display()))?;
+        Ok(Self {
+            gate,
+            exempt,
+            exempted: BTreeSet::new(),
+        })
+    }
+
+    pub fn arm(&mut self) -> Result<(), BpfError> {
+        self.gate.arm()
+    }
+
+    pub fn parent(&self) -> &Cgroup {
+        &self.gate.parent
+    }
+
+    /// Whether `cg` is below this gate's parent.
+    pub fn covers(&self, cg: &Cgroup) -> bool {
+        cg.path != self.gate.parent.path && cg.path.starts_with(&self.gate.parent.path)
+    }
+
+    /// Exempts the configured cgroups that exist now (they may appear at any time: a
+    /// container started later). Until then they are gated like every other cgroup.
+    pub fn refresh_exempt(&mut self) {
+        for p in &self.exempt {
+            let Ok(cg) = Cgroup::open(p) else { continue };
+            if self.exempted.contains(&cg.id) {
+                continue;
+            }
+            match self.gate.exempt(cg.id) {
+                Ok(()) => {
+                    tracing::info!(cgroup = %cg.path.display(), cgroup_id = cg.id, "exempt from the gate");
+                    self.exempted.insert(cg.id);
+                }
+                Err(e) => tracing::error!(cgroup = %cg.path.display(), error = %e, "exempting"),
+            }
+        }
+        // A removed exempt cgroup's id is never reused while the system runs; drop its entry.
+        let gone: Vec<u64> = self
+            .exempted
+            .iter()
+            .copied()
+            .filter(|id| {
+                !self
+                    .exempt
+                    .iter()
+                    .any(|p| Cgroup::open(p).is_ok_and(|c| c.id == *id))
+            })
+            .collect();
+        for id in gone {
+            let _ = self.gate.release(id);
+            self.exempted.remove(&id);
+        }
+    }
+}
+
+/// Every gated parent of the daemon.
+#[derive(Default)]
+pub struct Gates {
+    pub parents: Vec<Gated>,
+}
+
+impl Gates {
+    /// The gate `cg` lives under, if any (the innermost, should gates nest).
+    fn covering(&mut self, cg: &Cgroup) -> Option<&mut Gated> {
+        self.parents
+            .iter_mut()
+            .filter(|g| g.covers(cg))
+            .max_by_key(|g| g.gate.parent.path.as_os_str().len())
+    }
+
+    /// The last step of an attach: `cg` may use the network its programs redirect.
+    pub fn adopt(&mut self, cg: &Cgroup, cfg: &EgressConfig) -> Result<(), BpfError> {
+        match self.covering(cg) {
+            Some(g) => g.gate.adopt(cg.id, cfg),
+            None => Ok(()),
+        }
+    }
+
+    /// The first step of a detach: `cg` has no network under its gate any more.
+    pub fn release(&mut self, cg: &Cgroup) {
+        if let Some(g) = self.covering(cg) {
+            if let Err(e) = g.gate.release(cg.id) {
+                tracing::error!(cgroup_id = cg.id, error = %e, "releasing from the gate");
+            }
+        }
+    }
+
+    /// Whether `cg` is under a gated parent (then an unadopted `cg` has no network).
+    pub fn gated(&self, cg: &Cgroup) -> bool {
+        self.parents.iter().any(|g| g.covers(cg))
+    }
+
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        self.parents
+            .iter()
+            .map(|g| {
+                let entries = g.gate.entries().map(|e| e.len()).unwrap_or(0);
+                serde_json::json!({
+                    "cgroup": g.gate.parent.path,
+                    "cgroup_id": g.gate.parent.id,
+                    "entries": entries,
+                    "exempt": g.exempt,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A gate pinned by an earlier daemon whose parent is no longer configured: it stays (fail
+/// closed) until removed on purpose; say so once at start.
+pub fn warn_unconfigured(configured: &[Gated]) {
+    let Ok(pinned) = gate::installed() else {
+        return;
+    };
+    for id in pinned {
+        if !configured.iter().any(|g| g.gate.parent.id == id) {
+            tracing::warn!(
+                parent_cgroup_id = id,
+                "a gate pinned by an earlier daemon is not in daemon.toml: it stays in force; remove it with `egress-agent gate remove --cgroup PATH`"
+            );
+        }
+    }
+}

@@ -33,12 +33,12 @@ const ALLOWED: &[(&str, [Allowed; 3])] = &[
     ("cargo", [Ok, Ok, Ok]),
     ("go", [Ok, Ok, Ok]),
     ("java", [Ok, Ok, Ok]),
-    // grpcio trusts its bundled roots (or GRPC_DEFAULT_SSL_ROOTS_FILE_PATH), not SSL_CERT_FILE.
-    ("grpc", [Ok, Ok, Fails]),
+    // grpcio: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, set by exec --trust-ca.
+    ("grpc", [Ok, Ok, Ok]),
     ("websocket", [Ok, Ok, Ok]),
     ("curl-h2", [Ok, Ok, Ok]),
-    // GnuTLS reads the system store only: neither SSL_CERT_FILE nor CURL_CA_BUNDLE.
-    ("wget", [Ok, Ok, Fails]),
+    // GnuTLS reads the system store, which exec --trust-ca's mount namespace shows.
+    ("wget", [Ok, Ok, Ok]),
     ("openssl", [Ok, Ok, Ok]),
 ];
 
@@ -80,14 +80,15 @@ const DENIED: &[(&str, [Option<Shown>; 3])] = &[
     // "403 Forbidden by egress-agent: host_not_allowed"; the path rule's 403 is h2 (no phrase).
     ("go", [Some(BOTH), Some(BOTH), Some(EXEC)]),
     ("java", [Some(BOTH), Some(BOTH), Some(BOTH)]),
-    // grpcio trusts its own roots only: it rejects the agent's certificate before any
-    // request (exec says so, with the fix: client_rejected_ca for the path way).
-    ("grpc", [Some(EXEC), Some(EXEC), Some(EXEC)]),
+    // A refused gRPC call gets grpc-status 7 with the reason, which grpcio prints; the path
+    // rule's 403 reaches it as "Received http2 header with status: 403".
+    ("grpc", [Some(BOTH), Some(BOTH), Some(EXEC)]),
     // websockets: "server rejected WebSocket connection: HTTP 403", no body.
     ("websocket", [Some(EXEC), Some(EXEC), Some(EXEC)]),
     ("curl-h2", [Some(BOTH), Some(BOTH), Some(BOTH)]),
-    // GnuTLS trusts the system store only: "The certificate of ‘…’ is not trusted."
-    ("wget", [Some(EXEC), Some(EXEC), Some(EXEC)]),
+    // wget prints the status line: "ERROR 403: Forbidden by egress-agent: host_not_allowed."
+    // for a refused name; the path rule's 403 says only "Forbidden".
+    ("wget", [Some(BOTH), Some(BOTH), Some(EXEC)]),
     ("openssl", [Some(BOTH), Some(BOTH), Some(BOTH)]),
 ];
 

@@ -68,8 +68,9 @@ pub struct Inspector {
     pub ca: Arc<ca::Ca>,
     pub minter: Arc<mint::Minter>,
     pub server: Arc<ServerConfig>,
-    /// For refused connections: the same leaves, ALPN HTTP/1.1 only, so that the 403's
-    /// status line (which names egress-agent and the code) reaches clients that print it.
+    /// For refused connections: the same leaves, ALPN HTTP/1.1 first (the server's order
+    /// decides), so that the 403's status line (which names egress-agent and the code)
+    /// reaches clients that print it; h2 for clients that offer nothing else (gRPC).
     pub refusal: Arc<ServerConfig>,
 }
 
@@ -101,7 +102,7 @@ impl Inspector {
         server.ignore_client_order = true;
         let mut refusal = server.clone();
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        refusal.alpn_protocols = vec![b"http/1.1".to_vec()];
+        refusal.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
         Ok(Self {
             ca,
             minter,
@@ -220,29 +221,70 @@ pub fn can_mint_refusals() -> bool {
     !name_constraints_wanted()
 }
 
-/// Answers every request on `tls` with the denial (403 + Proxy-Status + JSON, over HTTP/1.1
-/// with a status line naming egress-agent and the code: clients that show no body, such as
-/// Go's, print it), until the client closes. The denial was recorded once already.
+/// Answers every request on `tls` with the denial, until the client closes: 403 +
+/// Proxy-Status + JSON, over HTTP/1.1 with a status line naming egress-agent and the code
+/// (clients that show no body, such as Go's, print it); a gRPC call gets its own form of it
+/// (`grpc-status` 7 PERMISSION_DENIED with the reason as `grpc-message`, which gRPC clients
+/// print; they show only "status 403" for a 403). The denial was recorded once already.
 pub async fn answer_refused(tls: handshake::Terminated, denial: crate::deny::Denial) {
-    let phrase = format!("Forbidden by egress-agent: {}", denial.code.as_str());
-    let phrase = hyper::ext::ReasonPhrase::try_from(phrase).ok();
     let denial = Arc::new(denial);
-    let svc = hyper::service::service_fn(move |_req| {
-        let (d, phrase) = (denial.clone(), phrase.clone());
-        async move {
-            let mut resp = crate::requests::denial_response(&d);
-            if let Some(p) = phrase {
-                resp.extensions_mut().insert(p);
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+    let svc = hyper::service::service_fn(move |req| {
+        let d = denial.clone();
+        async move { Ok::<_, std::convert::Infallible>(refused_response(&req, &d)) }
     });
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(REFUSED_IDLE)
-        .serve_connection(io, svc);
-    let _ = tokio::time::timeout(REFUSED_IDLE * 4, conn).await;
+        .header_read_timeout(REFUSED_IDLE);
+    b.http2().timer(hyper_util::rt::TokioTimer::new());
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let _ = tokio::time::timeout(REFUSED_IDLE * 4, b.serve_connection(io, svc)).await;
+}
+
+fn refused_response<B>(
+    req: &http::Request<B>,
+    d: &crate::deny::Denial,
+) -> http::Response<crate::requests::Body> {
+    let mut resp = crate::requests::denial_response(d);
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // Trailers-only: HTTP 200, the status in the headers, no messages.
+        *resp.status_mut() = http::StatusCode::OK;
+        *resp.body_mut() = crate::requests::Body::default();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", http::HeaderValue::from_static("7"));
+        let message = grpc_message(&format!("egress-agent: {}: {}", d.code.as_str(), d.reason));
+        if let Ok(v) = http::HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+    } else if let Ok(p) = hyper::ext::ReasonPhrase::try_from(format!(
+        "Forbidden by egress-agent: {}",
+        d.code.as_str()
+    )) {
+        resp.extensions_mut().insert(p);
+    }
+    resp
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2: everything but printable ASCII other
+/// than `%`).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// How long a refused connection may wait for a request (and, times four, live at all).

@@ -371,7 +371,7 @@ fn exec(topo: &Topology, args: &[&str]) -> std::process::Output {
 fn denial_lines(stderr: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(stderr)
         .lines()
-        .filter(|l| l.starts_with("egress-agent: "))
+        .filter(|l| l.starts_with("egress-agent: denied") || l.contains("denial(s) of"))
         .map(String::from)
         .collect()
 }
@@ -512,5 +512,62 @@ fn a_slow_client_hello_is_waited_for() {
     assert!(
         v["reply"].as_str().unwrap().starts_with("HTTP/1.1 200"),
         "{v}"
+    );
+}
+
+/// Under `exec --trust-ca` a client that still rejects the agent's CA reads a store of its
+/// own (here Python with an explicit cafile): the record's hint says so, and does not send it
+/// back to `--trust-ca`. The same client trusting the server's CA succeeds without exec.
+#[test]
+fn a_client_with_its_own_store_under_trust_ca_is_told_to_use_the_bundle() {
+    require_root!();
+    let topo = Topology::new("deny_own_store");
+    let net = topo.start_fakenet();
+    let ca = ca(&net);
+    let script = "import socket,ssl,sys,json\nc=ssl.create_default_context(cafile=sys.argv[1])\ntry:\n t=c.wrap_socket(socket.create_connection(('allowed.test',443),timeout=10),server_hostname='allowed.test'); print(json.dumps({'ok':True}))\nexcept Exception as e: print(json.dumps({'ok':False,'error':str(e)}))";
+    let v = python(&topo, script, &[&ca], &[]);
+    assert_eq!(v["ok"], true, "direct: {v}");
+    let policy = topo.workdir().join("inspect.toml");
+    let upstream = format!("upstream_ca = {:?}\n", ca);
+    std::fs::write(
+        &policy,
+        test_policy(&[]).replace(
+            "[profile.default]\n",
+            &format!("{upstream}[profile.default]\ninspect = [\"allowed.test\"]\n"),
+        ),
+    )
+    .unwrap();
+    let audit = topo.workdir().join("own-store.jsonl");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", topo.ctr_netns_path().display()))
+        .arg(bin_path("egress-agent"))
+        .args(["exec", "--trust-ca", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(["--", "python3", "-c", script, &ca])
+        .env("EGRESS_STATE_DIR", topo.workdir().join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"ok\": false"),
+        "{out:?}"
+    );
+    let recs = egress_tests::agent::read_jsonl(&audit);
+    let rec = recs
+        .iter()
+        .find(|r| r["code"] == "client_rejected_ca")
+        .unwrap_or_else(|| panic!("{recs:#?}"));
+    let hint = rec["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("a store of its own") && hint.contains("trust/bundle.pem"),
+        "{rec}"
+    );
+    assert!(!hint.contains("--trust-ca"), "{rec}");
+    let lines = denial_lines(&out.stderr);
+    assert!(
+        lines.iter().any(|l| l.contains("client_rejected_ca")),
+        "{out:?}"
     );
 }

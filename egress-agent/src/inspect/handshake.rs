@@ -98,10 +98,11 @@ pub fn trust_hint(trusts_ca: bool) -> String {
     let bundle = super::ca::state_dir().join("trust/bundle.pem");
     if trusts_ca {
         format!(
-            "this client ignores the system trust store and the variables `exec --trust-ca` sets: \
-             point its own store at {} (e.g. GRPC_DEFAULT_SSL_ROOTS_FILE_PATH for grpcio, \
-             wget --ca-certificate, a JVM -Djavax.net.ssl.trustStore), \
-             or mark the host `passthrough` if it pins certificates",
+            "the sandbox already trusts the agent's CA through its system store, but this \
+             client reads a store of its own: point that store at {} (e.g. \
+             GRPC_DEFAULT_SSL_ROOTS_FILE_PATH for grpcio, a JVM -Djavax.net.ssl.trustStore, \
+             the tool's --cacert/--ca-certificate option), or mark the host `passthrough` if \
+             it pins certificates",
             bundle.display()
         )
     } else {

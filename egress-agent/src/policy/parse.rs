@@ -6,6 +6,7 @@
 //! resolver = "203.0.113.53:53"      # optional; default: first nameserver of /etc/resolv.conf
 //! allow_ranges = ["203.0.113.0/24"] # exemptions from the deny set (never metadata, loopback)
 //! upstream_ca = "/path/ca.pem"      # optional extra CA for inspected upstreams
+//! dns_deny = "explain"              # or "nxdomain": how the sandbox's DNS answers a denied name
 //!
 //! [profile.default]
 //! allow = ["example.com", "*.example.org", "db.example.net:5432"]  # no port = 80 and 443
@@ -33,8 +34,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    HostPattern, HttpRule, Inject, Mode, NameError, PathGlob, Pattern, Policy, PolicyError,
-    Profile, Rule, RuleKind, RuleRef, SecretSource,
+    DnsDeny, HostPattern, HttpRule, Inject, Mode, NameError, PathGlob, Pattern, Policy,
+    PolicyError, Profile, Rule, RuleKind, RuleRef, SecretSource,
 };
 use crate::addr::{AddrError, AddrPolicy};
 
@@ -47,6 +48,7 @@ struct RawPolicy {
     #[serde(default)]
     allow_ranges: Vec<Spanned<String>>,
     upstream_ca: Option<Spanned<String>>,
+    dns_deny: Option<Spanned<String>>,
     #[serde(default)]
     profile: BTreeMap<String, Spanned<RawProfile>>,
 }
@@ -261,6 +263,19 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
             }
         },
     };
+    let dns_deny = match &raw.dns_deny {
+        None => DnsDeny::default(),
+        Some(d) => DnsDeny::parse(d.get_ref()).ok_or_else(|| {
+            ctx.err(
+                d.span(),
+                "dns_deny",
+                format!(
+                    "unknown value {:?}: expected \"explain\" or \"nxdomain\"",
+                    d.get_ref()
+                ),
+            )
+        })?,
+    };
     let resolver = match &raw.resolver {
         None => None,
         Some(r) => Some(parse_resolver(r.get_ref()).ok_or_else(|| {
@@ -310,6 +325,7 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         version,
         version_explicit,
         mode,
+        dns_deny,
         resolver,
         addr,
         upstream_ca,
@@ -605,6 +621,7 @@ pub(super) fn from_allow_list(patterns: &[String]) -> Result<Policy, PolicyError
         resolver: None,
         allow_ranges: Vec::new(),
         upstream_ca: None,
+        dns_deny: None,
         profile,
     };
     let ctx = Ctx {
@@ -636,6 +653,7 @@ pub(super) fn show(p: &Policy) -> String {
         let _ = writeln!(o, "# version (default, hash of the file): {}", p.version);
     }
     let _ = writeln!(o, "mode = {}", q(p.mode.as_str()));
+    let _ = writeln!(o, "dns_deny = {}", q(p.dns_deny.as_str()));
     match p.resolver {
         Some(r) => {
             let _ = writeln!(o, "resolver = {}", q(&r.to_string()));

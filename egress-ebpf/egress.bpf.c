@@ -53,6 +53,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_orig_dst SEC(".maps");
 
+/* Who sent each DNS datagram (see egress_maps.h). Small: an entry is read
+ * within microseconds of being written, and a port reused by another sender
+ * overwrites it with that sender's datagram, before the agent reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct orig_dst_key);
+	__type(value, struct orig_dst_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_dns_src SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -164,6 +175,19 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, const __u8 *orig,
 	return 1;
 }
 
+/* A UDP connect() to a port other than 53 sends nothing: gRPC and others connect
+ * only to learn which source address the kernel would use. It is let through,
+ * unredirected, and the socket is marked: the first datagram it sends is refused
+ * by the egress backstop (EPERM, so QUIC clients fall back to TCP at once) and
+ * reported there with this attribution. Without storage it is refused here. */
+static __always_inline __u32 hold_udp(struct bpf_sock_addr *ctx, const __u8 *orig, __u16 port,
+				      __u16 family)
+{
+	if (!remember(ctx, orig, port, family, SOCK_F_UDP_HELD))
+		return REASON_UDP_NOT_DNS;
+	return REASON_NONE;
+}
+
 /* ---- connect4 / connect6 -------------------------------------------------- */
 
 /*
@@ -192,8 +216,10 @@ static __always_inline __u32 __egress_connect4(struct bpf_sock_addr *ctx)
 		 * dropped by the egress backstop. Let it be, unredirected. */
 		if (dport == 0)
 			return REASON_NONE;
-		if (dport != DNS_PORT)
-			return REASON_UDP_NOT_DNS;
+		if (dport != DNS_PORT) {
+			v4_to_mapped(orig, daddr);
+			return hold_udp(ctx, orig, dport, AF_INET);
+		}
 		to = cfg->dns_port4;
 		flags |= SOCK_F_DNS;
 	} else if (ctx->type == SOCK_STREAM) {
@@ -253,11 +279,13 @@ static __always_inline __u32 __egress_connect6(struct bpf_sock_addr *ctx, __u8 *
 		if (dport == 0)
 			return REASON_NONE; /* see __egress_connect4 */
 		if (dport != DNS_PORT)
-			return REASON_UDP_NOT_DNS;
+			return hold_udp(ctx, daddr, dport, AF_INET6);
 		to = mapped ? cfg->dns_port4 : cfg->dns_port6;
 		flags |= SOCK_F_DNS;
 	} else if (ctx->type == SOCK_STREAM) {
-		if (dport != DNS_PORT) {
+		/* As in connect4: the service address skips classification, here as
+		 * ::ffff:192.0.2.1 (an AF_INET6 socket, e.g. every JVM's). */
+		if (dport != DNS_PORT && !(mapped && cfg->svc_addr4 && word(daddr, 3) == bpf_ntohl(cfg->svc_addr4))) {
 			reason = classify6(daddr);
 			if (reason)
 				return reason;
@@ -573,6 +601,83 @@ static __always_inline int skb_to_agent(struct __sk_buff *skb, const struct egre
 	return 0;
 }
 
+/* Read the source (address, port) of a UDP datagram: 1 when it is one. */
+static __always_inline int udp_source(struct __sk_buff *skb, struct orig_dst_key *key)
+{
+	__u16 sport;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr iph;
+
+		if (bpf_skb_load_bytes(skb, 0, &iph, sizeof(iph)) || iph.protocol != IPPROTO_UDP)
+			return 0;
+		if (bpf_skb_load_bytes(skb, iph.ihl * 4, &sport, 2))
+			return 0;
+		v4_to_mapped(key->addr, iph.saddr);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_UDP)
+			return 0;
+		if (bpf_skb_load_bytes(skb, sizeof(ip6), &sport, 2))
+			return 0;
+		__builtin_memcpy(key->addr, &ip6.saddr, 16);
+	} else {
+		return 0;
+	}
+	key->port = bpf_ntohs(sport);
+	return 1;
+}
+
+/* A DNS datagram on its way to the agent: note who sent it (eg_dns_src), by
+ * the source the agent will see. The attribution is the socket's, kept by
+ * connect4/6 or sendmsg4/6 (this hook may run outside the sender's task). */
+static __always_inline void note_dns_sender(struct __sk_buff *skb, const struct sock_state *st)
+{
+	struct orig_dst_key key = {};
+
+	struct orig_dst_value *v;
+
+	if (!udp_source(skb, &key))
+		return;
+	key.netns_cookie = st->netns_cookie;
+	/* A socket asks again and again (A, AAAA, retries, the next name): its entry is
+	 * rewritten in place only when the sender changed. An LRU update allocates a
+	 * node and frees the old one, several times the cost of this lookup. */
+	v = bpf_map_lookup_elem(&eg_dns_src, &key);
+	if (v) {
+		if (v->pid != st->orig.pid || v->tgid != st->orig.tgid ||
+		    v->cgroup_id != st->orig.cgroup_id)
+			__builtin_memcpy(v, &st->orig, sizeof(*v));
+		return;
+	}
+	bpf_map_update_elem(&eg_dns_src, &key, &st->orig, BPF_ANY);
+}
+
+/* A datagram from a socket whose UDP connect() was let through (hold_udp):
+ * reported as what it is, with the connect's attribution and destination. */
+static __always_inline void report_held_udp(const struct sock_state *st)
+{
+	struct egress_event *e;
+
+	count(HOOK_SKB_EGRESS, REASON_UDP_NOT_DNS);
+	e = bpf_ringbuf_reserve(&eg_events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = st->orig.cgroup_id;
+	e->pid = st->orig.pid;
+	e->tgid = st->orig.tgid;
+	__builtin_memcpy(e->comm, st->orig.comm, sizeof(e->comm));
+	__builtin_memcpy(e->addr, st->orig.addr, 16);
+	e->port = st->orig.port;
+	e->family = st->orig.family;
+	e->reason = REASON_UDP_NOT_DNS;
+	e->hook = HOOK_SKB_EGRESS;
+	e->protocol = IPPROTO_UDP;
+	bpf_ringbuf_submit(e, 0);
+}
+
 /*
  * Drop any packet that is not to the agent's listeners, whatever path put it
  * here (source routes, a future kernel path around the socket hooks). Replies on
@@ -583,21 +688,27 @@ int egress_skb(struct __sk_buff *skb)
 {
 	const struct egress_config *cfg = config_get();
 	struct bpf_sock *sk = skb->sk;
+	struct sock_state *st = 0;
 	struct egress_event *e;
 
 	if (sk)
 		sk = bpf_sk_fullsock(sk);
 	if (sk) {
-		struct sock_state *st;
-
 		if (sk->state == BPF_TCP_LISTEN)
 			return SYS_PROCEED; /* SYN-ACK of the container's own server */
 		st = bpf_sk_storage_get(&eg_sock, sk, 0, 0);
 		if (st && (st->flags & SOCK_F_PASSIVE))
 			return SYS_PROCEED;
 	}
-	if (cfg && skb_to_agent(skb, cfg))
+	if (cfg && skb_to_agent(skb, cfg)) {
+		if (st && (st->flags & SOCK_F_DNS))
+			note_dns_sender(skb, st);
 		return SYS_PROCEED;
+	}
+	if (st && (st->flags & SOCK_F_UDP_HELD)) {
+		report_held_udp(st);
+		return SYS_REJECT;
+	}
 
 	count(HOOK_SKB_EGRESS, REASON_SKB_DROP);
 	e = bpf_ringbuf_reserve(&eg_events, sizeof(*e), 0);

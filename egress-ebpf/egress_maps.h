@@ -117,6 +117,18 @@ struct orig_dst_value {
 #define SOCK_F_REDIRECTED 1 /* connect() was rewritten to the agent: getpeername restores orig */
 #define SOCK_F_DNS        2 /* the last UDP datagram went to the agent's DNS listener */
 #define SOCK_F_PASSIVE    4 /* accepted by the container (its own server): replies may leave */
+#define SOCK_F_UDP_HELD   8 /* UDP connect() to a port other than 53, left unredirected: the
+			     * connect only picks a source address; a datagram sent is refused */
+
+/* ---- DNS senders ---------------------------------------------------------
+ * eg_dns_src: LRU hash, struct orig_dst_key -> struct orig_dst_value. The egress
+ * backstop fills it for every DNS datagram a socket sends to the agent's DNS
+ * listener, keyed by the datagram's source (netns, address, port) — what the
+ * agent sees as the sender — with the attribution connect4/6 or sendmsg4/6 kept
+ * in the socket's storage (pid, tgid, comm, cgroup, the resolver asked). The
+ * agent reads it (without deleting: one socket sends A and AAAA at once) for
+ * each question.
+ */
 
 struct sock_state {
 	struct orig_dst_value orig;

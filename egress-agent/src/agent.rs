@@ -59,6 +59,7 @@ impl Running {
         let config = listeners.config();
         enforcement.configure(config)?;
         let orig = enforcement.take_orig_dst()?;
+        let dns_senders = enforcement.take_dns_senders();
         let events = enforcement.take_events()?;
         let attachment = Arc::new(Attachment {
             cgroup: cg,
@@ -68,6 +69,8 @@ impl Running {
             shared: shared.clone(),
             conn_permits: crate::interceptor::connection_permits(),
             upstreams: Default::default(),
+            dns_senders,
+            trusts_ca: Default::default(),
         });
         let mut tasks = JoinSet::new();
         let Listeners {

@@ -147,9 +147,25 @@ pub struct Attachment {
     pub conn_permits: Arc<tokio::sync::Semaphore>,
     /// Upstream HTTP/2 connections its inspected connections share.
     pub upstreams: crate::pool::SharedUpstreams,
+    /// Who sent each DNS question (the kernel's record, by the sender's address and port).
+    pub dns_senders: Option<crate::bpf::DnsSenderTable>,
+    /// The sandbox is known to trust the agent's CA (`exec --trust-ca`; a runtime hook that
+    /// mounted the trust bundle): a denied TLS name is then answered with a minted
+    /// certificate and a 403, and a client that still rejects the CA uses a store of its own.
+    pub trusts_ca: std::sync::atomic::AtomicBool,
 }
 
 impl Attachment {
+    pub fn trusts_ca(&self) -> bool {
+        self.trusts_ca.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the sandbox as trusting the agent's CA (see [`Attachment::trusts_ca`]).
+    pub fn set_trusts_ca(&self, on: bool) {
+        self.trusts_ca
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Writes a finished connection's (or request's) record with its duration.
     pub fn finish(&self, mut rec: Record, started: Instant) {
         rec.duration_ms = started.elapsed().as_millis() as u64;

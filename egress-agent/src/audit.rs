@@ -41,7 +41,19 @@ struct Inner {
     /// Recent decisions of every kind, newest last.
     decisions: Mutex<VecDeque<Record>>,
     metrics: crate::metrics::Metrics,
+    /// Who else reads the stream (e.g. `notify`): each gets the records its filter keeps.
+    subscribers: Mutex<Vec<Subscriber>>,
 }
+
+/// A reader of the audit stream: records its filter keeps go onto its bounded channel with
+/// `try_send`, so a slow reader loses records (counted) and never slows the data path.
+struct Subscriber {
+    keep: fn(&Record) -> bool,
+    tx: mpsc::SyncSender<Record>,
+}
+
+/// Records queued per subscriber before new ones are dropped.
+const SUBSCRIBER_DEPTH: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("opening audit log {path}: {source}")]
@@ -124,12 +136,43 @@ impl Audit {
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_DENIALS)),
                 decisions: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
                 metrics: crate::metrics::Metrics::default(),
+                subscribers: Mutex::new(Vec::new()),
             }),
         })
     }
 
+    /// A new reader of the stream: every record from now on that `keep` accepts. The
+    /// channel closes when the audit log's last handle is dropped.
+    pub fn subscribe(&self, keep: fn(&Record) -> bool) -> mpsc::Receiver<Record> {
+        let (tx, rx) = mpsc::sync_channel(SUBSCRIBER_DEPTH);
+        let mut subs = self
+            .inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        subs.push(Subscriber { keep, tx });
+        rx
+    }
+
+    fn publish(&self, rec: &Record) {
+        let mut subs = self
+            .inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A reader that went away is forgotten; a full one loses this record.
+        subs.retain(|s| {
+            !(s.keep)(rec)
+                || !matches!(
+                    s.tx.try_send(rec.clone()),
+                    Err(mpsc::TrySendError::Disconnected(_))
+                )
+        });
+    }
+
     pub fn record(&self, rec: Record) {
         self.inner.metrics.observe(&rec);
+        self.publish(&rec);
         {
             let mut d = self
                 .inner

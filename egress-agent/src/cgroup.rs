@@ -303,6 +303,14 @@ impl Cgroup {
     /// `bpf_get_current_ancestor_cgroup_id(level)` counts it. Read from the path,
     /// which is right for an agent in the host's cgroup namespace (where the
     /// mount shows the whole hierarchy).
+    /// Whether this cgroup still exists: its directory is there and is the same cgroup (a
+    /// removed cgroup's path may be reused by a new one, with a new id). Links pinned on a
+    /// removed cgroup keep reporting it as attached: this is how its removal shows.
+    pub fn exists(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.id)
+    }
+
     pub fn level(&self) -> Result<u32, CgroupError> {
         let mount = cgroup2_mount()?;
         let rel = self

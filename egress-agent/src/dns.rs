@@ -1,9 +1,13 @@
 //! Stage: dns — DNS for the sandbox (DESIGN.md §6, THREATS.md D). Every datagram a container
 //! sends to port 53, whatever resolver it names, arrives here. Allowed names are
 //! resolved by the agent's own resolver and answered (A/AAAA only, prohibited
-//! addresses removed); every other name gets NXDOMAIN with Extended DNS Error 15
-//! ("Blocked", RFC 8914) and is never forwarded, so labels cannot tunnel data
-//! out through the agent.
+//! addresses removed). A denied name is never forwarded, so labels cannot tunnel
+//! data out through the agent; it is answered (`dns_deny`, policy) with the
+//! agent's service address for A and NODATA otherwise (`explain`, the default:
+//! the connection that follows is refused at a layer the client shows), or with
+//! NXDOMAIN + Extended DNS Error 15 "Blocked" (`nxdomain`). Service labels under
+//! an allowed name (`_https._tcp.NAME`) get NODATA and no record. Every other
+//! question is one audit record, attributed to its sender by the kernel.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -43,6 +47,18 @@ fn ede_info_code(code: &str) -> u16 {
     }
 }
 const EDNS_EDE: u16 = 15;
+/// RFC 8914 4 "Forged Answer": a denied name answered with the agent's own address.
+const EDE_FORGED: u16 = 4;
+
+/// An Extended DNS Error option's data: info-code, then the text.
+fn ede(info_code: u16, reason: &str) -> Vec<u8> {
+    let mut data = info_code.to_be_bytes().to_vec();
+    data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
+    data
+}
+/// A steered answer is short-lived: after a reload that allows the name, clients soon ask
+/// again and get its real addresses (connections are judged by name meanwhile).
+const STEERED_TTL: u32 = 10;
 /// Answers are short-lived: the agent re-checks at connect time anyway.
 const MAX_TTL: u32 = 60;
 
@@ -54,6 +70,8 @@ const MAX_TTL: u32 = 60;
 const MAX_QUERIES_IN_FLIGHT: usize = 512;
 
 pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
+    let netns_cookie =
+        crate::sys::netns_cookie(std::os::fd::AsRawFd::as_raw_fd(&sock)).unwrap_or(0);
     let sock = Arc::new(sock);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT));
     // At most one warning per 10 s while at the cap: a flood must not flood the log too.
@@ -91,7 +109,8 @@ pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
         let packet = buf[..n].to_vec();
         let (sock, att) = (sock.clone(), att.clone());
         tokio::spawn(async move {
-            if let Some(reply) = answer(&packet, &att, from, "dns").await {
+            let asker = Asker::of_datagram(&att, netns_cookie, from);
+            if let Some(reply) = answer(&packet, &att, asker, "dns").await {
                 let _ = sock.send_to(&reply, from).await;
             }
             drop(permit);
@@ -100,10 +119,8 @@ pub async fn serve_udp(sock: UdpSocket, att: Arc<Attachment>) {
 }
 
 /// DNS over TCP (RFC 1035 §4.2.2: two-byte length prefix), same treatment.
-pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, _rec: Record) {
-    let peer = stream
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+/// `rec` is the connection's record: its attribution is the asker's.
+pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, rec: Record) {
     loop {
         let mut len = [0u8; 2];
         let read = tokio::time::timeout(
@@ -118,7 +135,11 @@ pub async fn serve_tcp(mut stream: TcpStream, att: &Attachment, _rec: Record) {
         if stream.read_exact(&mut msg).await.is_err() {
             return;
         }
-        let Some(reply) = answer(&msg, att, peer, "dns-tcp").await else {
+        let asker = Asker {
+            pid: rec.pid,
+            comm: rec.comm.clone(),
+        };
+        let Some(reply) = answer(&msg, att, asker, "dns-tcp").await else {
             return;
         };
         let mut out = Vec::with_capacity(reply.len() + 2);
@@ -186,29 +207,66 @@ pub fn respond(req: &Message, outcome: &Outcome) -> Option<Vec<u8>> {
             }
         }
         Outcome::NoData => {}
+        Outcome::Steered { reason } => {
+            if q.query_type() == RecordType::A {
+                resp.add_answer(DnsRecord::from_rdata(
+                    q.name().clone(),
+                    STEERED_TTL,
+                    RData::A(A(crate::SERVICE_ADDR4)),
+                ));
+            }
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(EDNS_EDE, ede(EDE_FORGED, reason)));
+        }
         Outcome::Blocked {
             rcode,
             reason,
             code,
         } => {
             resp.metadata.response_code = *rcode;
-            let mut data = ede_info_code(code).to_be_bytes().to_vec();
-            data.extend_from_slice(format!("egress-agent: {reason}").as_bytes());
-            edns.options_mut()
-                .insert(EdnsOption::Unknown(EDNS_EDE, data));
+            edns.options_mut().insert(EdnsOption::Unknown(
+                EDNS_EDE,
+                ede(ede_info_code(code), reason),
+            ));
         }
     }
-    if req.edns.is_some() || resp.metadata.response_code != ResponseCode::NoError {
+    let explained = matches!(outcome, Outcome::Steered { .. });
+    if req.edns.is_some() || explained || resp.metadata.response_code != ResponseCode::NoError {
         resp.set_edns(edns);
     }
     resp.to_vec().ok()
+}
+
+/// Who asked: the kernel's attribution of the datagram's sender (UDP), or of the connection
+/// (DNS over TCP).
+#[derive(Default)]
+pub struct Asker {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl Asker {
+    /// The sender of a datagram from `from`, as the kernel noted it (`eg_dns_src`).
+    fn of_datagram(att: &Attachment, netns_cookie: u64, from: SocketAddr) -> Self {
+        match att
+            .dns_senders
+            .as_ref()
+            .and_then(|t| t.get(netns_cookie, from))
+        {
+            Some(v) => Self {
+                pid: v.tgid,
+                comm: v.comm().to_string(),
+            },
+            None => Self::default(),
+        }
+    }
 }
 
 /// Build the reply for one message; None for garbage not worth answering.
 async fn answer(
     packet: &[u8],
     att: &Attachment,
-    _from: SocketAddr,
+    asker: Asker,
     protocol: &'static str,
 ) -> Option<Vec<u8>> {
     let started = Instant::now();
@@ -218,37 +276,74 @@ async fn answer(
         Parsed::Drop => return None,
     };
     let q = req.queries.first()?.clone();
-    let mut rec = att.record(protocol);
     let raw = q.name().to_ascii();
+    let policy = att.shared.policy.load_full();
+    let (outcome, note) = decide(&q, &raw, att, &policy).await;
+    if let Some(rec) = record_of(att, &policy, &raw, asker, protocol, &outcome, note) {
+        let mut rec = rec;
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        att.shared.audit.record(rec);
+    }
+    respond(&req, &outcome)
+}
+
+/// The question's audit record; `None` for a question that is part of using an allowed
+/// name (a service label under it), which is answered but is no decision of its own.
+fn record_of(
+    att: &Attachment,
+    policy: &crate::policy::Policy,
+    raw: &str,
+    asker: Asker,
+    protocol: &'static str,
+    outcome: &Outcome,
+    note: Note,
+) -> Option<Record> {
+    let mut rec = att.record(protocol);
     rec.name = Some(raw.trim_end_matches('.').to_string());
     rec.orig_dst = "dns".into();
-    let policy = att.shared.policy.load_full();
     rec.policy = policy.version().to_string();
-
-    let (outcome, would_deny) = decide(&q, &raw, att, &policy).await;
-    if let Some(reason) = would_deny {
+    rec.pid = asker.pid;
+    rec.comm = asker.comm;
+    match note {
+        Note::Unrecorded => return None,
+        Note::Decided => {}
         // Monitor mode: answered, but recorded as what enforce mode would do.
-        rec.decision = "would_deny";
-        rec.code = Some("host_not_allowed".into());
-        rec.reason = Some(reason);
+        Note::WouldDeny(d) => {
+            rec.decision = "would_deny";
+            rec.code = Some(d.code.as_str().into());
+            rec.reason = Some(d.reason);
+            rec.hint = Some(d.hint);
+        }
+        Note::Denied(d) => {
+            rec.decision = "deny";
+            rec.code = Some(d.code.as_str().into());
+            rec.reason = Some(d.reason);
+            rec.hint = Some(d.hint);
+        }
     }
-    if let Outcome::Blocked { code, reason, .. } = &outcome {
-        // Refused in either mode: monitor mode answers every name it can, so
-        // what is left is a real refusal (unparseable name, prohibited
-        // addresses only, resolver failure).
+    if let Outcome::Steered { reason } = outcome {
+        rec.reason = Some(reason.clone());
+    }
+    if let Outcome::Blocked { code, reason, .. } = outcome {
+        // Refused in either mode: monitor mode answers every name it can, so what is left
+        // is a real refusal (unparseable name, prohibited addresses only, resolver failure).
         rec.decision = "deny";
         rec.code = Some((*code).into());
         rec.reason = Some(reason.clone());
     }
-    rec.duration_ms = started.elapsed().as_millis() as u64;
-    att.shared.audit.record(rec);
-    respond(&req, &outcome)
+    Some(rec)
 }
 
 /// What the sandbox is told about one name.
 pub enum Outcome {
     Answer(Vec<IpAddr>, u32),
     NoData,
+    /// A denied name (`dns_deny = "explain"`): A is answered with the agent's service
+    /// address, so the connection that follows is refused where the client shows it; other
+    /// types get NODATA (AAAA: clients use the v4 answer). Never forwarded.
+    Steered {
+        reason: String,
+    },
     Blocked {
         rcode: ResponseCode,
         code: &'static str,
@@ -256,37 +351,56 @@ pub enum Outcome {
     },
 }
 
-/// The outcome, and in monitor mode the reason enforce mode would have refused
-/// the name (it is answered all the same).
+/// What the audit record of a question says, beside the outcome.
+enum Note {
+    /// Answered as the policy allows (or refused for a reason the outcome carries).
+    Decided,
+    /// Denied by the policy: the name is not allowed.
+    Denied(crate::policy::Denied),
+    /// Monitor mode: answered, but enforce mode would have denied it.
+    WouldDeny(crate::policy::Denied),
+    /// Part of using an allowed name (`_https._tcp.NAME`): no decision of its own.
+    Unrecorded,
+}
+
 async fn decide(
     q: &Query,
     raw: &str,
     att: &Attachment,
     policy: &crate::policy::Policy,
-) -> (Outcome, Option<String>) {
+) -> (Outcome, Note) {
     let qtype = q.query_type();
     match judge(qtype, raw, att, policy) {
-        Judged::Now(outcome, would) => (outcome, would),
-        Judged::Resolve(name, would) => (resolve(&name, qtype, att, policy).await, would),
+        Judged::Now(outcome, note) => (outcome, note),
+        Judged::Resolve(name, note) => (resolve(&name, qtype, att, policy).await, note),
     }
 }
 
 /// What the policy says of a question, before any lookup.
 enum Judged {
     /// Answered without asking anyone (refused, the agent's own name, no such record type).
-    Now(Outcome, Option<String>),
-    /// Resolve this name; in monitor mode, with the reason enforce mode would refuse it.
-    Resolve(CanonicalName, Option<String>),
+    Now(Outcome, Note),
+    /// Resolve this name (in monitor mode perhaps with what enforce mode would say).
+    Resolve(CanonicalName, Note),
 }
 
 fn judge(qtype: RecordType, raw: &str, att: &Attachment, policy: &crate::policy::Policy) -> Judged {
+    if let Some(owner) = service_label_owner(raw) {
+        if let Ok(n) = CanonicalName::parse(owner) {
+            if n.as_str() == crate::SERVICE_NAME || answerable(&n, qtype, att, policy).is_ok() {
+                // `_https._tcp.NAME`, `_443._tcp.NAME`...: part of using NAME; nothing to
+                // forward (only addresses leave) and nothing to count as a denial.
+                return Judged::Now(Outcome::NoData, Note::Unrecorded);
+            }
+        }
+    }
     let name = match CanonicalName::parse(raw) {
         Ok(n) => n,
         Err(e) => {
             let reason = format!("not an acceptable host name: {e}");
             return Judged::Now(
                 blocked(ResponseCode::NXDomain, "host_not_allowed", reason),
-                None,
+                Note::Decided,
             );
         }
     };
@@ -295,46 +409,65 @@ fn judge(qtype: RecordType, raw: &str, att: &Attachment, policy: &crate::policy:
             RecordType::A => Outcome::Answer(vec![IpAddr::V4(crate::SERVICE_ADDR4)], MAX_TTL),
             _ => Outcome::NoData,
         };
-        return Judged::Now(outcome, None);
+        return Judged::Now(outcome, Note::Decided);
     }
-    let mut would = None;
-    if !answerable(&name, qtype, att, policy) {
-        let reason = format!(
-            "{} is not allowed by the policy (profile {})",
-            name.as_str(),
-            att.profile
-        );
+    let mut note = Note::Decided;
+    if let Err(d) = answerable(&name, qtype, att, policy) {
         if policy.mode() != crate::policy::Mode::Monitor {
-            return Judged::Now(
-                blocked(ResponseCode::NXDomain, "host_not_allowed", reason),
-                None,
-            );
+            return Judged::Now(refused(&d, policy), Note::Denied(d));
         }
-        would = Some(reason);
+        note = Note::WouldDeny(d);
     }
     if !matches!(qtype, RecordType::A | RecordType::AAAA) {
         // No TXT/MX/SVCB/...: nothing but addresses leaves, and nothing is forwarded.
-        return Judged::Now(Outcome::NoData, would);
+        return Judged::Now(Outcome::NoData, note);
     }
-    Judged::Resolve(name, would)
+    Judged::Resolve(name, note)
 }
 
-/// A name is answerable if some rule names it, whatever the port. An inspected name's leaf
-/// certificate is minted now, off the connection's path.
+/// How a denied name is answered (`dns_deny`); never by asking anyone.
+fn refused(d: &crate::policy::Denied, policy: &crate::policy::Policy) -> Outcome {
+    match policy.dns_deny() {
+        crate::policy::DnsDeny::Explain => Outcome::Steered {
+            reason: format!(
+                "{}; answered with {}'s address so that the connection explains the denial",
+                d.reason,
+                crate::SERVICE_NAME
+            ),
+        },
+        crate::policy::DnsDeny::Nxdomain => {
+            blocked(ResponseCode::NXDomain, "host_not_allowed", d.reason.clone())
+        }
+    }
+}
+
+/// `_https._tcp.example.com` → `example.com`: the name under leading service labels
+/// (RFC 8552 underscore labels: SRV, TLSA, HTTPS/SVCB attrleaf names), if there are any.
+fn service_label_owner(raw: &str) -> Option<&str> {
+    let mut rest = raw;
+    while let Some(label) = rest.strip_prefix('_') {
+        rest = label.split_once('.')?.1;
+    }
+    (rest.len() < raw.len() && !rest.is_empty() && rest != ".").then_some(rest)
+}
+
+/// A name is answerable if some rule names it, whatever the port; else the policy's denial.
+/// An inspected name's leaf certificate is minted now, off the connection's path.
 fn answerable(
     name: &CanonicalName,
     qtype: RecordType,
     att: &Attachment,
     policy: &crate::policy::Policy,
-) -> bool {
+) -> Result<(), crate::policy::Denied> {
     match policy.decide(&att.profile, name, 443, Protocol::Tls) {
         Decision::Allow { inspect, .. } => {
             if inspect && matches!(qtype, RecordType::A | RecordType::AAAA) {
                 crate::inspect::Inspector::premint(name.as_str());
             }
-            true
+            Ok(())
         }
-        Decision::Deny(d) => d.code != crate::deny::DenyCode::HostNotAllowed,
+        Decision::Deny(d) if d.code == crate::deny::DenyCode::HostNotAllowed => Err(d),
+        Decision::Deny(_) => Ok(()),
     }
 }
 
@@ -386,4 +519,49 @@ async fn resolve(
         return Outcome::NoData;
     }
     Outcome::Answer(answer, ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_name_their_owner() {
+        let owner = |raw| service_label_owner(raw);
+        assert_eq!(owner("_https._tcp.example.com."), Some("example.com."));
+        assert_eq!(owner("_443._tcp.api.example.com"), Some("api.example.com"));
+        assert_eq!(owner("_dns.example.com"), Some("example.com"));
+        // Not a service label, or nothing under it.
+        assert_eq!(owner("example.com"), None);
+        assert_eq!(owner("a._tcp.example.com"), None);
+        assert_eq!(owner("_tcp."), None);
+        assert_eq!(owner("_tcp"), None);
+        assert_eq!(owner("_a._b."), None);
+    }
+
+    #[test]
+    fn a_steered_answer_is_the_service_address_for_a_and_nodata_else() {
+        let q = |t| {
+            let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query("denied.test.".parse().unwrap(), t));
+            m
+        };
+        let outcome = Outcome::Steered {
+            reason: "denied.test is not allowed".into(),
+        };
+        let a = Message::from_vec(&respond(&q(RecordType::A), &outcome).unwrap()).unwrap();
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a.answers.len(), 1);
+        assert_eq!(a.answers[0].ttl, STEERED_TTL);
+        assert!(matches!(&a.answers[0].data, RData::A(A(ip)) if *ip == crate::SERVICE_ADDR4));
+        let ede = a.edns.as_ref().expect("EDE");
+        // EDE 4 "Forged Answer", then the text.
+        assert!(
+            format!("{ede:?}").contains("Unknown(15, [0, 4, 101, 103"),
+            "{ede:?}"
+        );
+        let aaaa = Message::from_vec(&respond(&q(RecordType::AAAA), &outcome).unwrap()).unwrap();
+        assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+        assert!(aaaa.answers.is_empty());
+    }
 }

@@ -50,6 +50,9 @@ pub struct ExecArgs {
     /// always removed.
     #[arg(long = "unset-env", value_name = "VAR")]
     pub unset_env: Vec<String>,
+    /// Do not print a line on stderr for each denial while CMD runs.
+    #[arg(long)]
+    pub quiet: bool,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -75,6 +78,7 @@ pub async fn run(args: ExecArgs, control: Option<&std::path::Path>) -> Result<Ex
     }
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
+    let _denials = crate::notify::to_stderr(&shared.audit, args.quiet);
 
     let cg = Cgroup::create("egress-agent.exec", &format!("{}", std::process::id()))?;
     let result = run_in(&args, &target, shared, &cg, control).await;
@@ -110,6 +114,7 @@ async fn run_in(
         .open(cg.path.join("cgroup.procs"))
         .context("opening cgroup.procs")?;
     let state_dir = crate::inspect::ca::state_dir();
+    running.attachment.set_trusts_ca(args.trust_ca);
     let trust = if args.trust_ca {
         // Certificates only: the CA key stays in the state directory's `ca/` (mode 0600),
         // which the command's mount namespace hides.

@@ -40,6 +40,7 @@ pub mod audit;
 pub mod copy;
 pub mod deny;
 pub mod metrics;
+pub mod notify;
 pub mod peek;
 pub mod policy;
 pub mod pool;

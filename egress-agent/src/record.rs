@@ -40,6 +40,9 @@ pub struct Record {
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A denial's fix: what an operator would add to the policy, or what the client lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     /// The address the agent dialed (never the client's choice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,

@@ -1,6 +1,7 @@
 //! Stage: status — `http://egress.internal/status` (DESIGN.md §10): shows the calling container
-//! its own recent denials and how to trust the agent's CA. It does not list the
-//! allowlist (an allowlist is an exfiltration map).
+//! its own recent denials, each with its fix and the line `exec` printed for it
+//! ([`crate::notify::line`]). It does not list the allowlist (an allowlist is an
+//! exfiltration map).
 
 use crate::{attachment::Attachment, policy::Policy};
 
@@ -11,7 +12,8 @@ pub fn page(att: &Attachment, policy: &Policy) -> String {
         .map(|r| {
             serde_json::json!({
                 "time": r.time, "comm": r.comm, "pid": r.pid, "destination": r.orig_dst,
-                "name": r.name, "protocol": r.protocol, "code": r.code, "reason": r.reason, "rule": r.rule,
+                "name": r.name, "port": r.port, "protocol": r.protocol, "code": r.code, "reason": r.reason,
+                "rule": r.rule, "hint": crate::notify::hint(r), "line": crate::notify::line(r),
             })
         })
         .collect();
@@ -22,6 +24,7 @@ pub fn page(att: &Attachment, policy: &Policy) -> String {
         "cgroup_id": att.cgroup.id,
         "policy": policy.version(),
         "mode": if policy.mode() == crate::policy::Mode::Monitor { "monitor" } else { "enforce" },
+        "trusts_ca": att.trusts_ca(),
         "recent_denials": recent,
         "proxy": format!("http://{}:3128 (HTTPS_PROXY, optional: all traffic is intercepted anyway)", crate::SERVICE_NAME),
     })

@@ -33,12 +33,12 @@ const ALLOWED: &[(&str, [Allowed; 3])] = &[
     ("cargo", [Ok, Ok, Ok]),
     ("go", [Ok, Ok, Ok]),
     ("java", [Ok, Ok, Ok]),
-    // grpcio trusts its bundled roots (or GRPC_DEFAULT_SSL_ROOTS_FILE_PATH), not SSL_CERT_FILE.
-    ("grpc", [Ok, Ok, Fails]),
+    // grpcio: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, set by exec --trust-ca.
+    ("grpc", [Ok, Ok, Ok]),
     ("websocket", [Ok, Ok, Ok]),
     ("curl-h2", [Ok, Ok, Ok]),
-    // GnuTLS reads the system store only: neither SSL_CERT_FILE nor CURL_CA_BUNDLE.
-    ("wget", [Ok, Ok, Fails]),
+    // GnuTLS reads the system store, which exec --trust-ca's mount namespace shows.
+    ("wget", [Ok, Ok, Ok]),
     ("openssl", [Ok, Ok, Ok]),
 ];
 
@@ -49,11 +49,6 @@ struct Shown {
     client: bool,
     exec: bool,
 }
-/// Nothing anywhere: the client saw a network fault, exec said nothing.
-const SILENT: Shown = Shown {
-    client: false,
-    exec: false,
-};
 /// Only exec's stderr says what happened.
 const EXEC: Shown = Shown {
     client: false,
@@ -67,23 +62,34 @@ const BOTH: Shown = Shown {
 
 /// Denied requests, under exec --trust-ca: (client, [a name in no policy, another SNI on the
 /// allowed address, a path the rule refuses]); `None`: the way does not apply.
+///
+/// A denied name resolves to the agent (`dns_deny = "explain"`) and, like another SNI on an
+/// allowed address, is answered inside TLS (a certificate minted for it, since the sandbox
+/// trusts the agent's CA) with the 403 and its JSON body; exec prints one line per denial.
+/// `EXEC` rows: the client gets the 403 but shows only its status, or never gets that far.
 const DENIED: &[(&str, [Option<Shown>; 3])] = &[
     // pip shows no HTTP body: "Could not find a version that satisfies the requirement".
-    ("pip", [Some(SILENT), Some(EXEC), Some(EXEC)]),
-    ("npm", [Some(SILENT), Some(EXEC), Some(BOTH)]),
-    ("git-https", [Some(SILENT), Some(EXEC), Some(EXEC)]),
-    // Opaque TCP: no request to judge by path.
-    ("git-daemon", [Some(SILENT), Some(EXEC), None]),
-    ("cargo", [Some(SILENT), Some(EXEC), Some(BOTH)]),
-    ("go", [Some(SILENT), Some(EXEC), Some(EXEC)]),
-    ("java", [Some(SILENT), Some(EXEC), Some(BOTH)]),
-    // The path is never asked: grpcio rejects the inspection CA first (exec logs the handshake).
-    ("grpc", [Some(SILENT), Some(EXEC), Some(EXEC)]),
-    ("websocket", [Some(SILENT), Some(EXEC), Some(EXEC)]),
-    ("curl-h2", [Some(SILENT), Some(EXEC), Some(BOTH)]),
-    // The path is never asked: wget rejects the inspection CA first, and exec logs nothing.
-    ("wget", [Some(SILENT), Some(EXEC), Some(SILENT)]),
-    ("openssl", [Some(SILENT), Some(EXEC), Some(BOTH)]),
+    ("pip", [Some(EXEC), Some(EXEC), Some(EXEC)]),
+    ("npm", [Some(BOTH), Some(BOTH), Some(BOTH)]),
+    // git: "The requested URL returned error: 403", no body.
+    ("git-https", [Some(EXEC), Some(EXEC), Some(EXEC)]),
+    // Opaque TCP: reset (no request to judge by path, no protocol to say anything in).
+    ("git-daemon", [Some(EXEC), Some(EXEC), None]),
+    ("cargo", [Some(BOTH), Some(BOTH), Some(BOTH)]),
+    // go prints the status line, no body: a refused name's connection is HTTP/1.1 with
+    // "403 Forbidden by egress-agent: host_not_allowed"; the path rule's 403 is h2 (no phrase).
+    ("go", [Some(BOTH), Some(BOTH), Some(EXEC)]),
+    ("java", [Some(BOTH), Some(BOTH), Some(BOTH)]),
+    // A refused gRPC call gets grpc-status 7 with the reason, which grpcio prints; the path
+    // rule's 403 reaches it as "Received http2 header with status: 403".
+    ("grpc", [Some(BOTH), Some(BOTH), Some(EXEC)]),
+    // websockets: "server rejected WebSocket connection: HTTP 403", no body.
+    ("websocket", [Some(EXEC), Some(EXEC), Some(EXEC)]),
+    ("curl-h2", [Some(BOTH), Some(BOTH), Some(BOTH)]),
+    // wget prints the status line: "ERROR 403: Forbidden by egress-agent: host_not_allowed."
+    // for a refused name; the path rule's 403 says only "Forbidden".
+    ("wget", [Some(BOTH), Some(BOTH), Some(EXEC)]),
+    ("openssl", [Some(BOTH), Some(BOTH), Some(BOTH)]),
 ];
 
 fn selected() -> Vec<&'static Client> {

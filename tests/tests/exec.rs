@@ -124,7 +124,7 @@ fn exec_passes_the_exit_status_through_enforces_and_leaves_nothing() {
     let script = format!(
         "{WHOAMI} curl -sS --max-time 10 http://allowed.test/; echo; \
          curl -sS --max-time 10 -o /dev/null -w 'DENIED=%{{http_code}}\\n' --resolve other.test:80:198.51.100.11 http://other.test/; \
-         curl -sS --max-time 5 http://other.test/ || echo RESOLVE=$?; exit 3"
+         curl -sS --max-time 5 -o /dev/null -w 'NAME=%{{http_code}}\\n' http://other.test/; exit 3"
     );
     let out = run(exec_cmd(
         &topo,
@@ -134,7 +134,16 @@ fn exec_passes_the_exit_status_through_enforces_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(text.contains("\"host\":\"allowed.test\""), "{text}");
     assert!(text.contains("DENIED=403"), "{text}");
-    assert!(text.contains("RESOLVE=6"), "{text}");
+    // The denied name resolves to the agent, which refuses the request it names (403).
+    assert!(text.contains("NAME=403"), "{text}");
+    // exec's stderr said so, one line per denial (other.test's A, AAAA and request are one).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("egress-agent: denied other.test"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("host_not_allowed"), "{stderr}");
     assert_nothing_left(&topo, &seen(&text));
 
     // --allow has no address exemptions: the TEST-NET address itself is refused in the kernel

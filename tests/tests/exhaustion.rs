@@ -278,9 +278,11 @@ fn slowloris_and_huge_heads_are_closed_within_the_peek_bounds() {
         );
         assert!(ok, "{k}: {xs:?}");
     }
-    // Nothing sent: no name, no rule: reset once the 500 ms first-byte wait is over.
+    // Nothing sent, and no opaque rule could allow the destination (it has no name): the
+    // client is waited for up to the total peek deadline (a slow client's ClientHello may
+    // come late), then reset; never kept open.
     let xs = times("silent");
-    let ok = xs.len() == 100 && max(&xs) < 4.0;
+    let ok = xs.len() == 100 && min(&xs) >= 9.0 && max(&xs) < 14.0;
     threat("E", "idle connection without a first byte closed", ok);
     assert!(ok, "silent: {xs:?}");
     // 1 MiB of header: refused at the 64 KiB peek cap, at once.

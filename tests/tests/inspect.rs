@@ -571,11 +571,65 @@ fn untrusted_ca_is_reported_with_the_fix() {
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
     let rec = wait_record(&agent, |r| r["code"] == "client_rejected_ca");
-    assert!(rec["reason"].as_str().unwrap().contains("ca env"), "{rec}");
+    assert!(
+        rec["reason"].as_str().unwrap().contains("UnknownCA"),
+        "{rec}"
+    );
+    // Not known to trust the CA (no `exec --trust-ca`): the fix is to trust it.
+    let hint = rec["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("ca env") && hint.contains("--trust-ca"),
+        "{rec}"
+    );
     // The status page shows it to the sandbox.
     let r = s.curl(&["http://egress.internal/status"]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("client_rejected_ca"), "{}", r.body);
+}
+
+/// GnuTLS (wget) checks the certificate after the handshake and then closes with
+/// close_notify, before any request: recorded as client_rejected_ca all the same (it used to
+/// leave no record at all). Without the agent the same wget, trusting the test CA, succeeds.
+#[test]
+fn a_client_that_rejects_the_ca_after_the_handshake_is_recorded() {
+    require_root!();
+    let s = setup("inspect_gnutls");
+    let ca = s.net.ca_pem.display().to_string();
+    let wget = |extra: &[&str]| {
+        s.topo
+            .ctr_command("wget")
+            .args(["-q", "-O", "-", "--tries=1", "--timeout=10"])
+            .args(extra)
+            .arg(format!("{API}/v1/x"))
+            .output()
+            .unwrap()
+    };
+    assert!(
+        wget(&[&format!("--ca-certificate={ca}")]).status.success(),
+        "direct"
+    );
+    let agent = s.agent();
+    let started = std::time::Instant::now();
+    let out = wget(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    let rec = wait_record(&agent, |r| r["code"] == "client_rejected_ca");
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(reason.contains("right after the handshake"), "{rec}");
+    assert!(
+        rec["hint"].as_str().unwrap().contains("--trust-ca"),
+        "{rec}"
+    );
+    // Exactly one record for the connection.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let recs = egress_tests::agent::read_jsonl(&agent.audit);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["name"] == "api.allowed.test" && r["protocol"] != "dns")
+            .count(),
+        1,
+        "{recs:#?} ({:?})",
+        started.elapsed()
+    );
 }
 
 /// ECH under inspection is stripped, not refused: a ClientHello carrying a

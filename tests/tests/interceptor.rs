@@ -128,6 +128,16 @@ fn nxdomain(d: &Value) -> bool {
     d["rcode_num"] == 3
 }
 
+/// The DNS reply to a denied name under `dns_deny = "explain"` (the default): NOERROR, A =
+/// egress.internal's address (none for other types), Extended DNS Error 4 "Forged Answer".
+fn steered(d: &Value) -> bool {
+    let ips_ok = match d["type"].as_str() {
+        Some("A") | None => d["ips"] == serde_json::json!(["192.0.2.1"]),
+        _ => d["ips"] == serde_json::json!([]),
+    };
+    d["rcode_num"] == 0 && ips_ok && d["ede"][0]["info_code"] == 4
+}
+
 fn http_to(topo: &Topology, ip: impl Into<IpAddr>, port: u16, host: &str) -> Raw {
     raw(
         topo,
@@ -316,7 +326,7 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
     );
     let _threat1 = egress_tests::threat_guard(
         "D",
-        "DNS for a denied name: NXDOMAIN + EDE 15, never forwarded",
+        "DNS for a denied name: egress.internal's address + EDE 4, never forwarded",
     );
 
     // Plain HTTP (python http.client, curl with --resolve since DNS refuses the name).
@@ -394,7 +404,8 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
         "python urllib via HTTPS_PROXY: {v}"
     );
 
-    // TLS without inspection: an unrecognized_name alert, as each client words it.
+    // TLS from a sandbox not known to trust the agent's CA: an access_denied alert, as each
+    // client words it.
     let c = curl(
         &topo,
         &[
@@ -407,7 +418,10 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
         &[],
     );
     assert_eq!(c.exit, 35, "curl https: {c:?}");
-    assert!(c.stderr.contains("unrecognized name"), "curl https: {c:?}");
+    assert!(
+        c.stderr.contains("alert access denied"),
+        "curl https: {c:?}"
+    );
     let v = python(
         &topo,
         PY_TLS,
@@ -415,10 +429,7 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
         &[],
     );
     assert!(
-        v["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("UNRECOGNIZED_NAME"),
+        v["error"].as_str().unwrap_or("").contains("ACCESS_DENIED"),
         "python ssl: {v}"
     );
     let r = raw(
@@ -431,7 +442,7 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
     );
     assert_eq!(
         r.tls_alert(),
-        Some((2, ALERT_UNRECOGNIZED_NAME)),
+        Some((2, ALERT_ACCESS_DENIED)),
         "raw ClientHello: {r:?}"
     );
 
@@ -439,10 +450,10 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
     let p = topo.probe(&["tcp", "198.51.100.10:7", "--send", "hi", "--read"]);
     assert_eq!(p["errno"], ECONNRESET, "opaque TCP: {p}");
 
-    // DNS: NXDOMAIN + EDE 15, never forwarded.
+    // DNS: egress.internal's address + EDE 4 (the connection that follows explains the
+    // denial, as above), never forwarded.
     let d = topo.probe(&["dns", "203.0.113.53", "other.test"]);
-    assert!(nxdomain(&d), "dns: {d}");
-    assert_eq!(d["ede"][0]["info_code"], 15, "dns: {d}");
+    assert!(steered(&d), "dns: {d}");
     assert!(
         d["ede"][0]["extra_text"]
             .as_str()
@@ -891,16 +902,13 @@ fn tls_without_sni_with_ip_sni_split_or_in_tiny_records() {
     // No SNI (python ssl without server_hostname, and a raw hello): refused.
     let v = python(&topo, PY_TLS, &[&w1(), "443", "", &ca], &[]);
     assert!(
-        v["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("UNRECOGNIZED_NAME"),
+        v["error"].as_str().unwrap_or("").contains("ACCESS_DENIED"),
         "python, no SNI: {v}"
     );
     let r = raw(&topo, &w1(), 443, &client_hello(None, 0), 0, false);
     assert_eq!(
         r.tls_alert(),
-        Some((2, ALERT_UNRECOGNIZED_NAME)),
+        Some((2, ALERT_ACCESS_DENIED)),
         "no SNI: {r:?}"
     );
     // IP literals as SNI.
@@ -924,7 +932,7 @@ fn tls_without_sni_with_ip_sni_split_or_in_tiny_records() {
         );
         assert_eq!(
             r.tls_alert(),
-            Some((2, ALERT_UNRECOGNIZED_NAME)),
+            Some((2, ALERT_ACCESS_DENIED)),
             "other.test records {record_max} chunk {chunk}: {r:?}"
         );
         let r = raw(
@@ -1072,8 +1080,7 @@ fn direct_dns_to_outside_resolvers_and_tunnelling_never_leave() {
                 let mut args = vec!["dns", r, s.as_str()];
                 args.extend_from_slice(extra);
                 let d = topo.probe(&args);
-                assert!(nxdomain(&d), "{r} {extra:?}: {d}");
-                assert_eq!(d["ede"][0]["info_code"], 15, "{d}");
+                assert!(steered(&d), "{r} {extra:?}: {d}");
                 if extra.is_empty() {
                     // The reply seems to come from the resolver the client asked.
                     let from: std::net::SocketAddr = d["from"].as_str().unwrap().parse().unwrap();
@@ -1102,7 +1109,12 @@ fn direct_dns_to_outside_resolvers_and_tunnelling_never_leave() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("status: NXDOMAIN"), "dig {tcp}: {text}");
+        assert!(text.contains("status: NOERROR"), "dig {tcp}: {text}");
+        assert!(text.contains("192.0.2.1"), "dig {tcp}: {text}");
+        assert!(
+            text.contains("egress-agent: "),
+            "dig shows the EDE {tcp}: {text}"
+        );
     }
     assert!(!net.was_queried("leak.exfil.test"));
 }
@@ -1165,7 +1177,7 @@ fn audit_log_has_one_record_per_decision_with_every_field() {
     let p = topo.probe(&["tcp", "198.51.100.11:7", "--send", "hi", "--read"]);
     assert_eq!(p["errno"], ECONNRESET, "{p}");
     let d = topo.probe(&["dns", "203.0.113.53", "other.test"]);
-    assert!(nxdomain(&d), "{d}");
+    assert!(steered(&d), "{d}");
     let p = topo.probe(&["udp-sendto", "198.51.100.10:443"]);
     assert_eq!(p["errno"], EPERM, "{p}");
 
@@ -1236,7 +1248,7 @@ fn status_page_shows_the_containers_own_denials_not_the_allowlist() {
     let r = http_to(&topo, WEB2, 80, "other.test");
     assert_eq!(r.http_status(), Some(403));
     let d = topo.probe(&["dns", "203.0.113.53", "leak.exfil.test"]);
-    assert!(nxdomain(&d));
+    assert!(steered(&d), "{d}");
     for url in ["http://egress.internal/status", "http://192.0.2.1/status"] {
         let c = curl(&topo, &[url], &[]);
         assert_eq!(c.status, 200, "{url}: {c:?}");

@@ -362,17 +362,18 @@ fn dns_to_any_resolver_reaches_the_agent_and_the_reply_comes_from_the_resolver_a
             );
         }
     }
-    // A name outside the policy: NXDOMAIN + EDE 15, never forwarded upstream.
+    // A name outside the policy: egress.internal's address + EDE 4 "Forged Answer" (the
+    // default `dns_deny = "explain"`), never forwarded upstream.
     let v = topo.probe(&["dns", "8.8.8.8", "secret-data.exfil.test", "--type", "A"]);
     threat(
         "D",
         "DNS to an outside resolver for a tunnelling name",
-        v["rcode_num"] == 3
-            && v["ede"][0]["info_code"] == 15
+        v["ips"] == serde_json::json!(["192.0.2.1"])
+            && v["ede"][0]["info_code"] == 4
             && !net.was_queried("secret-data.exfil.test"),
     );
-    assert_eq!(v["rcode_num"], 3, "NXDOMAIN expected: {v}");
-    assert_eq!(v["ede"][0]["info_code"], 15, "{v}");
+    assert_eq!(v["ips"], serde_json::json!(["192.0.2.1"]), "steered: {v}");
+    assert_eq!(v["ede"][0]["info_code"], 4, "{v}");
     assert!(
         !net.was_queried("secret-data.exfil.test"),
         "a denied name reached the upstream resolver"

@@ -198,8 +198,11 @@ fn fuzz(seconds: u64) -> Result<()> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !have {
-        eprintln!("xtask: installing cargo-fuzz");
-        cargo(&["install", "cargo-fuzz", "--locked"])?;
+        logged_step(
+            "installing cargo-fuzz (cargo install cargo-fuzz --locked)",
+            "install-cargo-fuzz.log",
+            &mut [Command::new(env!("CARGO")).args(["install", "cargo-fuzz", "--locked"])],
+        )?;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     for target in FUZZ_TARGETS {
@@ -276,27 +279,24 @@ fn cargo_install(name: &str, required: bool) -> Result<()> {
         );
         return Ok(());
     }
-    eprintln!("xtask: installing {name} (cargo install {name} --locked)");
-    if required {
-        return cargo(&["install", name, "--locked"]);
+    let what = format!("installing {name} (cargo install {name} --locked)");
+    let log = format!("install-{name}.log");
+    let res = logged_step(
+        &what,
+        &log,
+        &mut [Command::new(env!("CARGO")).args(["install", name, "--locked"])],
+    );
+    if res.is_ok() || required {
+        return res;
     }
     // Optional: keep cargo's own words for why it failed, so the results can say it.
-    let out = Command::new(env!("CARGO"))
-        .args(["install", name, "--locked"])
-        .stdout(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running cargo install {name}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let why = install_failure(&stderr);
+    let path = target_dir().join("xtask-logs").join(&log);
+    let why = install_failure(&std::fs::read_to_string(&path).unwrap_or_default());
     let _ = std::fs::create_dir_all(target_dir());
     let _ = std::fs::write(
         &marker,
         format!("cargo install {name} --locked failed: {why}\n"),
     );
-    eprintln!("{stderr}");
     eprintln!("xtask: {name} did not install ({why}); the bench records it and skips it");
     Ok(())
 }
@@ -456,18 +456,7 @@ fn lab_clients() -> Result<()> {
         return Ok(());
     }
     if !missing.is_empty() {
-        logged_step(
-            &format!("installing {} (client lab)", missing.join(" ")),
-            "deps-lab-apt.log",
-            &mut [
-                Command::new("apt-get").args(["update", "-qq"]),
-                Command::new("apt-get")
-                    .args(["-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq"])
-                    .arg("--no-install-recommends")
-                    .args(&missing)
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-            ],
-        )?;
+        apt_get(&missing, "client lab", "deps-lab-apt.log", false)?;
     }
     if !venv_ok {
         logged_step(
@@ -502,12 +491,15 @@ fn k8s_validator() -> Result<()> {
         eprintln!("xtask: not root: {K8S_VALIDATE} not installed into {K8S_VENV} (the manifest test skips)");
         return Ok(());
     }
-    eprintln!("xtask: installing {K8S_VALIDATE} into {K8S_VENV}");
-    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
-    run_cmd(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check"])
-            .arg(K8S_VALIDATE),
+    logged_step(
+        &format!("installing {K8S_VALIDATE} into {K8S_VENV}"),
+        "deps-k8s-venv.log",
+        &mut [
+            Command::new("python3").args(["-m", "venv"]).arg(venv),
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check"])
+                .arg(K8S_VALIDATE),
+        ],
     )
 }
 
@@ -541,13 +533,26 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+    apt_get(&missing, "Debian packages", "deps-apt.log", true)
+}
+
+/// `apt-get update` and `install` of `missing` as one progress line (`logged_step`); apt's
+/// own log goes to `target/xtask-logs/LOG`. `recommends`: also what the packages recommend.
+fn apt_get(missing: &[&str], why: &str, log: &str, recommends: bool) -> Result<()> {
+    let mut install = Command::new("apt-get");
+    install.args(["-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq"]);
+    if !recommends {
+        install.arg("--no-install-recommends");
+    }
+    logged_step(
+        &format!("installing {} ({why})", missing.join(" ")),
+        log,
+        &mut [
+            Command::new("apt-get").args(["update", "-qq"]),
+            install
+                .args(missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        ],
     )
 }
 

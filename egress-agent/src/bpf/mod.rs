@@ -325,6 +325,20 @@ impl Enforcement {
         }
     }
 
+    /// Who sent each DNS question (`eg_dns_src`), for the agent's DNS listener. `None` when
+    /// the object has no such map (it is created with the others; logged, not fatal: DNS
+    /// records then carry no pid).
+    pub fn take_dns_senders(&mut self) -> Option<DnsSenderTable> {
+        let map = self.ebpf.take_map("eg_dns_src");
+        match map.map(aya::maps::HashMap::try_from) {
+            Some(Ok(map)) => Some(DnsSenderTable { map }),
+            _ => {
+                tracing::warn!("no eg_dns_src map: DNS records carry no pid or comm");
+                None
+            }
+        }
+    }
+
     /// The ring buffer of kernel denials.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, BpfError> {
         let map = self
@@ -694,6 +708,19 @@ impl OrigDstTable {
         let mut value = OrigDstValue::default();
         let found = crate::sys::bpf_map_lookup_and_delete(self.map.fd().as_fd(), &key, &mut value)?;
         Ok(found.then_some(value))
+    }
+}
+
+/// `eg_dns_src`: a DNS datagram's source (as the agent's DNS listener sees it) -> the
+/// kernel's attribution of its sender. Read, not taken: a socket asks A and AAAA at once.
+pub struct DnsSenderTable {
+    map: aya::maps::HashMap<MapData, OrigDstKey, OrigDstValue>,
+}
+
+impl DnsSenderTable {
+    /// The sender of the datagram that came from `from`, if the kernel noted it.
+    pub fn get(&self, netns_cookie: u64, from: std::net::SocketAddr) -> Option<OrigDstValue> {
+        self.map.get(&OrigDstKey::new(netns_cookie, from), 0).ok()
     }
 }
 

@@ -87,6 +87,9 @@ impl Daemon {
 
 fn check(r: &mut Running) -> Found {
     let cg = r.attachment.cgroup.clone();
+    if !cg.exists() {
+        return Found::Gone;
+    }
     match r.enforcement.missing_links() {
         Ok(missing) if missing.is_empty() => Found::Intact,
         Ok(missing) => {

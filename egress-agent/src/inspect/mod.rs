@@ -1,18 +1,28 @@
 //! Stage: inspect (DESIGN.md §7) — TLS termination of an allowed, inspected connection, after
-//! which every request goes through the per-request engine ([`crate::requests`]). Also the
-//! CA ([`ca`]) and the leaf certificates minted per SNI ([`mint`]).
+//! which every request goes through the per-request engine ([`crate::requests`]); and of a
+//! refused one, when the sandbox trusts the agent's CA, so that the refusal reaches the
+//! client as a 403 it shows (DESIGN.md §13). Also the CA ([`ca`]) and the leaf certificates
+//! minted per SNI ([`mint`]).
 
 pub mod ca;
 mod handshake;
 pub mod mint;
 
 use std::{
-    sync::{atomic::AtomicBool, Arc, OnceLock},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+    task::{Context, Poll},
     time::Instant,
 };
 
 use rustls::ServerConfig;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
 
 use crate::{
     peek::tls::{alert, AlertDescription},
@@ -25,11 +35,11 @@ static NAME_CONSTRAINTS: AtomicBool = AtomicBool::new(false);
 /// `--ca-name-constraints` (or `EGRESS_CA_NAME_CONSTRAINTS=1`): issue the CA constrained to
 /// the policy's inspected names.
 pub fn set_name_constraints(on: bool) {
-    NAME_CONSTRAINTS.store(on, std::sync::atomic::Ordering::Relaxed);
+    NAME_CONSTRAINTS.store(on, Ordering::Relaxed);
 }
 
 pub fn name_constraints_wanted() -> bool {
-    NAME_CONSTRAINTS.load(std::sync::atomic::Ordering::Relaxed)
+    NAME_CONSTRAINTS.load(Ordering::Relaxed)
         || std::env::var("EGRESS_CA_NAME_CONSTRAINTS").is_ok_and(|v| v == "1" || v == "true")
 }
 
@@ -58,6 +68,10 @@ pub struct Inspector {
     pub ca: Arc<ca::Ca>,
     pub minter: Arc<mint::Minter>,
     pub server: Arc<ServerConfig>,
+    /// For refused connections: the same leaves, ALPN HTTP/1.1 first (the server's order
+    /// decides), so that the 403's status line (which names egress-agent and the code)
+    /// reaches clients that print it; h2 for clients that offer nothing else (gRPC).
+    pub refusal: Arc<ServerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +100,14 @@ impl Inspector {
             .with_no_client_auth()
             .with_cert_resolver(minter.clone());
         server.ignore_client_order = true;
+        let mut refusal = server.clone();
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        refusal.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
         Ok(Self {
             ca,
             minter,
             server: Arc::new(server),
+            refusal: Arc::new(refusal),
         })
     }
 
@@ -124,7 +141,8 @@ impl Inspector {
 
 /// Terminates TLS on an allowed, inspected connection (the ClientHello in `peeked` is
 /// replayed into rustls) and serves its requests with the per-request engine. `conn.base` is
-/// the connection's record; per-request records are cloned from it.
+/// the connection's record; per-request records are cloned from it. A connection that ends
+/// without any request gets a record of its own (every accepted connection has one).
 pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
     let started = Instant::now();
     conn.base.protocol = "https";
@@ -134,19 +152,202 @@ pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
         Ok(x) => x,
         Err(reason) => return unavailable(client, conn, &reason, started).await,
     };
-    let tls = match handshake::terminate(&inspector, client, peeked).await {
+    let tls = match handshake::terminate(inspector.server.clone(), client, peeked).await {
         Ok(tls) => tls,
         Err(failure) => {
             let mut rec = conn.base;
-            failure.describe(&mut rec, &conn.name);
-            tracing::info!(target: "egress::deny", name = conn.name.as_str(), code = rec.code.as_deref().unwrap_or(""), reason = rec.reason.as_deref().unwrap_or(""), "inspection handshake failed");
+            failure.describe(&mut rec, &conn.name, conn.att.trusts_ca());
+            tracing::debug!(
+                name = conn.name.as_str(),
+                code = rec.code.as_deref().unwrap_or(""),
+                reason = rec.reason.as_deref().unwrap_or(""),
+                "inspection handshake failed"
+            );
             conn.att.finish(rec, started);
             return;
         }
     };
     conn.tls = Some(upstream);
+    let handshaken = Instant::now();
+    let (tls, spoke) = Watched::new(tls);
+    let conn = Arc::new(conn);
     // ALPN chose h2 or http/1.1 (or nothing); the server detects which from the preface.
-    crate::requests::serve(tls, Arc::new(conn), true).await;
+    crate::requests::serve(tls, conn.clone(), true).await;
+    if !spoke.load(Ordering::Relaxed) {
+        silent_close(&conn, handshaken.elapsed(), started);
+    }
+}
+
+/// Closed right after the handshake: taken as a client that checks the certificate after
+/// the handshake and refused ours (GnuTLS); after a while: an idle connection, allowed.
+const REJECTED_AFTER_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn silent_close(conn: &Conn, after: std::time::Duration, started: Instant) {
+    let mut rec = conn.base.clone();
+    if after < REJECTED_AFTER_HANDSHAKE {
+        handshake::Failure::RejectedCa(handshake::Rejection::AfterHandshake).describe(
+            &mut rec,
+            &conn.name,
+            conn.att.trusts_ca(),
+        );
+    } else {
+        rec.reason = Some("the client closed the connection without sending a request".into());
+    }
+    conn.att.finish(rec, started);
+}
+
+/// A refused TLS connection from a sandbox that trusts the agent's CA: the handshake with a
+/// certificate minted for the refused name (so the client gets as far as HTTP), or why not.
+pub async fn terminate_refused(
+    client: TcpStream,
+    peeked: Vec<u8>,
+    policy: &Policy,
+) -> Result<handshake::Terminated, String> {
+    let inspector = Inspector::get(policy)?;
+    handshake::terminate(inspector.refusal.clone(), client, peeked)
+        .await
+        .map_err(|f| match f {
+            handshake::Failure::RejectedCa(how) => {
+                format!("the client does not trust the agent's certificate ({how})")
+            }
+            handshake::Failure::Failed(e) => format!("the TLS handshake failed: {e}"),
+            handshake::Failure::TimedOut => "the TLS handshake timed out".into(),
+        })
+}
+
+/// Whether a refusal may be told inside TLS with a minted certificate: not when the CA is
+/// name-constrained to the inspected names (a leaf for another name would be rejected).
+pub fn can_mint_refusals() -> bool {
+    !name_constraints_wanted()
+}
+
+/// Answers every request on `tls` with the denial, until the client closes: 403 +
+/// Proxy-Status + JSON, over HTTP/1.1 with a status line naming egress-agent and the code
+/// (clients that show no body, such as Go's, print it); a gRPC call gets its own form of it
+/// (`grpc-status` 7 PERMISSION_DENIED with the reason as `grpc-message`, which gRPC clients
+/// print; they show only "status 403" for a 403). The denial was recorded once already.
+pub async fn answer_refused(tls: handshake::Terminated, denial: crate::deny::Denial) {
+    let denial = Arc::new(denial);
+    let svc = hyper::service::service_fn(move |req| {
+        let d = denial.clone();
+        async move { Ok::<_, std::convert::Infallible>(refused_response(&req, &d)) }
+    });
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REFUSED_IDLE);
+    b.http2().timer(hyper_util::rt::TokioTimer::new());
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let _ = tokio::time::timeout(REFUSED_IDLE * 4, b.serve_connection(io, svc)).await;
+}
+
+fn refused_response<B>(
+    req: &http::Request<B>,
+    d: &crate::deny::Denial,
+) -> http::Response<crate::requests::Body> {
+    let mut resp = crate::requests::denial_response(d);
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // Trailers-only: HTTP 200, the status in the headers, no messages.
+        *resp.status_mut() = http::StatusCode::OK;
+        *resp.body_mut() = crate::requests::Body::default();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", http::HeaderValue::from_static("7"));
+        let message = grpc_message(&format!("egress-agent: {}: {}", d.code.as_str(), d.reason));
+        if let Ok(v) = http::HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+    } else if let Ok(p) = hyper::ext::ReasonPhrase::try_from(format!(
+        "Forbidden by egress-agent: {}",
+        d.code.as_str()
+    )) {
+        resp.extensions_mut().insert(p);
+    }
+    resp
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2: everything but printable ASCII other
+/// than `%`).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How long a refused connection may wait for a request (and, times four, live at all).
+const REFUSED_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An IO that notes whether the client sent any application data at all.
+struct Watched<T> {
+    inner: T,
+    spoke: Arc<AtomicBool>,
+}
+
+impl<T> Watched<T> {
+    fn new(inner: T) -> (Self, Arc<AtomicBool>) {
+        let spoke = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                spoke: spoke.clone(),
+            },
+            spoke,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.spoke.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// The CA or the upstream trust could not be loaded: refuse with an internal-error alert.

@@ -110,7 +110,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
         return Box::pin(crate::dns::serve_tcp(s.client, &s.att, s.rec)).await;
     }
     let policy = s.snapshot();
-    let peeked = match s.peek().await {
+    let peeked = match s.peek(&policy).await {
         Ok(p) => p,
         Err(stop) => return Box::pin(s.stop(&policy, stop)).await,
     };

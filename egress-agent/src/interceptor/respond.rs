@@ -10,7 +10,8 @@ use crate::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    /// TLS not under inspection: an alert, then close.
+    /// TLS: an `access_denied` alert, then close (or, when the sandbox trusts the agent's
+    /// CA, a minted certificate and a 403).
     Tls,
     /// Plain HTTP: 403 with Proxy-Status and the JSON body.
     Http,
@@ -90,12 +91,10 @@ impl Refusal {
 pub async fn send(mut client: TcpStream, reply: Reply, denial: &Denial) {
     match reply {
         Reply::Tls => {
-            let desc = if denial.code == DenyCode::HostNotAllowed {
-                AlertDescription::UnrecognizedName
-            } else {
-                AlertDescription::AccessDenied
-            };
-            let _ = client.write_all(&crate::peek::tls::alert(desc)).await;
+            // `access_denied` for every refusal, a denied name included: `unrecognized_name`
+            // reads as a misconfigured server, not as a policy decision.
+            let alert = crate::peek::tls::alert(AlertDescription::AccessDenied);
+            let _ = client.write_all(&alert).await;
             let _ = client.shutdown().await;
         }
         Reply::Http | Reply::Connect => {

@@ -89,15 +89,22 @@ impl Session {
     /// A client that spoke HTTP or TLS badly or deceptively (absolute-form naming another
     /// host than Host, NUL/CR in a header, a broken ClientHello extension) is refused in its
     /// own protocol, so a person sees why; anything else that fails is reset.
-    pub async fn peek(&mut self) -> Result<Peeked, Stop> {
+    ///
+    /// A client that sends nothing is taken for a server-first protocol (opaque TCP) after
+    /// the short first-byte wait only where a `host:port` rule could allow the destination;
+    /// elsewhere it gets the whole timeout (a cold JVM on a loaded machine sends its
+    /// ClientHello more than 500 ms after connecting). In monitor mode every nameless
+    /// connection may pass, so the short wait stays.
+    pub async fn peek(&mut self, policy: &Policy) -> Result<Peeked, Stop> {
         let port = self.dst.port();
-        match Box::pin(peek::peek(
-            &mut self.client,
-            &mut self.buf,
-            PeekLimits::default(),
-        ))
-        .await
-        {
+        let mut limits = PeekLimits::default();
+        // Monitor mode passes nameless connections on: any of them may be server-first.
+        let server_first_possible = policy.mode() == Mode::Monitor
+            || super::wanted::opaque_could_be_allowed(self.dst, &self.att, policy);
+        if self.service || !server_first_possible {
+            limits.first_byte_timeout = limits.total_timeout;
+        }
+        match Box::pin(peek::peek(&mut self.client, &mut self.buf, limits)).await {
             Ok(p) => Ok(p),
             Err(peek::PeekError::Http(e)) => {
                 let (code, host) = match &e {
@@ -179,17 +186,20 @@ impl Session {
         self.finish();
     }
 
-    /// Refuses the connection as its protocol expects, with the denial's record.
+    /// Refuses the connection as its protocol expects, with the denial's record. TLS from a
+    /// sandbox that trusts the agent's CA is answered inside TLS (a minted certificate for
+    /// the refused name, then a 403 for every request); other TLS gets `access_denied`.
     pub async fn refuse(self, policy: &Policy, r: Refusal) {
         let denial = r.denial(policy);
         let mut rec = self.rec;
         rec.decision = "deny";
         rec.code = Some(denial.code.as_str().into());
         rec.reason = Some(denial.reason.clone());
+        rec.hint = (!denial.hint.is_empty()).then(|| denial.hint.clone());
         if rec.rule.is_none() {
             rec.rule = denial.rule.clone();
         }
-        tracing::info!(
+        tracing::debug!(
             target: "egress::deny",
             cgroup_id = rec.cgroup_id,
             comm = %rec.comm,
@@ -199,8 +209,15 @@ impl Session {
             reason = %denial.reason,
             "denied"
         );
-        self.att.finish(rec, self.started);
-        respond::send(self.client, r.reply, &denial).await;
+        let (client, buf, att, started) = (self.client, self.buf, self.att, self.started);
+        if r.reply == Reply::Tls && tells_in_tls(&att, &r) {
+            return Box::pin(refuse_in_tls(
+                client, buf, policy, rec, denial, &att, started,
+            ))
+            .await;
+        }
+        att.finish(rec, started);
+        respond::send(client, r.reply, &denial).await;
     }
 
     /// Resets the connection, recorded as a denial with `code` and `reason`.
@@ -239,6 +256,41 @@ impl Session {
     /// Ends a connection that was served (or went away) with its record as it stands.
     pub fn finish(self) {
         self.att.finish(self.rec, self.started);
+    }
+}
+
+/// A refused TLS connection may be answered inside TLS when the sandbox trusts the agent's
+/// CA and the refusal is about a name (the SNI) a certificate can be minted for.
+fn tells_in_tls(att: &Attachment, r: &Refusal) -> bool {
+    att.trusts_ca()
+        && crate::inspect::can_mint_refusals()
+        && crate::policy::name::CanonicalName::parse(&r.host).is_ok()
+}
+
+/// The handshake with a leaf for the refused name, the record (noting a client that did
+/// not get that far: it saw a TLS error, not the 403), then the 403 for every request.
+async fn refuse_in_tls(
+    client: TcpStream,
+    peeked: Vec<u8>,
+    policy: &Policy,
+    mut rec: Record,
+    denial: crate::deny::Denial,
+    att: &Attachment,
+    started: Instant,
+) {
+    match crate::inspect::terminate_refused(client, peeked, policy).await {
+        Ok(tls) => {
+            att.finish(rec, started);
+            crate::inspect::answer_refused(tls, denial).await;
+        }
+        Err(why) => {
+            if let Some(reason) = rec.reason.as_mut() {
+                reason.push_str(&format!(
+                    " (refused inside TLS, but {why}: the client shows a TLS error instead)"
+                ));
+            }
+            att.finish(rec, started);
+        }
     }
 }
 

@@ -70,7 +70,15 @@ async fn check(
             format!("{what} {got:?} inside a CONNECT tunnel to {host:?}"),
         )
     };
-    match peek::peek(client, buf, PeekLimits::default()).await {
+    // Silence is taken for a server-first protocol early only where one could be allowed.
+    let mut limits = PeekLimits::default();
+    if !matches!(
+        policy.decide(&att.profile, &wanted.name, wanted.port, Protocol::Opaque),
+        Decision::Allow { .. }
+    ) {
+        limits.first_byte_timeout = limits.total_timeout;
+    }
+    match peek::peek(client, buf, limits).await {
         Ok(Peeked::Tls(hello)) => match hello.sni.as_deref().map(CanonicalName::parse) {
             Some(Ok(n)) if n == wanted.name => Ok(Peeked::Tls(hello)),
             _ => Err(mismatch(

@@ -70,8 +70,36 @@ pub fn of(
             port,
             "cleartext HTTP/2 (prior knowledge) hides the host name; use TLS or HTTP/1.1",
         ))),
+        // The service address is the agent's own (status page, proxy, denied names): no
+        // name it was reached by may ever make opaque bytes to it go anywhere.
+        Peeked::Opaque if service => Err(Unnamed::Refused(Refusal::new(
+            Reply::Reset,
+            DenyCode::ProtocolNotAllowed,
+            "",
+            port,
+            format!(
+                "opaque TCP to {dst}: {} serves only HTTP, TLS and CONNECT",
+                crate::SERVICE_NAME
+            ),
+        ))),
         Peeked::Opaque => opaque(dst, att, policy),
     }
+}
+
+/// Whether opaque TCP to `dst` could be allowed at all: some name the agent's DNS gave this
+/// container for the address has a `host:port` rule for the port. Only then is a client that
+/// sends nothing worth taking for a server-first protocol early (see [`Session::peek`]).
+///
+/// [`Session::peek`]: super::session::Session::peek
+pub fn opaque_could_be_allowed(dst: SocketAddr, att: &Attachment, policy: &Policy) -> bool {
+    att.dns.names_of(dst.ip()).iter().any(|n| {
+        CanonicalName::parse(n).is_ok_and(|n| {
+            matches!(
+                policy.decide(&att.profile, &n, dst.port(), Protocol::Opaque),
+                Decision::Allow { .. }
+            )
+        })
+    })
 }
 
 /// `CONNECT host:port`: the tunnel's target decides (its port, default 443).
@@ -136,7 +164,9 @@ fn host_header(host: Option<&str>, port: u16, service: bool) -> Result<Wanted, U
     };
     let (h, _) = split_host_port(host, port)
         .map_err(|e| refused(reply, host, port, format!("Host {host:?}: {e}")))?;
-    if service {
+    // The status page is the service address asked for by its own name (or address); any
+    // other Host there is a name the agent's DNS steered to it, judged like everywhere.
+    if service && is_service_name(&h) {
         return Err(Unnamed::Status);
     }
     Ok(Wanted {
@@ -145,6 +175,13 @@ fn host_header(host: Option<&str>, port: u16, service: bool) -> Result<Wanted, U
         protocol: Protocol::Http,
         reply,
     })
+}
+
+fn is_service_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.');
+    h.eq_ignore_ascii_case(crate::SERVICE_NAME)
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == std::net::IpAddr::V4(crate::SERVICE_ADDR4))
 }
 
 /// No name on the wire: only a name our DNS gave this container for this address can be

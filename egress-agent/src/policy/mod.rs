@@ -94,6 +94,38 @@ impl Mode {
     }
 }
 
+/// How the sandbox's DNS answers a name the policy denies (`dns_deny`). Either way the name is
+/// never forwarded upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsDeny {
+    /// With the agent's own service address (`egress.internal`) for A and NODATA for
+    /// AAAA: the client connects, and its connection is refused at a layer it shows (HTTP
+    /// 403 + JSON, a minted certificate and a 403 when it trusts the agent's CA, TLS
+    /// `access_denied` otherwise). A client that never connects sees a working lookup.
+    #[default]
+    Explain,
+    /// `NXDOMAIN` with Extended DNS Error 15 (Blocked) and the reason as text: the client
+    /// reports a name that does not exist (no client shows the EDE text).
+    Nxdomain,
+}
+
+impl DnsDeny {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "explain" => Some(DnsDeny::Explain),
+            "nxdomain" => Some(DnsDeny::Nxdomain),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsDeny::Explain => "explain",
+            DnsDeny::Nxdomain => "nxdomain",
+        }
+    }
+}
+
 /// What the interceptor recognised on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -431,6 +463,7 @@ pub struct Policy {
     version: String,
     version_explicit: bool,
     mode: Mode,
+    dns_deny: DnsDeny,
     resolver: Option<SocketAddr>,
     addr: AddrPolicy,
     upstream_ca: Option<PathBuf>,
@@ -469,6 +502,11 @@ impl Policy {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// How the sandbox's DNS answers a denied name.
+    pub fn dns_deny(&self) -> DnsDeny {
+        self.dns_deny
     }
 
     /// Where the policy came from (file path, or `--allow`).

@@ -6,6 +6,7 @@
 //! resolver = "203.0.113.53:53"      # optional; default: first nameserver of /etc/resolv.conf
 //! allow_ranges = ["203.0.113.0/24"] # exemptions from the deny set (never metadata, loopback)
 //! upstream_ca = "/path/ca.pem"      # optional extra CA for inspected upstreams
+//! dns_deny = "explain"              # or "nxdomain": how the sandbox's DNS answers a denied name
 //! upstream_proxy = "http://proxy.corp:3128"                 # optional; see `proxy.rs`
 //! upstream_proxy_auth = { file = "/etc/egress-agent/proxy" } # `user:password`
 //! no_upstream_proxy = ["*.internal.corp"]                   # dialed directly
@@ -36,8 +37,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    HostPattern, HttpRule, Inject, Mode, NameError, PathGlob, Pattern, Policy, PolicyError,
-    Profile, Rule, RuleKind, RuleRef, SecretSource,
+    DnsDeny, HostPattern, HttpRule, Inject, Mode, NameError, PathGlob, Pattern, Policy,
+    PolicyError, Profile, Rule, RuleKind, RuleRef, SecretSource,
 };
 use crate::addr::{AddrError, AddrPolicy};
 
@@ -50,6 +51,7 @@ struct RawPolicy {
     #[serde(default)]
     allow_ranges: Vec<Spanned<String>>,
     upstream_ca: Option<Spanned<String>>,
+    dns_deny: Option<Spanned<String>>,
     // The upstream proxy: validated and shown by `proxy.rs`.
     upstream_proxy: Option<Spanned<String>>,
     upstream_proxy_auth: Option<Spanned<super::proxy::RawProxyAuth>>,
@@ -274,6 +276,19 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
             }
         },
     };
+    let dns_deny = match &raw.dns_deny {
+        None => DnsDeny::default(),
+        Some(d) => DnsDeny::parse(d.get_ref()).ok_or_else(|| {
+            ctx.err(
+                d.span(),
+                "dns_deny",
+                format!(
+                    "unknown value {:?}: expected \"explain\" or \"nxdomain\"",
+                    d.get_ref()
+                ),
+            )
+        })?,
+    };
     let resolver = match &raw.resolver {
         None => None,
         Some(r) => Some(parse_resolver(r.get_ref()).ok_or_else(|| {
@@ -332,6 +347,7 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         version,
         version_explicit,
         mode,
+        dns_deny,
         resolver,
         addr,
         upstream_ca,
@@ -655,6 +671,7 @@ pub(super) fn show(p: &Policy) -> String {
         let _ = writeln!(o, "# version (default, hash of the file): {}", p.version);
     }
     let _ = writeln!(o, "mode = {}", q(p.mode.as_str()));
+    let _ = writeln!(o, "dns_deny = {}", q(p.dns_deny.as_str()));
     match p.resolver {
         Some(r) => {
             let _ = writeln!(o, "resolver = {}", q(&r.to_string()));

@@ -119,6 +119,10 @@ fn defaults_and_monitor_mode() {
     let p = Policy::parse(src, "m.toml").expect("ok");
     assert_eq!(p.mode(), Mode::Monitor);
     assert_eq!(p.resolver(), None);
+    assert_eq!(p.dns_deny(), super::DnsDeny::Explain, "the default");
+    let nx = Policy::parse(&format!("dns_deny = \"nxdomain\"\n{src}"), "x").expect("ok");
+    assert_eq!(nx.dns_deny(), super::DnsDeny::Nxdomain);
+    assert!(nx.show().contains("dns_deny = \"nxdomain\""));
     assert!(p.version().starts_with("fnv1a64:") && p.version().len() == 8 + 16);
     // Same bytes, same label; other bytes, other label.
     assert_eq!(p.version(), Policy::parse(src, "x").expect("ok").version());
@@ -627,6 +631,10 @@ fn errors_name_file_line_column_and_key() {
         (
             "mode = \"block\"\n",
             "p.toml:1:8: key `mode`: unknown mode \"block\": expected \"enforce\" or \"monitor\"",
+        ),
+        (
+            "mode = \"enforce\"\ndns_deny = \"refuse\"\n",
+            "p.toml:2:12: key `dns_deny`: unknown value \"refuse\": expected \"explain\" or \"nxdomain\"",
         ),
         (
             "resolver = \"dns.example:53\"\n",

@@ -195,7 +195,8 @@ impl Conn {
         rec.reason = Some(denial.reason.clone());
         rec.rule = denial.rule.clone();
         rec.status = Some(denial.status());
-        tracing::info!(
+        // Told to people by `notify` (exec) and the status page, from the record.
+        tracing::debug!(
             target: "egress::deny",
             cgroup_id = rec.cgroup_id,
             comm = %rec.comm,

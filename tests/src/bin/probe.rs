@@ -95,6 +95,12 @@ enum Cmd {
         expect_reply: bool,
     },
     /// connect + send on a UDP socket.
+    /// connect() a UDP socket and send nothing (how clients pick a source address).
+    UdpConnect {
+        target: SocketAddr,
+        #[arg(long)]
+        v6_socket: bool,
+    },
     UdpConnectSend {
         target: SocketAddr,
         #[arg(long, default_value = "ping")]
@@ -421,6 +427,10 @@ fn cmd_udp(
                 let n =
                     sys::sendmmsg_to(s.as_fd(), &dst.into(), &payloads).map_err(at("sendmmsg"))?;
                 out.set("sent", n);
+            }
+            "udp-connect" => {
+                s.connect(&dst.into()).map_err(at("connect"))?;
+                out.set("peer", sa(&s, true));
             }
             _ => {
                 s.connect(&dst.into()).map_err(at("connect"))?;
@@ -1007,6 +1017,9 @@ fn main() {
             *count,
             t,
         ),
+        Cmd::UdpConnect { target, v6_socket } => {
+            cmd_udp("udp-connect", *target, "", *v6_socket, false, 1, t)
+        }
         Cmd::UdpConnectSend {
             target,
             send,

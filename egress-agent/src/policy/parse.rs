@@ -91,7 +91,7 @@ struct RawInject {
     file: Option<Spanned<String>>,
 }
 
-pub(super) struct Ctx<'a> {
+struct Ctx<'a> {
     src: &'a str,
     origin: &'a str,
 }
@@ -101,12 +101,7 @@ impl Ctx<'_> {
         line_col(self.src, offset)
     }
 
-    pub(super) fn err(
-        &self,
-        span: Range<usize>,
-        key: &str,
-        message: impl fmt::Display,
-    ) -> PolicyError {
+    fn err(&self, span: Range<usize>, key: &str, message: impl fmt::Display) -> PolicyError {
         let (line, col) = self.pos(span.start);
         PolicyError::Invalid {
             origin: self.origin.to_string(),
@@ -317,14 +312,14 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         Some(p) => Some(PathBuf::from(p.get_ref())),
     };
     let upstream_proxy = super::proxy::build(
-        ctx,
         super::proxy::RawUpstream {
             url: raw.upstream_proxy.as_ref(),
             auth: raw.upstream_proxy_auth.as_ref(),
             bypass: &raw.no_upstream_proxy,
         },
         &addr,
-    )?;
+    )
+    .map_err(|e| ctx.err(e.span, &e.key, e.message))?;
     let mut profiles = BTreeMap::new();
     for (name, prof) in &raw.profile {
         let key = format!("profile.{}", seg(name));

@@ -9,13 +9,13 @@
 use std::fmt::{self, Write as _};
 use std::io;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use toml::Spanned;
 
-use super::parse::Ctx;
-use super::{CanonicalName, NameError, Pattern, PolicyError, Secret, SecretSource};
+use super::{CanonicalName, NameError, Pattern, Secret, SecretSource};
 use crate::addr::{AddrPolicy, Verdict};
 
 /// The proxy's host: a name (resolved by the agent's resolver when dialing) or an address.
@@ -135,22 +135,36 @@ pub(super) struct RawProxyAuth {
     file: Spanned<String>,
 }
 
+/// What is wrong with one of the keys, and where (`parse.rs` makes the one-line error).
+pub(super) struct Invalid {
+    pub span: Range<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+fn invalid(span: Range<usize>, key: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        span,
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
 /// Validates the three keys together (`addr` screens a literal proxy address).
 pub(super) fn build(
-    ctx: &Ctx<'_>,
     raw: RawUpstream<'_>,
     addr: &AddrPolicy,
-) -> Result<Option<UpstreamProxy>, PolicyError> {
+) -> Result<Option<UpstreamProxy>, Invalid> {
     let Some(url) = raw.url else {
         if let Some(a) = raw.auth {
-            return Err(ctx.err(
+            return Err(invalid(
                 a.span(),
                 "upstream_proxy_auth",
                 "credentials without `upstream_proxy`: set the proxy they are for",
             ));
         }
         if let Some(b) = raw.bypass.first() {
-            return Err(ctx.err(
+            return Err(invalid(
                 b.span(),
                 "no_upstream_proxy[0]",
                 "exceptions without `upstream_proxy`: every connection is already direct",
@@ -159,10 +173,10 @@ pub(super) fn build(
         return Ok(None);
     };
     let (host, port) =
-        parse_url(url.get_ref()).map_err(|m| ctx.err(url.span(), "upstream_proxy", m))?;
+        parse_url(url.get_ref()).map_err(|m| invalid(url.span(), "upstream_proxy", m))?;
     if let ProxyHost::Ip(ip) = host {
         if let Verdict::Denied { reason, .. } = addr.classify(ip) {
-            return Err(ctx.err(
+            return Err(invalid(
                 url.span(),
                 "upstream_proxy",
                 format!("{ip} is in the deny set ({reason}): exempt it with allow_ranges"),
@@ -175,7 +189,7 @@ pub(super) fn build(
             let f = &a.get_ref().file;
             let p = PathBuf::from(f.get_ref());
             if !p.is_absolute() {
-                return Err(ctx.err(
+                return Err(invalid(
                     f.span(),
                     "upstream_proxy_auth.file",
                     format!("{:?} must be an absolute path", f.get_ref()),
@@ -187,9 +201,9 @@ pub(super) fn build(
     let mut bypass: Vec<Pattern> = Vec::with_capacity(raw.bypass.len());
     for (i, s) in raw.bypass.iter().enumerate() {
         let key = format!("no_upstream_proxy[{i}]");
-        let p = Pattern::parse(s.get_ref()).map_err(|e| ctx.err(s.span(), &key, name_err(&e)))?;
+        let p = Pattern::parse(s.get_ref()).map_err(|e| invalid(s.span(), &key, name_err(&e)))?;
         if let Some(j) = bypass.iter().position(|q| *q == p) {
-            return Err(ctx.err(
+            return Err(invalid(
                 s.span(),
                 &key,
                 format!("\"{p}\" is listed twice (also `no_upstream_proxy[{j}]`)"),

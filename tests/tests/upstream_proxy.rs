@@ -375,7 +375,7 @@ fn allowed_connections_go_through_squid_and_denied_ones_never_reach_it() {
         "https://other.test/",
     ]);
     assert_eq!(c.status, 0, "{c:?}");
-    assert!(c.stderr.contains("unrecognized name"), "a TLS alert: {c:?}");
+    assert!(c.stderr.contains("alert"), "a TLS alert: {c:?}");
     let c = s.curl(&["http://allowed.test:8080/"]);
     denial(&c, "port_not_allowed");
     std::thread::sleep(Duration::from_millis(300));

@@ -63,6 +63,10 @@ struct BenchArgs {
     /// Only these workloads, e.g. `W1,W4`.
     #[arg(long)]
     only: Option<String>,
+    /// What CI runs (with --quick): fail on any error of any configuration; results go to
+    /// target/bench-check, the committed ones stay as they are.
+    #[arg(long)]
+    check: bool,
     /// W6: seconds of the agent's soak (full run: 1800).
     #[arg(long)]
     soak_seconds: Option<f64>,
@@ -280,6 +284,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     if let Some(s) = args.soak_peer_seconds {
         a.extend(["--soak-peer-seconds".to_string(), s.to_string()]);
     }
+    if args.check {
+        let out = target_dir().join("bench-check");
+        a.extend([
+            "--check".to_string(),
+            "--out".to_string(),
+            out.to_string_lossy().into_owned(),
+        ]);
+    }
     run_bench(&a)
 }
 
@@ -289,9 +301,14 @@ fn bench(args: BenchArgs) -> Result<()> {
 /// 60-second W6 soak, written to target/bench-check (the committed results stay as they are),
 /// failing if any configuration has any error. Figures are not looked at.
 fn bench_check() -> Result<()> {
-    let out = target_dir().join("bench-check");
-    let out = out.to_string_lossy().into_owned();
-    run_bench(&["--quick".into(), "--check".into(), "--out".into(), out])
+    bench(BenchArgs {
+        quick: true,
+        sanity: false,
+        only: None,
+        check: true,
+        soak_seconds: None,
+        soak_peer_seconds: None,
+    })
 }
 
 fn run_bench(args: &[String]) -> Result<()> {

@@ -209,8 +209,24 @@ fn main() {
         "Machine floor: a one-byte round trip from CPU {} to a thread sleeping on CPU {} and back (Unix socket pair, 1000 × every 2 ms,          measured at the start of this run) takes p50 {f50:.0} µs, p99 {f99:.0} µs, max {fmax:.0} µs. Each request through a proxy on the          other CPU wakes that CPU (and then the load CPU) about twice, so this — not the proxy's code — bounds the added W1 latency at low load,          for every proxy alike; the same-CPU W1 rows show the proxies' own cost without it.",
         env::LOAD_CPU, env::PROXY_CPU
     ));
+    // `--configs direct,inspect`: only these (development; the notes say which were left out).
+    let wanted: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--configs")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(|c| c.trim().to_string()).collect());
     let mut configs = Vec::new();
     for c in Config::ALL {
+        if wanted
+            .as_ref()
+            .is_some_and(|w| !w.iter().any(|n| n == c.name()))
+        {
+            r.notes.push(format!(
+                "**{}** not measured: left out by --configs",
+                c.name()
+            ));
+            continue;
+        }
         match env.available(c) {
             Ok(()) => configs.push(c),
             Err(why) => r
@@ -411,7 +427,7 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
             "W6 soak: per proxy process, its passthrough and inspect configurations at once (one agent, one HAProxy, one Squid serve both of \
              their columns; the RSS rows are that process's, shown in both): per configuration {KA} keep-alive connections POSTing 1 KiB at \
              {} req/s (half the W1 rate) plus a churn of new TLS connections, one 1 KiB GET each, at {} conn/s ({CH} workers); the agent for \
-             {} s, each peer for {} s. RSS of the process (and its helpers) sampled every 1–10 s; start = the first sample after the first \
+             {} s, each peer — and **direct**, the control: the same load with no proxy — for {} s. RSS of the process (and its helpers) sampled every 1–10 s; start = the first sample after the first \
              10 % (warm-up), slope = least squares over the rest, in KiB per 10 minutes. Upstream errors are the soak's (the group's \
              configurations share them).",
             p.w6_keepalive_rate, p.w6_churn_rate, p.w6_seconds, p.w6_peer_seconds,

@@ -27,7 +27,9 @@ const WARMUP_FRACTION: f64 = 0.1;
 
 /// One proxy process and the configurations it serves.
 fn groups(configs: &[Config]) -> Vec<Vec<Config>> {
-    let sets: [&[Config]; 4] = [
+    let sets: [&[Config]; 5] = [
+        // The control: the same load without a proxy (errors here are the load's or upstream's).
+        &[Config::Direct],
         &[Config::Passthrough, Config::Inspect],
         &[Config::Haproxy, Config::HaproxyInspect],
         &[Config::Squid, Config::SquidInspect],
@@ -42,6 +44,7 @@ fn groups(configs: &[Config]) -> Vec<Vec<Config>> {
 pub fn w6(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
     for group in groups(configs) {
         let agent = group.contains(&Config::Passthrough) || group.contains(&Config::Inspect);
+        // Direct (the control) and the peers soak for the peers' time.
         let seconds = if agent {
             p.w6_seconds
         } else {
@@ -75,10 +78,8 @@ fn soak(env: &Env, p: &Params, group: &[Config], seconds: f64, name: &str, r: &m
     for (row, unit, vs) in rows {
         r.metric(&format!("{name} · {row}"), unit, vs);
     }
-    let pid = env
-        .target(group[0])
-        .proxy_pid
-        .expect("a soaked configuration has a proxy");
+    let pid = env.target(group[0]).proxy_pid;
+    let rss = || pid.map(tree_rss_bytes).unwrap_or(f64::NAN);
     eprintln!(
         "bench: W6 {} for {}",
         group
@@ -89,7 +90,7 @@ fn soak(env: &Env, p: &Params, group: &[Config], seconds: f64, name: &str, r: &m
         duration(seconds)
     );
     let up0 = env.upstream();
-    let rss_before = tree_rss_bytes(pid);
+    let rss_before = rss();
     let mut children = Vec::new();
     for &c in group {
         let t = env.target(c);
@@ -118,15 +119,26 @@ fn soak(env: &Env, p: &Params, group: &[Config], seconds: f64, name: &str, r: &m
     let started = Instant::now();
     let every = (seconds / 120.0).clamp(1.0, 10.0);
     let mut samples: Vec<(f64, f64)> = Vec::new();
-    // (seconds, upstream errors so far): when errors happen tells a leak from a shutdown race.
-    let mut upstream_trace: Vec<(f64, u64)> = Vec::new();
+    // (seconds, upstream TLS failures, upstream connection errors) so far, at each change: when
+    // and of which kind errors happen tells a steady fault from a shutdown race.
+    let mut upstream_trace: Vec<(f64, u64, u64)> = Vec::new();
     while started.elapsed().as_secs_f64() < seconds {
         std::thread::sleep(Duration::from_secs_f64(every));
         let t = started.elapsed().as_secs_f64();
-        samples.push((t, tree_rss_bytes(pid)));
-        let e = upstream_errors(&up0, &env.upstream_now());
-        if upstream_trace.last().is_none_or(|l| l.1 != e) {
-            upstream_trace.push((t, e));
+        samples.push((t, rss()));
+        let now = env.upstream_now();
+        let d = |k: &str| {
+            now[k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(up0[k].as_u64().unwrap_or(0))
+        };
+        let e = (t, d("tls_failed"), d("conn_errors"));
+        if upstream_trace
+            .last()
+            .is_none_or(|l| (l.1, l.2) != (e.1, e.2))
+        {
+            upstream_trace.push(e);
         }
     }
     let mut outcomes = Vec::new();
@@ -143,9 +155,11 @@ fn soak(env: &Env, p: &Params, group: &[Config], seconds: f64, name: &str, r: &m
     let end = samples.last().map_or(f64::NAN, |s| s.1);
     let slope = slope_per_second(&after_warmup) * 600.0 / 1024.0;
     for &c in group {
-        r.add(&format!("{name} · RSS at start"), c, start / 1048576.0);
-        r.add(&format!("{name} · RSS at end"), c, end / 1048576.0);
-        r.add(&format!("{name} · RSS slope"), c, slope);
+        if pid.is_some() {
+            r.add(&format!("{name} · RSS at start"), c, start / 1048576.0);
+            r.add(&format!("{name} · RSS at end"), c, end / 1048576.0);
+            r.add(&format!("{name} · RSS slope"), c, slope);
+        }
         let mine = outcomes.iter().filter(|(oc, _, _)| *oc == c);
         let answered: u64 = mine.clone().map(|(_, _, o)| o.ok).sum();
         let errors: u64 = mine.map(|(_, _, o)| o.errors).sum();

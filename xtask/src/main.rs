@@ -295,11 +295,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     run_bench(&a)
 }
 
-/// The CI check of the bench (`test --bench`, always under CI=true): `--quick` on the release
-/// build the measured runs use (a debug fakenet, slower, occasionally logged a connection
-/// error when the load generator closed right after a 64 MiB body), with every peer and the
-/// 60-second W6 soak, written to target/bench-check (the committed results stay as they are),
-/// failing if any configuration has any error. Figures are not looked at.
+/// The CI check of the bench (`test --bench`, always under CI=true): `--quick --check` on the
+/// release build the measured runs use (a debug fakenet, slower, occasionally logged a
+/// connection error when the load generator closed right after a 64 MiB body): one round of
+/// each workload with every peer, then the 60-second W6 soak, written to target/bench-check
+/// (the committed results stay as they are), failing if any configuration has any error.
+/// Figures are not looked at.
 fn bench_check() -> Result<()> {
     bench(BenchArgs {
         quick: true,

@@ -172,6 +172,11 @@ fn main() {
     } else {
         Params::full()
     };
+    if has("--check") {
+        // CI's check reads errors, not figures: one round of each workload keeps it inside
+        // CI's budget with eight configurations; the 60 s soak is the long run.
+        p.rounds = 1;
+    }
     if let Some(s) = value("--soak-seconds") {
         p.w6_seconds = s;
     }
@@ -442,6 +447,12 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
             "`--{}` run: fewer rounds and smaller sizes; figures are for checking the machinery, not for comparison.",
             p.mode
         ));
+    }
+    if p.rounds == 1 && p.mode == "quick" {
+        n.push(
+            "`--check`: one round of each workload (errors are what it checks) and the soak."
+                .into(),
+        );
     }
     n
 }

@@ -50,7 +50,8 @@ fn config(s: &HaproxySetup, https_port: u16, http_port: u16, inspect_port: u16) 
          \x20 ssl-default-bind-options ssl-min-ver TLSv1.3\n\
          \x20 ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256\n\
          \x20 ssl-default-server-options ssl-min-ver TLSv1.3\n\
-         \x20 tune.ssl.ssl-ctx-cache-size 20000\n\n\
+         \x20 tune.ssl.ssl-ctx-cache-size 20000\n\
+         \x20 tune.h2.initial-window-size 1048576\n\n\
          defaults\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
          \x20 option splice-auto\n\n\
          frontend tls\n  mode tcp\n  bind 127.0.0.1:{https_port} namespace {ns}\n\
@@ -65,7 +66,8 @@ fn config(s: &HaproxySetup, https_port: u16, http_port: u16, inspect_port: u16) 
          # Inspection: a certificate generated per SNI (signed with the peers' CA, the default\n\
          # leaf's P-256 key), each request allowed by SNI and its Host held to the SNI (as the\n\
          # agent does), re-originated over verified TLS (HTTP/2 when offered, idle connections\n\
-         # reused across clients as the agent shares its upstream).\n\
+         # reused across clients as the agent shares its upstream). Its HTTP/2 window is raised\n\
+         # from 2.6's 64 KiB default (one setting for both sides), so bulk is not window-bound.\n\
          frontend tls_inspect\n  mode http\n  option http-keep-alive\n\
          \x20 bind 127.0.0.1:{inspect_port} namespace {ns} ssl crt {crt} generate-certificates ca-sign-file {ca_sign} alpn h2,http/1.1\n\
          \x20 acl sni_allowed ssl_fc_sni -i {INSPECT_HOST}\n\

@@ -37,19 +37,9 @@ enum Cmd {
     },
     /// Install deps, build, and show allowed vs denied traffic from a throwaway container.
     Demo,
-    /// Benchmarks (../shared/BENCH.md): installs HAProxy, oha and httpjail if missing, builds in
-    /// release and writes bench/RESULTS.md, bench/results.json and bench/raw/ (≈ 20 min; root).
-    Bench {
-        /// 3 rounds, smaller sizes (< 5 min): checks the machinery, not for comparison.
-        #[arg(long)]
-        quick: bool,
-        /// Every configuration completes every workload once, tiny; fails on any error (CI).
-        #[arg(long, conflicts_with = "quick")]
-        sanity: bool,
-        /// Only these workloads, e.g. `W1,W4`.
-        #[arg(long)]
-        only: Option<String>,
-    },
+    /// Benchmarks (../shared/BENCH.md): installs HAProxy, Squid, oha and mitmproxy if missing,
+    /// builds in release and writes bench/RESULTS.md, bench/results.json and bench/raw/ (root).
+    Bench(BenchArgs),
     /// Run every fuzz target for a bounded time (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
@@ -67,6 +57,29 @@ enum Cmd {
         #[arg(long, default_value_t = 12)]
         top: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// 3 rounds, smaller sizes, 60 s soak: checks the machinery, not for comparison.
+    #[arg(long)]
+    quick: bool,
+    /// Every configuration completes every workload once, tiny; fails on any error.
+    #[arg(long, conflicts_with = "quick")]
+    sanity: bool,
+    /// Only these workloads, e.g. `W1,W4`.
+    #[arg(long)]
+    only: Option<String>,
+    /// What CI runs (with --quick): fail on any error of any configuration; results go to
+    /// target/bench-check, the committed ones stay as they are.
+    #[arg(long)]
+    check: bool,
+    /// W6: seconds of the agent's soak (full run: 1800).
+    #[arg(long)]
+    soak_seconds: Option<f64>,
+    /// W6: seconds of each peer's soak (full run: 300).
+    #[arg(long)]
+    soak_peer_seconds: Option<f64>,
 }
 
 /// The fuzz targets of fuzz/ (each has a seed corpus in fuzz/corpus/<name>).
@@ -172,11 +185,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Bench {
-            quick,
-            sanity,
-            only,
-        } => bench(quick, sanity, only),
+        Cmd::Bench(a) => bench(a),
         Cmd::Demo => {
             deps()?;
             cargo(&["build", "--workspace", "--bins"])?;
@@ -233,9 +242,15 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Debian packages of the benchmarks: the HAProxy peer (`taskset` is in util-linux,
-/// always present).
-const BENCH_APT_PACKAGES: &[&str] = &["haproxy"];
+/// Debian packages of the benchmarks: the HAProxy and Squid peers, iptables for the transparent
+/// peers' `REDIRECT`, openssl for the TLS check of every configuration (`taskset` is in
+/// util-linux, always present).
+const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "squid-openssl", "iptables", "openssl"];
+
+/// The mitmproxy peer (PyPI) in a venv of its own (Debian's python3 refuses system-wide pip
+/// installs); the bench looks for it there.
+const MITMPROXY_VENV: &str = "/opt/egress-agent-tools/mitmproxy";
+const MITMPROXY: &str = "mitmproxy==11.0.2";
 
 fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -265,122 +280,106 @@ fn have(cmd: &str, arg: &str) -> bool {
         })
 }
 
-/// `cargo install NAME --locked` unless NAME already runs. A failed install is remembered (a
-/// marker in the target dir) so every later run does not rebuild it; delete the marker to retry.
-fn cargo_install(name: &str, required: bool) -> Result<()> {
+/// `cargo install NAME --locked` unless NAME already runs. (httpjail is not attempted: its only
+/// rule engine links v8, whose build script downloads a prebuilt library from github.com, and no
+/// feature leaves it out; bench/RESULTS.md says so.)
+fn cargo_install(name: &str) -> Result<()> {
     if have(name, "--version") {
         return Ok(());
     }
-    let marker = target_dir().join(format!("bench-{name}-install-failed"));
-    if !required && marker.exists() {
-        eprintln!(
-            "xtask: {name} failed to install before ({}); the bench skips it",
-            marker.display()
-        );
-        return Ok(());
-    }
-    let what = format!("installing {name} (cargo install {name} --locked)");
-    let log = format!("install-{name}.log");
-    let res = logged_step(
-        &what,
-        &log,
+    logged_step(
+        &format!("installing {name} (cargo install {name} --locked)"),
+        &format!("install-{name}.log"),
         &mut [Command::new(env!("CARGO")).args(["install", name, "--locked"])],
-    );
-    if res.is_ok() || required {
-        return res;
-    }
-    // Optional: keep cargo's own words for why it failed, so the results can say it.
-    let path = target_dir().join("xtask-logs").join(&log);
-    let why = install_failure(&std::fs::read_to_string(&path).unwrap_or_default());
-    let _ = std::fs::create_dir_all(target_dir());
-    let _ = std::fs::write(
-        &marker,
-        format!("cargo install {name} --locked failed: {why}\n"),
-    );
-    eprintln!("xtask: {name} did not install ({why}); the bench records it and skips it");
-    Ok(())
-}
-
-/// The lines of a failed `cargo install` that say why: the first `error` line and any line
-/// about a download, joined into one.
-fn install_failure(stderr: &str) -> String {
-    let mut picked: Vec<&str> = Vec::new();
-    for l in stderr.lines().map(str::trim) {
-        let download = l.contains("download") || l.contains("Download") || l.contains("github.com");
-        let error = l.starts_with("error") && !picked.iter().any(|p| p.starts_with("error"));
-        if (download || error) && picked.len() < 4 && !picked.contains(&l) {
-            picked.push(l);
-        }
-    }
-    if picked.is_empty() {
-        "see cargo's output".into()
-    } else {
-        picked.join(" / ")
-    }
-}
-
-fn bench(quick: bool, sanity: bool, only: Option<String>) -> Result<()> {
-    let mut args = Vec::new();
-    if quick {
-        args.push("--quick".to_string());
-    }
-    if sanity {
-        args.push("--sanity".to_string());
-    }
-    if let Some(o) = only {
-        args.extend(["--only".to_string(), o]);
-    }
-    run_bench(&args, true, "release")
-}
-
-/// The CI check of the bench (`test --bench`, always under CI=true): `--quick` on the release
-/// build the measured runs use (a debug fakenet, slower, occasionally logged a connection
-/// error when the load generator closed right after a 64 MiB body), written to
-/// target/bench-check (the committed results stay as they are), failing if any configuration
-/// has any error. Figures are not looked at. httpjail is not attempted here (its build alone
-/// takes minutes and fails without github.com).
-fn bench_check() -> Result<()> {
-    let out = target_dir().join("bench-check");
-    let out = out.to_string_lossy().into_owned();
-    run_bench(
-        &["--quick".into(), "--check".into(), "--out".into(), out],
-        false,
-        "release",
     )
 }
 
-fn run_bench(args: &[String], with_httpjail: bool, profile: &str) -> Result<()> {
+/// mitmproxy into its venv unless that version is already there.
+fn mitmproxy_venv() -> Result<()> {
+    let venv = std::path::Path::new(MITMPROXY_VENV);
+    let want = MITMPROXY.trim_start_matches("mitmproxy==");
+    let have = Command::new(venv.join("bin/mitmdump"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(want))
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    logged_step(
+        &format!("installing {MITMPROXY} into {MITMPROXY_VENV}"),
+        "install-mitmproxy.log",
+        &mut [
+            Command::new("python3").args(["-m", "venv"]).arg(venv),
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check"])
+                .arg(MITMPROXY),
+        ],
+    )
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let mut a = Vec::new();
+    if args.quick {
+        a.push("--quick".to_string());
+    }
+    if args.sanity {
+        a.push("--sanity".to_string());
+    }
+    if let Some(o) = args.only {
+        a.extend(["--only".to_string(), o]);
+    }
+    if let Some(s) = args.soak_seconds {
+        a.extend(["--soak-seconds".to_string(), s.to_string()]);
+    }
+    if let Some(s) = args.soak_peer_seconds {
+        a.extend(["--soak-peer-seconds".to_string(), s.to_string()]);
+    }
+    if args.check {
+        let out = target_dir().join("bench-check");
+        a.extend([
+            "--check".to_string(),
+            "--out".to_string(),
+            out.to_string_lossy().into_owned(),
+        ]);
+    }
+    run_bench(&a)
+}
+
+/// The CI check of the bench (`test --bench`, always under CI=true): `--quick --check` on the
+/// release build the measured runs use (a debug fakenet, slower, occasionally logged a
+/// connection error when the load generator closed right after a 64 MiB body): one round of
+/// each workload with every peer, then the 60-second W6 soak, written to target/bench-check
+/// (the committed results stay as they are), failing if any configuration has any error.
+/// Figures are not looked at.
+fn bench_check() -> Result<()> {
+    bench(BenchArgs {
+        quick: true,
+        sanity: false,
+        only: None,
+        check: true,
+        soak_seconds: None,
+        soak_peer_seconds: None,
+    })
+}
+
+fn run_bench(args: &[String]) -> Result<()> {
     apt_deps()?;
     apt_install(BENCH_APT_PACKAGES)?;
-    cargo_install("oha", true)?;
-    if with_httpjail {
-        cargo_install("httpjail", false)?;
-    }
-    if profile == "release" {
-        cargo(&["build", "--release", "--workspace", "--bins"])?;
-    } else {
-        cargo(&["build", "--workspace", "--bins"])?;
-    }
-    let bin_dir = target_dir().join(profile);
+    cargo_install("oha")?;
+    mitmproxy_venv()?;
+    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin_dir = target_dir().join("release");
     let mut cmd = Command::new(bin_dir.join("bench"));
     cmd.current_dir(workspace_root())
         .env("EGRESS_BIN_DIR", &bin_dir);
     if let Some(home) = std::env::var_os("HOME") {
-        // oha and httpjail live in ~/.cargo/bin.
+        // oha lives in ~/.cargo/bin.
         let mut path = vec![std::path::Path::new(&home).join(".cargo/bin")];
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
         cmd.env("PATH", std::env::join_paths(path)?);
-    }
-    let marker = target_dir().join("bench-httpjail-install-failed");
-    if !with_httpjail {
-        cmd.env(
-            "BENCH_HTTPJAIL_MISSING",
-            "not attempted by the CI check (`cargo install httpjail` builds for minutes, then its v8 build script needs github.com)",
-        );
-    } else if let Ok(why) = std::fs::read_to_string(&marker) {
-        cmd.env("BENCH_HTTPJAIL_MISSING", why.trim());
     }
     cmd.args(args);
     run_cmd(&mut cmd)

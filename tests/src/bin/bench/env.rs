@@ -2,10 +2,10 @@
 //! peers, each pinned to its CPU, and how a client reaches the upstream through each configuration.
 
 use std::{
-    io::{BufRead, BufReader},
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use egress_tests::{
@@ -15,14 +15,22 @@ use egress_tests::{
     topology::{FakeNet, Topology},
 };
 
-/// CPU of the proxy under test (agent, HAProxy, httpjail).
+use crate::peers::{
+    self,
+    haproxy::{Haproxy, HaproxySetup},
+    mitmproxy::{MitmSetup, Mitmproxy},
+    squid::{Squid, SquidSetup},
+    Intercept, PeerCa,
+};
+
+/// CPU of the proxy under test (agent, HAProxy, Squid, mitmproxy).
 pub const PROXY_CPU: &str = "0";
 /// CPU of the load generator and the upstream.
 pub const LOAD_CPU: &str = "1";
 
 /// The name every passthrough configuration uses (SNI and Host).
 pub const PASS_HOST: &str = "allowed.test";
-/// The name the agent inspects (warm certificate cache: always the same name).
+/// The name the inspecting configurations inspect (warm certificate cache: always the same name).
 pub const INSPECT_HOST: &str = "api.allowed.test";
 /// Never-seen names for the cold certificate cache: `<random>.cold.exfil.test` (fakenet answers
 /// every name under exfil.test with 203.0.113.10, which serves HTTPS too).
@@ -33,32 +41,60 @@ pub enum Config {
     Direct,
     Passthrough,
     Haproxy,
-    Httpjail,
+    Squid,
     Inspect,
+    HaproxyInspect,
+    SquidInspect,
+    Mitmproxy,
 }
 
 impl Config {
-    pub const ALL: [Config; 5] = [
+    pub const ALL: [Config; 8] = [
         Config::Direct,
         Config::Passthrough,
         Config::Haproxy,
-        Config::Httpjail,
+        Config::Squid,
         Config::Inspect,
+        Config::HaproxyInspect,
+        Config::SquidInspect,
+        Config::Mitmproxy,
     ];
     pub fn name(self) -> &'static str {
         match self {
             Config::Direct => "direct",
             Config::Passthrough => "passthrough",
             Config::Haproxy => "haproxy",
-            Config::Httpjail => "httpjail",
+            Config::Squid => "squid",
             Config::Inspect => "inspect",
+            Config::HaproxyInspect => "haproxy inspect",
+            Config::SquidInspect => "squid inspect",
+            Config::Mitmproxy => "mitmproxy",
         }
+    }
+    /// The column heading in RESULTS.md.
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Mitmproxy => "mitmproxy (reference)",
+            c => c.name(),
+        }
+    }
+    /// Terminates the client's TLS and re-originates it.
+    pub fn inspects(self) -> bool {
+        matches!(
+            self,
+            Config::Inspect | Config::HaproxyInspect | Config::SquidInspect | Config::Mitmproxy
+        )
+    }
+    /// Plain HTTP is measured (the peers' inspect columns would repeat their passthrough
+    /// column: plain HTTP takes the same frontend either way).
+    pub fn plain_http(self) -> bool {
+        !matches!(self, Config::HaproxyInspect | Config::SquidInspect)
     }
 }
 
 /// How a client of one configuration reaches the upstream.
 pub struct Target {
-    /// The cgroup the client runs in (the enforced one, or the plain sibling).
+    /// The cgroup the client runs in (enforced, plain, or a transparent peer's client cgroup).
     pub cgroup: PathBuf,
     /// Name in the URL (SNI, Host).
     pub host: String,
@@ -68,43 +104,16 @@ pub struct Target {
     pub connect_http: Option<String>,
     /// An explicit proxy (`http://IP:PORT`), for peers reached that way.
     pub proxy: Option<String>,
-    /// The process whose CPU and memory are the proxy's.
+    /// The process whose CPU and memory (with its descendants) are the proxy's.
     pub proxy_pid: Option<u32>,
-}
-
-/// A background process killed on drop.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Tools found (or installed by `cargo xtask bench`).
 pub struct Tools {
     pub oha: PathBuf,
     pub haproxy: Result<PathBuf, String>,
-    pub httpjail: Result<PathBuf, String>,
+    pub squid: Result<PathBuf, String>,
+    pub mitmdump: Result<PathBuf, String>,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -122,17 +131,20 @@ impl Tools {
     pub fn find() -> Tools {
         let oha = which("oha")
             .expect("oha not found: `cargo install oha --locked` (or run `cargo xtask bench`)");
+        let mitmdump = Path::new(peers::mitmproxy::VENV).join("bin/mitmdump");
         Tools {
             oha,
             haproxy: which("haproxy").ok_or_else(|| "haproxy not installed".to_string()),
-            httpjail: which("httpjail").ok_or_else(|| {
-                match std::env::var("BENCH_HTTPJAIL_MISSING") {
-                    Ok(why) => format!("httpjail could not be installed: {why}"),
-                    Err(_) => {
-                        "httpjail not installed (`cargo install httpjail --locked`)".to_string()
-                    }
-                }
-            }),
+            squid: which("squid")
+                .ok_or_else(|| "squid not installed (Debian `squid-openssl`)".to_string()),
+            mitmdump: if mitmdump.is_file() {
+                Ok(mitmdump)
+            } else {
+                Err(format!(
+                    "mitmproxy not installed ({} missing; `cargo xtask bench` installs it)",
+                    mitmdump.display()
+                ))
+            },
         }
     }
 }
@@ -140,18 +152,21 @@ impl Tools {
 /// Fields drop in order: the peers and the agent first, then the upstream, the topology last.
 pub struct Env {
     pub haproxy: Option<Haproxy>,
-    pub httpjail: Option<Httpjail>,
+    pub squid: Option<Squid>,
+    pub mitmproxy: Option<Mitmproxy>,
     pub agent: Agent,
-    _fake: FakeNet,
+    fake: FakeNet,
+    /// The plain sibling cgroup (direct, HAProxy's clients).
     pub plain: PathBuf,
+    /// The transparent peers' client cgroups (their connections are redirected to the peer).
+    pub squid_clients: PathBuf,
+    pub mitm_clients: PathBuf,
     pub stats: PathBuf,
-    /// Fakenet's CA plus, when inspection works, the agent's.
+    /// Fakenet's CA plus the agent's and the peers' inspection CAs.
     pub bundle: PathBuf,
     pub tools: Tools,
-    /// Why inspection is not measured (None: it is).
-    pub inspect_missing: Option<String>,
-    pub haproxy_missing: Option<String>,
-    pub httpjail_missing: Option<String>,
+    /// Why a configuration is not measured.
+    pub missing: BTreeMap<Config, String>,
     /// Threads of the agent right after start.
     pub agent_threads: usize,
     pub topo: Topology,
@@ -160,22 +175,13 @@ pub struct Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.haproxy = None;
-        self.httpjail = None;
-        // The plain sibling cgroup is the bench's own (Topology removes only the container's).
-        let _ = std::fs::remove_dir(&self.plain);
+        self.squid = None;
+        self.mitmproxy = None;
+        // The sibling cgroups are the bench's own (Topology removes only the container's).
+        for cg in [&self.squid_clients, &self.mitm_clients, &self.plain] {
+            peers::kill_cgroup(cg);
+        }
     }
-}
-
-pub struct Httpjail {
-    pub proc: Proc,
-    pub https_port: u16,
-    pub http_port: u16,
-}
-
-pub struct Haproxy {
-    pub proc: Proc,
-    pub https_port: u16,
-    pub http_port: u16,
 }
 
 /// The policy of the benchmarks: passthrough for allowed.test, inspection for api.allowed.test and
@@ -190,14 +196,18 @@ fn bench_policy(fake_ca: &Path) -> String {
     )
 }
 
+/// Pins `pid`, its threads and every descendant (helpers) to `cpu`.
 pub fn pin(pid: u32, cpu: &str) {
-    let ok = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "taskset -a -p -c {cpu} {pid} failed");
+    for p in std::iter::once(pid).chain(descendants(pid)) {
+        let ok = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpu, &p.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok || p != pid, "taskset -a -p -c {cpu} {p} failed");
+    }
 }
 
 fn threads(pid: u32) -> usize {
@@ -209,6 +219,21 @@ fn threads(pid: u32) -> usize {
 fn free_port_hint(seed: &str, base: u16) -> u16 {
     // The namespaces are fresh: any fixed port is free in them; vary it by topology anyway.
     base + (u16::from_str_radix(&seed[..2], 16).unwrap_or(0) % 100)
+}
+
+/// Removes the sibling cgroups of earlier bench runs whose topology is gone (a SIGKILLed run
+/// leaves them; the topology's own cleanup only knows the container's cgroup).
+fn cleanup_stale_siblings(parent: &Path) {
+    for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((id, _)) = name.split_once('-') else {
+            continue;
+        };
+        let harness = id.len() == 6 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if harness && !Path::new(&format!("/run/netns/ctr-{id}")).exists() {
+            peers::kill_cgroup(&e.path());
+        }
+    }
 }
 
 impl Env {
@@ -233,10 +258,12 @@ impl Env {
             .ok()
             .filter(|o| o.status.success() && o.stdout.starts_with(b"-----BEGIN"))
             .map(|o| o.stdout);
+        let peer_ca = PeerCa::create(&topo.workdir().join("peers"));
         let mut bundle_pem = std::fs::read(&fake.ca_pem).unwrap();
         if let Some(ca) = &agent_ca {
             bundle_pem.extend_from_slice(ca);
         }
+        bundle_pem.extend_from_slice(&std::fs::read(&peer_ca.cert).unwrap());
         let bundle = topo.workdir().join("bundle.pem");
         std::fs::write(&bundle, &bundle_pem).unwrap();
 
@@ -246,49 +273,156 @@ impl Env {
         pin(agent.pid(), PROXY_CPU);
         let agent_threads = threads(agent.pid());
 
-        let plain = topo
-            .ctr_cgroup_path()
-            .with_file_name(format!("{}-plain", topo.id()));
-        std::fs::create_dir_all(&plain).unwrap();
+        let parent = topo.ctr_cgroup_path().parent().unwrap().to_path_buf();
+        cleanup_stale_siblings(&parent);
+        let sibling = |suffix: &str| {
+            let p = parent.join(format!("{}-{suffix}", topo.id()));
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let plain = sibling("plain");
+        let squid_clients = sibling("squid-clients");
+        let mitm_clients = sibling("mitm-clients");
 
         let mut env = Env {
-            topo,
-            _fake: fake,
+            fake,
             agent,
             plain,
+            squid_clients,
+            mitm_clients,
             stats,
             bundle,
             tools,
-            inspect_missing: None,
+            missing: BTreeMap::new(),
             haproxy: None,
-            httpjail: None,
-            haproxy_missing: None,
-            httpjail_missing: None,
+            squid: None,
+            mitmproxy: None,
             agent_threads,
+            topo,
         };
-        env.inspect_missing = match agent_ca {
-            None => Some(
-                "this build has no inspection CA (`egress-agent ca export` failed): \
-                 the `inspect` key parses but TLS is not terminated"
-                    .into(),
-            ),
-            Some(ca) => env.check_inspect(&ca),
-        };
-        match &env.tools.haproxy {
-            Ok(bin) => match env.start_haproxy(bin.clone()) {
-                Ok(h) => env.haproxy = Some(h),
-                Err(e) => env.haproxy_missing = Some(e),
-            },
-            Err(e) => env.haproxy_missing = Some(e.clone()),
+        match agent_ca {
+            None => {
+                env.missing.insert(
+                    Config::Inspect,
+                    "this build has no inspection CA (`egress-agent ca export` failed): \
+                     the `inspect` key parses but TLS is not terminated"
+                        .into(),
+                );
+            }
+            Some(ca) => {
+                if let Some(why) = env.check_inspect(&ca) {
+                    env.missing.insert(Config::Inspect, why);
+                }
+            }
         }
-        match &env.tools.httpjail {
-            Ok(bin) => match env.start_httpjail(bin.clone(), &bundle_pem) {
-                Ok(h) => env.httpjail = Some(h),
-                Err(e) => env.httpjail_missing = Some(e),
-            },
-            Err(e) => env.httpjail_missing = Some(e.clone()),
-        }
+        env.start_peers(&peer_ca);
         env
+    }
+
+    fn start_peers(&mut self, ca: &PeerCa) {
+        let fake_ca = self.topo.workdir().join("fakenet-ca.pem");
+        // fakenet's CA alone: what the inspecting peers verify the upstream with.
+        let fake_pem = std::fs::read(&self.fake.ca_pem).unwrap();
+        std::fs::write(&fake_ca, fake_pem).unwrap();
+        let openssl_conf = peers::openssl_conf(&self.topo.workdir().join("peers"));
+        let parent = self.plain.parent().unwrap().to_path_buf();
+        let peer_cgroup = |name: &str| parent.join(format!("{}-{name}", self.topo.id()));
+        let base = free_port_hint(self.topo.id(), 20443);
+
+        let haproxy = match &self.tools.haproxy {
+            Ok(bin) => Haproxy::start(HaproxySetup {
+                bin,
+                topo: &self.topo,
+                plain: &self.plain,
+                cgroup: peer_cgroup("haproxy"),
+                ca,
+                fake_ca: &fake_ca,
+                bundle: &self.bundle,
+                openssl_conf: &openssl_conf,
+                threads: self.agent_threads_worker(),
+                base_port: base,
+            }),
+            Err(e) => Err(e.clone()),
+        };
+        match haproxy {
+            Ok(h) => {
+                if let Some(why) = &h.inspect_missing {
+                    self.missing.insert(Config::HaproxyInspect, why.clone());
+                }
+                self.haproxy = Some(h);
+            }
+            Err(e) => {
+                self.missing.insert(Config::Haproxy, e.clone());
+                self.missing.insert(Config::HaproxyInspect, e);
+            }
+        }
+
+        let mut intercept = Intercept::new();
+        let squid_port = base + 1000;
+        let squid = match &self.tools.squid {
+            Ok(bin) => intercept
+                .redirect(
+                    &self.topo,
+                    &self.squid_clients,
+                    &[(443, squid_port), (80, squid_port + 100)],
+                )
+                .and_then(|()| {
+                    Squid::start(SquidSetup {
+                        bin,
+                        topo: &self.topo,
+                        client: &self.squid_clients,
+                        cgroup: peer_cgroup("squid"),
+                        ca,
+                        fake_ca: &fake_ca,
+                        bundle: &self.bundle,
+                        openssl_conf: &openssl_conf,
+                        base_port: squid_port,
+                    })
+                }),
+            Err(e) => Err(e.clone()),
+        };
+        match squid {
+            Ok(s) => {
+                if let Some(why) = &s.inspect_missing {
+                    self.missing.insert(Config::SquidInspect, why.clone());
+                }
+                self.squid = Some(s);
+            }
+            Err(e) => {
+                self.missing.insert(Config::Squid, e.clone());
+                self.missing.insert(Config::SquidInspect, e);
+            }
+        }
+
+        let mitm_port = base + 2000;
+        let mitm = match &self.tools.mitmdump {
+            Ok(bin) => intercept
+                .redirect(
+                    &self.topo,
+                    &self.mitm_clients,
+                    &[(443, mitm_port), (80, mitm_port)],
+                )
+                .and_then(|()| {
+                    Mitmproxy::start(MitmSetup {
+                        bin,
+                        topo: &self.topo,
+                        client: &self.mitm_clients,
+                        cgroup: peer_cgroup("mitmproxy"),
+                        ca,
+                        fake_ca: &fake_ca,
+                        bundle: &self.bundle,
+                        openssl_conf: &openssl_conf,
+                        port: mitm_port,
+                    })
+                }),
+            Err(e) => Err(e.clone()),
+        };
+        match mitm {
+            Ok(m) => self.mitmproxy = Some(m),
+            Err(e) => {
+                self.missing.insert(Config::Mitmproxy, e);
+            }
+        }
     }
 
     /// Restarts the agent (it adopts its pins) on the proxy CPU.
@@ -298,13 +432,7 @@ impl Env {
     }
 
     pub fn available(&self, c: Config) -> Result<(), String> {
-        let missing = match c {
-            Config::Direct | Config::Passthrough => None,
-            Config::Haproxy => self.haproxy_missing.clone(),
-            Config::Httpjail => self.httpjail_missing.clone(),
-            Config::Inspect => self.inspect_missing.clone(),
-        };
-        missing.map_or(Ok(()), Err)
+        self.missing.get(&c).cloned().map_or(Ok(()), Err)
     }
 
     /// A curl through the inspect configuration trusting only the agent's CA must succeed.
@@ -344,181 +472,6 @@ impl Env {
         }
     }
 
-    /// HAProxy in the agent's namespace, its listeners in the container's (`bind ... namespace`), so
-    /// the client-side hop is the same loopback hop the agent's redirected connections take.
-    fn start_haproxy(&self, bin: PathBuf) -> Result<Haproxy, String> {
-        let https_port = free_port_hint(self.topo.id(), 20443);
-        let http_port = https_port + 100;
-        let ns = self.topo.ctr_netns();
-        let threads = self.agent_threads_worker();
-        let cfg = format!(
-            "global\n  nbthread {threads}\n  maxconn 9100\n  maxpipes 500\n  ulimit-n 20000\n  tune.bufsize 65536\n\n\
-             defaults\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
-             \x20 option splice-auto\n\n\
-             frontend tls\n  mode tcp\n  bind 127.0.0.1:{https_port} namespace {ns}\n\
-             \x20 tcp-request inspect-delay 5s\n\
-             \x20 tcp-request content accept if {{ req_ssl_hello_type 1 }}\n\
-             \x20 use_backend up_tls if {{ req_ssl_sni -i {PASS_HOST} }}\n\n\
-             backend up_tls\n  mode tcp\n  server s1 {WEB1}:443\n\n\
-             frontend plain\n  mode http\n  option http-keep-alive\n\
-             \x20 bind 127.0.0.1:{http_port} namespace {ns}\n\
-             \x20 use_backend up_http if {{ hdr(host) -i {PASS_HOST} }}\n\n\
-             backend up_http\n  mode http\n  server s1 {WEB1}:80\n"
-        );
-        let path = self.topo.workdir().join("haproxy.cfg");
-        std::fs::write(&path, &cfg).unwrap();
-        let check = Command::new(&bin)
-            .arg("-c")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .map_err(|e| format!("haproxy: {e}"))?;
-        if !check.status.success() {
-            return Err(format!(
-                "haproxy -c: {}",
-                String::from_utf8_lossy(&check.stderr).trim()
-            ));
-        }
-        let mut cmd = self.topo.ag_command("taskset");
-        cmd.args(["-c", PROXY_CPU])
-            .arg(&bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("haproxy: {e}"))?;
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[haproxy] {line}");
-            }
-        });
-        let proc = Proc { child };
-        // Ready when the listener accepts (probe in the plain cgroup).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self
-                .topo
-                .ctr_command_in(&self.plain, "curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "2",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                ])
-                .arg(format!("http://127.0.0.1:{http_port}/bytes/1"))
-                .args(["-H", &format!("Host: {PASS_HOST}")])
-                .output()
-                .map_err(|e| format!("curl: {e}"))?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "200" {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "haproxy did not answer on 127.0.0.1:{http_port} in ctr: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(Haproxy {
-            proc,
-            https_port,
-            http_port,
-        })
-    }
-
-    /// httpjail `--server` (transparent TLS interception on its HTTPS port, JS rule `true`). It runs in
-    /// the container's netns in the plain cgroup — its server mode binds 127.0.0.1 of its own netns —
-    /// so its upstream dials leave from ctr-* (one veth hop fewer than the agent and HAProxy).
-    fn start_httpjail(&self, bin: PathBuf, bundle_pem: &[u8]) -> Result<Httpjail, String> {
-        let https_port = free_port_hint(self.topo.id(), 21443);
-        let http_port = https_port + 100;
-        let home = self.topo.workdir().join("httpjail-home");
-        std::fs::create_dir_all(&home).unwrap();
-        let mut cmd = self.topo.ctr_command_in(&self.plain, "taskset");
-        cmd.args(["-c", PROXY_CPU])
-            .arg(&bin)
-            .args(["--server", "--js", "true"])
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("HTTPJAIL_HTTP_BIND", format!("127.0.0.1:{http_port}"))
-            .env("HTTPJAIL_HTTPS_BIND", format!("127.0.0.1:{https_port}"))
-            // Its upstream TLS verification: fakenet's CA.
-            .env("SSL_CERT_FILE", &self.bundle)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("httpjail: {e}"))?;
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[httpjail] {line}");
-            }
-        });
-        let proc = Proc { child };
-        // Its CA appears on first start somewhere under HOME; add it to the clients' bundle.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let ca = loop {
-            if let Some(f) = find_file(&home, "ca-cert.pem") {
-                break f;
-            }
-            if Instant::now() > deadline {
-                return Err("httpjail --server wrote no ca-cert.pem under its HOME".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut pem = bundle_pem.to_vec();
-        pem.extend_from_slice(&std::fs::read(&ca).unwrap_or_default());
-        std::fs::write(&self.bundle, pem).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self
-                .topo
-                .ctr_command_in(&self.plain, "curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "3",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                ])
-                .arg("--cacert")
-                .arg(&self.bundle)
-                .args([
-                    "--connect-to",
-                    &format!("{PASS_HOST}:443:127.0.0.1:{https_port}"),
-                    &format!("https://{PASS_HOST}/bytes/16"),
-                ])
-                .output()
-                .map_err(|e| format!("curl: {e}"))?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "200" {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "httpjail --server did not proxy https://{PASS_HOST}/ on 127.0.0.1:{https_port}: {} {}",
-                    String::from_utf8_lossy(&out.stdout).trim(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(Httpjail {
-            proc,
-            https_port,
-            http_port,
-        })
-    }
-
     /// The agent's tokio worker count (its runtime's default: one per CPU).
     fn agent_threads_worker(&self) -> usize {
         std::thread::available_parallelism()
@@ -528,78 +481,158 @@ impl Env {
 
     pub fn target(&self, c: Config) -> Target {
         let web = |port: u16| Some(format!("{WEB1}:{port}"));
-        match c {
-            Config::Direct => Target {
-                cgroup: self.plain.clone(),
-                host: PASS_HOST.into(),
-                connect_https: web(443),
-                connect_http: web(80),
-                proxy: None,
-                proxy_pid: None,
-            },
-            Config::Passthrough => Target {
-                cgroup: self.topo.ctr_cgroup_path().to_path_buf(),
-                host: PASS_HOST.into(),
-                connect_https: web(443),
-                connect_http: web(80),
-                proxy: None,
-                proxy_pid: Some(self.agent.pid()),
-            },
-            Config::Inspect => Target {
-                cgroup: self.topo.ctr_cgroup_path().to_path_buf(),
-                host: INSPECT_HOST.into(),
-                connect_https: web(443),
-                connect_http: web(80),
-                proxy: None,
-                proxy_pid: Some(self.agent.pid()),
-            },
-            Config::Haproxy => {
+        let agent = Some(self.agent.pid());
+        let (cgroup, host, https, http, pid) = match c {
+            Config::Direct => (self.plain.clone(), PASS_HOST, web(443), web(80), None),
+            Config::Passthrough => (self.ctr(), PASS_HOST, web(443), web(80), agent),
+            Config::Inspect => (self.ctr(), INSPECT_HOST, web(443), web(80), agent),
+            Config::Haproxy | Config::HaproxyInspect => {
                 let h = self.haproxy.as_ref().expect("haproxy available");
-                Target {
-                    cgroup: self.plain.clone(),
-                    host: PASS_HOST.into(),
-                    connect_https: Some(format!("127.0.0.1:{}", h.https_port)),
-                    connect_http: Some(format!("127.0.0.1:{}", h.http_port)),
-                    proxy: None,
-                    proxy_pid: Some(h.proc.pid()),
+                let local = |p: u16| Some(format!("127.0.0.1:{p}"));
+                let (host, https) = if c == Config::Haproxy {
+                    (PASS_HOST, local(h.https_port))
+                } else {
+                    (INSPECT_HOST, local(h.inspect_port))
+                };
+                let pid = Some(h.proc.pid());
+                (self.plain.clone(), host, https, local(h.http_port), pid)
+            }
+            Config::Squid | Config::SquidInspect => {
+                let s = self.squid.as_ref().expect("squid available");
+                let host = if c == Config::Squid {
+                    PASS_HOST
+                } else {
+                    INSPECT_HOST
+                };
+                let pid = Some(s.proc.pid());
+                (self.squid_clients.clone(), host, web(443), web(80), pid)
+            }
+            Config::Mitmproxy => {
+                let m = self.mitmproxy.as_ref().expect("mitmproxy available");
+                let pid = Some(m.proc.pid());
+                (
+                    self.mitm_clients.clone(),
+                    INSPECT_HOST,
+                    web(443),
+                    web(80),
+                    pid,
+                )
+            }
+        };
+        Target {
+            cgroup,
+            host: host.into(),
+            connect_https: https,
+            connect_http: http,
+            proxy: None,
+            proxy_pid: pid,
+        }
+    }
+
+    /// Where a never-seen name per connection can go (resolved by the client, so only the
+    /// transparent inspecting configurations): None for the others.
+    pub fn cold_target(&self, c: Config) -> Option<Target> {
+        (c.inspects() && c != Config::HaproxyInspect).then(|| self.target(c))
+    }
+
+    /// The peers that exited (a crash is an error of every configuration it served).
+    pub fn dead_peers(&mut self) -> Vec<(&'static str, Vec<Config>)> {
+        let mut dead = Vec::new();
+        let procs = [
+            (
+                self.haproxy.as_mut().map(|h| &mut h.proc),
+                vec![Config::Haproxy, Config::HaproxyInspect],
+            ),
+            (
+                self.squid.as_mut().map(|s| &mut s.proc),
+                vec![Config::Squid, Config::SquidInspect],
+            ),
+            (
+                self.mitmproxy.as_mut().map(|m| &mut m.proc),
+                vec![Config::Mitmproxy],
+            ),
+        ];
+        for (proc, served) in procs {
+            if let Some(p) = proc {
+                if !p.running() {
+                    dead.push((p.name, served));
                 }
             }
-            Config::Httpjail => {
-                let h = self.httpjail.as_ref().expect("httpjail available");
-                Target {
-                    cgroup: self.plain.clone(),
-                    host: PASS_HOST.into(),
-                    connect_https: Some(format!("127.0.0.1:{}", h.https_port)),
-                    connect_http: Some(format!("127.0.0.1:{}", h.http_port)),
-                    proxy: None,
-                    proxy_pid: Some(h.proc.pid()),
+        }
+        dead
+    }
+
+    fn ctr(&self) -> PathBuf {
+        self.topo.ctr_cgroup_path().to_path_buf()
+    }
+
+    /// The TLS the client of `c` negotiates, as `openssl s_client` (in the client's cgroup, same
+    /// address and name as the load) reports it: `TLSv1.3 TLS_AES_128_GCM_SHA256 X25519, ECDSA,
+    /// verified` is the profile every configuration must show.
+    pub fn tls_seen(&self, c: Config) -> String {
+        let t = self.target(c);
+        let Some(to) = t.connect_https.as_deref() else {
+            return "(resolved by name)".into();
+        };
+        let out = self
+            .topo
+            .ctr_command_in(&t.cgroup, "openssl")
+            .args(["s_client", "-brief", "-verify_return_error", "-connect", to])
+            .args(["-servername", &t.host, "-CAfile"])
+            .arg(&self.bundle)
+            .stdin(Stdio::null())
+            .output();
+        let Ok(out) = out else {
+            return "(openssl s_client did not run)".into();
+        };
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let group = field("Negotiated TLS1.3 group:")
+            .or_else(|| field("Server Temp Key:"))
+            .map(|g| g.split(',').next().unwrap_or("").to_string());
+        match (
+            field("Protocol version:"),
+            field("Ciphersuite:"),
+            field("Signature type:"),
+            field("Verification:"),
+        ) {
+            (Some(v), Some(cs), sig, verify) => format!(
+                "{v} {cs} {} {}, {}",
+                group.unwrap_or_else(|| "?".into()),
+                sig.unwrap_or_else(|| "?".into()),
+                match verify.as_deref() {
+                    Some("OK") => "verified".to_string(),
+                    other => format!("verification {}", other.unwrap_or("?")),
                 }
-            }
+            ),
+            _ => format!(
+                "(no handshake: {})",
+                text.lines()
+                    .find(|l| l.contains("verify error"))
+                    .or(text.lines().last())
+                    .unwrap_or("")
+                    .trim()
+            ),
         }
     }
 
     /// The upstream's counters (fakenet `--stats-out`), after its next 100 ms rewrite.
     pub fn upstream(&self) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(150));
+        self.upstream_now()
+    }
+
+    /// The upstream's counters as last written (up to 100 ms old).
+    pub fn upstream_now(&self) -> serde_json::Value {
         std::fs::read(&self.stats)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
-}
-
-fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find_file(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-    }
-    None
 }
 
 /// fakenet's pid: the one process in up-* (found by its netns).
@@ -656,4 +689,50 @@ fn kb_field(path: &str, key: &str) -> f64 {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Every live descendant of `pid` (children, their children, ...), from /proc/*/stat.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: the command may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(q) = frontier.pop() {
+        for &(p, pp) in &parent_of {
+            if pp == q && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds of `pid` and its live descendants (Squid's certificate helpers are the proxy's
+/// work too).
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    std::iter::once(pid)
+        .chain(descendants(pid))
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// VmRSS of `pid` and its live descendants, in bytes.
+pub fn tree_rss_bytes(pid: u32) -> f64 {
+    std::iter::once(pid)
+        .chain(descendants(pid))
+        .map(rss_bytes)
+        .sum()
 }

@@ -1,6 +1,6 @@
 //! `bench idle-client`: run by W5 in the client's cgroup. Opens `--count` TLS connections to
 //! `--connect` (SNI and Host `--host`), does one `GET /bytes/16` on each, prints one JSON line and
-//! holds every connection open until stdin closes (or says anything).
+//! holds every connection open until stdin closes (or says anything), then closes them cleanly.
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -129,6 +129,15 @@ pub fn main(args: &[String]) {
         let mut b = [0u8; 16];
         // Bounded: W5 closes stdin right after measuring; never hold connections past 5 minutes.
         let _ = tokio::time::timeout(Duration::from_secs(300), stdin.read(&mut b)).await;
-        drop(held);
+        // Close like a well-behaved client (TLS close_notify, then FIN), all at once: dropping
+        // the streams would close them without close_notify, and a proxy that mirrors that on
+        // its upstream leg would show as upstream errors at the fake internet.
+        let mut closing = tokio::task::JoinSet::new();
+        for mut s in held {
+            closing.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
+            });
+        }
+        while closing.join_next().await.is_some() {}
     });
 }

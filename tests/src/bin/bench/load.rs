@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::env::{Env, Target, LOAD_CPU};
 
 /// One oha run.
+#[derive(Clone)]
 pub struct Load {
     pub https: bool,
     pub path: String,
@@ -48,6 +49,25 @@ fn us(v: &Value) -> f64 {
 }
 
 pub fn run(env: &Env, t: &Target, l: &Load) -> Outcome {
+    let out = command(env, t, l).output().expect("run oha");
+    outcome(&out)
+}
+
+/// Starts oha in the background (W6 runs several at once); `finish` reads its summary.
+pub fn spawn(env: &Env, t: &Target, l: &Load) -> std::process::Child {
+    command(env, t, l)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oha")
+}
+
+pub fn finish(child: std::process::Child) -> Outcome {
+    let out = child.wait_with_output().expect("wait for oha");
+    outcome(&out)
+}
+
+fn command(env: &Env, t: &Target, l: &Load) -> std::process::Command {
     let scheme = if l.https { "https" } else { "http" };
     let port = if l.https { 443 } else { 80 };
     let url = match &l.host_regex {
@@ -105,7 +125,10 @@ pub fn run(env: &Env, t: &Target, l: &Load) -> Outcome {
         cmd.args(["--rand-regex-url", "--ipv4"]);
     }
     cmd.arg(&url);
-    let out = cmd.output().expect("run oha");
+    cmd
+}
+
+fn outcome(out: &std::process::Output) -> Outcome {
     match serde_json::from_slice::<Value>(&out.stdout) {
         Ok(v) => parse(&v),
         // A run that fails as a whole (e.g. a DNS error) counts as one error, with oha's message.

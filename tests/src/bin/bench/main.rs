@@ -15,7 +15,9 @@ mod env;
 mod floor;
 mod idle;
 mod load;
+mod peers;
 mod report;
+mod soak;
 mod w4;
 mod work;
 
@@ -37,6 +39,11 @@ pub struct Params {
     pub w3_rates: Vec<u32>,
     pub w3_seconds: f64,
     pub w5_count: u64,
+    /// W6: the agent's soak, each peer's soak (seconds), and the per-configuration load.
+    pub w6_seconds: f64,
+    pub w6_peer_seconds: f64,
+    pub w6_keepalive_rate: u32,
+    pub w6_churn_rate: u32,
 }
 
 impl Params {
@@ -50,6 +57,10 @@ impl Params {
             w3_rates: vec![100, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000],
             w3_seconds: 2.0,
             w5_count: 9000,
+            w6_seconds: 1800.0,
+            w6_peer_seconds: 300.0,
+            w6_keepalive_rate: 250,
+            w6_churn_rate: 100,
         }
     }
     fn quick() -> Params {
@@ -62,6 +73,10 @@ impl Params {
             w3_rates: vec![100, 250, 500, 1000, 2000],
             w3_seconds: 1.0,
             w5_count: 1000,
+            w6_seconds: 60.0,
+            w6_peer_seconds: 20.0,
+            w6_keepalive_rate: 250,
+            w6_churn_rate: 100,
         }
     }
     /// Every configuration completes every workload once, tiny: for CI (`--sanity`).
@@ -75,6 +90,10 @@ impl Params {
             w3_rates: vec![100],
             w3_seconds: 0.5,
             w5_count: 50,
+            w6_seconds: 10.0,
+            w6_peer_seconds: 5.0,
+            w6_keepalive_rate: 100,
+            w6_churn_rate: 20,
         }
     }
 }
@@ -122,7 +141,8 @@ fn machine(tools: &Tools) -> serde_json::Value {
         "commit": sh("git", &["describe", "--always", "--dirty"]),
         "oha": sh(&tools.oha.to_string_lossy(), &["--version"]),
         "haproxy": ver(&tools.haproxy, "-v"),
-        "httpjail": ver(&tools.httpjail, "--version"),
+        "squid": ver(&tools.squid, "-v"),
+        "mitmproxy": ver(&tools.mitmdump, "--version"),
         "agent_binary": egress_tests::bin_path("egress-agent"),
     })
 }
@@ -136,13 +156,33 @@ fn main() {
         return;
     }
     let has = |f: &str| args.iter().any(|a| a == f);
-    let p = if has("--sanity") {
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse::<f64>()
+                    .unwrap_or_else(|_| panic!("{f} takes seconds, not {v:?}"))
+            })
+    };
+    let mut p = if has("--sanity") {
         Params::sanity()
     } else if has("--quick") {
         Params::quick()
     } else {
         Params::full()
     };
+    if has("--check") {
+        // CI's check reads errors, not figures: one round of each workload keeps it inside
+        // CI's budget with eight configurations; the 60 s soak is the long run.
+        p.rounds = 1;
+    }
+    if let Some(s) = value("--soak-seconds") {
+        p.w6_seconds = s;
+    }
+    if let Some(s) = value("--soak-peer-seconds") {
+        p.w6_peer_seconds = s;
+    }
     let only: Vec<String> = args
         .iter()
         .position(|a| a == "--only")
@@ -152,7 +192,11 @@ fn main() {
                 .map(|w| w.trim().to_ascii_uppercase())
                 .collect()
         })
-        .unwrap_or_else(|| ["W1", "W2", "W3", "W4", "W5"].map(String::from).to_vec());
+        .unwrap_or_else(|| {
+            ["W1", "W2", "W3", "W4", "W5", "W6"]
+                .map(String::from)
+                .to_vec()
+        });
     let out_dir = args
         .iter()
         .position(|a| a == "--out")
@@ -170,8 +214,24 @@ fn main() {
         "Machine floor: a one-byte round trip from CPU {} to a thread sleeping on CPU {} and back (Unix socket pair, 1000 × every 2 ms,          measured at the start of this run) takes p50 {f50:.0} µs, p99 {f99:.0} µs, max {fmax:.0} µs. Each request through a proxy on the          other CPU wakes that CPU (and then the load CPU) about twice, so this — not the proxy's code — bounds the added W1 latency at low load,          for every proxy alike; the same-CPU W1 rows show the proxies' own cost without it.",
         env::LOAD_CPU, env::PROXY_CPU
     ));
+    // `--configs direct,inspect`: only these (development; the notes say which were left out).
+    let wanted: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--configs")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(|c| c.trim().to_string()).collect());
     let mut configs = Vec::new();
     for c in Config::ALL {
+        if wanted
+            .as_ref()
+            .is_some_and(|w| !w.iter().any(|n| n == c.name()))
+        {
+            r.notes.push(format!(
+                "**{}** not measured: left out by --configs",
+                c.name()
+            ));
+            continue;
+        }
         match env.available(c) {
             Ok(()) => configs.push(c),
             Err(why) => r
@@ -179,6 +239,14 @@ fn main() {
                 .push(format!("**{}** not measured: {why}", c.name())),
         }
     }
+    let tls: Vec<String> = configs
+        .iter()
+        .map(|c| format!("{}: {}", c.name(), env.tls_seen(*c)))
+        .collect();
+    r.notes.push(format!(
+        "TLS as each client saw it (`openssl s_client` from the client's cgroup to the address and name of the load, once per run): {}.",
+        tls.join("; ")
+    ));
     eprintln!(
         "bench ({}): configurations {:?}, workloads {only:?}",
         p.mode,
@@ -194,7 +262,15 @@ fn main() {
             "W3" => work::w3(&env, &p, &configs, &mut r),
             "W4" => w4::w4(&env, &p, &mut r),
             "W5" => work::w5(&mut env, &p, &configs, &mut r),
+            "W6" => soak::w6(&env, &p, &configs, &mut r),
             other => panic!("unknown workload {other}"),
+        }
+        for (peer, served) in env.dead_peers() {
+            r.notes
+                .push(format!("**{peer}** exited during {w}: counted as an error"));
+            for c in served.into_iter().filter(|c| configs.contains(c)) {
+                r.errors(w, c, 1, 0);
+            }
         }
         timings.insert(w.clone(), json!(t.elapsed().as_secs_f64()));
         eprintln!("bench: {w} done in {:.0} s", t.elapsed().as_secs_f64());
@@ -288,18 +364,44 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
     let mut n = vec![
         format!(
             "Pinning: proxy under test on CPU {}, load generator (oha) and upstream (fakenet) on CPU {}; direct uses the same pinning. \
-             The agent runs its default tokio runtime ({} threads at start); HAProxy gets `nbthread` = the agent's worker count.",
+             The agent runs its default tokio runtime ({} threads at start); HAProxy gets `nbthread` = the agent's worker count; Squid runs \
+             one process (no SMP workers) and its certificate helpers, mitmproxy its one Python process — all on the proxy CPU. \
+             Proxy CPU and memory are those of the process and every process it forked (Squid's helpers).",
             env::PROXY_CPU, env::LOAD_CPU, env.agent_threads
         ),
         "Client: oha in the container's netns; in the enforced cgroup for passthrough/inspect, in a plain sibling cgroup for direct and \
-         haproxy. TCP goes to 198.51.100.10 (`--connect-to`, no DNS) except W3 cold, which resolves never-seen names through the agent's DNS."
+         haproxy, in a sibling cgroup of their own for Squid's and mitmproxy's clients. TCP goes to 198.51.100.10 (`--connect-to`, no DNS) \
+         except HAProxy's (its listener's address) and W3 cold, which resolves never-seen names (through the agent's DNS for inspect, \
+         through the fake internet's for the peers)."
             .into(),
         "HAProxy 2.6 (Debian): runs in the agent's netns; its listeners are bound in the container's netns (`bind 127.0.0.1:P namespace ctr-…`) \
          so the client-side hop is the same loopback hop as the agent's redirected connections; the client reaches it by address (`--connect-to`). \
-         TLS frontend: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto` (`maxpipes 500`, `maxconn 9100`: RLIMIT_NOFILE is 20,000); plain HTTP frontend: `mode http`, Host routing."
+         Passthrough: `mode tcp`, `req_ssl_sni` routing, `tune.bufsize 65536`, `option splice-auto` (`maxpipes 500`, `maxconn 9100`: RLIMIT_NOFILE is 20,000); \
+         plain HTTP: `mode http`, Host routing. **haproxy inspect**: `mode http`, `bind … ssl crt <P-256 leaf> generate-certificates ca-sign-file <peers' CA>` \
+         (one generated certificate per SNI, cached), requests allowed by SNI with Host held to the SNI (`strcmp`), upstream `ssl verify required ca-file <fakenet CA> sni ssl_fc_sni alpn h2,http/1.1`, \
+         `http-reuse always` (idle upstream connections shared across clients, as the agent shares its upstream)."
             .into(),
-        "TLS everywhere: TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificates (fakenet `--bench`); the client verifies the upstream \
-         (fakenet's CA, plus the agent's CA for inspect). The agent's client-facing leg picks AES-128-GCM whatever the client's order."
+        "Squid 5.7 (Debian `squid-openssl`): transparent, in the container's netns — an iptables `REDIRECT` keyed by its clients' cgroup \
+         (`-m cgroup --path`) sends their port 443/80 connections to its `https_port … intercept ssl-bump` / `http_port … intercept`, and \
+         everything else in that netns is `NOTRACK` (so the nat table's conntrack costs the other configurations nothing). `ssl_bump peek` at \
+         step 1, then `splice` by SNI (**squid**) or `bump` (**squid inspect**: `generate-host-certificates` with the peers' P-256 CA, \
+         `security_file_certgen` helpers, upstream verified with `tls_outgoing_options cafile=<fakenet CA>`); no cache, no access log, \
+         `via off`. HTTP/1.1 only (Squid has no HTTP/2). Plain HTTP is one intercept port for both columns, measured under **squid**."
+            .into(),
+        format!(
+            "**mitmproxy** (PyPI, {}) is a reference: single-core Python inspector, not a competitor to match. Transparent mode behind the same \
+             cgroup-keyed `REDIRECT` as Squid, no addons, `stream_large_bodies=1m`, the peers' P-256 CA, upstream verified \
+             (`ssl_verify_upstream_trusted_ca=<fakenet CA>`), TLS 1.3 only on both legs.",
+            env.tools.mitmdump.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        "**httpjail** (the closest agent-sandbox peer) cannot be built here: its only rule engine links `v8`, whose build script downloads a \
+         prebuilt static library from github.com (outside the registries this project may use), and no feature leaves it out. It is not \
+         attempted."
+            .into(),
+        "TLS everywhere: TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificates (fakenet `--bench` accepts nothing else); the client \
+         verifies the upstream (fakenet's CA) or the inspector (the agent's or the peers' CA). The agent's client-facing leg picks AES-128-GCM \
+         whatever the client's order; the OpenSSL peers are held to the profile by `ssl-default-*` (HAProxy) and an `OPENSSL_CONF` with \
+         `MinProtocol = TLSv1.3`, `Ciphersuites = TLS_AES_128_GCM_SHA256`, `Groups = X25519` (all three)."
             .into(),
         format!(
             "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`). \
@@ -312,18 +414,30 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
              cost is the client-side handshake). \
              W5: a helper opens {} TLS connections (one request each) and holds them; proxy VmRSS delta and /proc/meminfo Slab delta \
              (machine-wide: noisy on a shared machine) per connection; the agent is restarted (same pins, adopted) before each of its W5 runs, \
-             HAProxy is not (its pools are preallocated: its figure is a lower bound).",
+             the peers are not (HAProxy's pools are preallocated: its figure is a lower bound; a peer's inspect column follows its passthrough column in the same process).",
             p.w1_rate, p.w1_seconds, p.w2_bytes >> 20, p.w3_rates, p.w3_seconds, p.w3_seconds.max(1.0) * 2.0, p.w5_count
         ),
         "W4: 2,000 blocking connect() calls per round from the probe (median per round): direct from the plain cgroup to the agent's \
          loopback listener, redirected from the enforced cgroup to 198.51.100.10:80 (rewritten to that same listener), denied to 10.1.2.3:80. \
          The two program rows come from the kernel itself (`kernel.bpf_stats_enabled` on for those rounds only, run_time_ns / run_cnt \
          of every program attached to the cgroup, via bpftool): the connect4 program per call, and all programs that ran (connect4, \
-         sock_create, sockops, getpeername, cgroup_skb on the handshake's packets) divided by the connect() calls."
+         sock_create, sockops, getpeername, cgroup_skb on the handshake's packets) divided by the connect() calls. The peers have no such hook."
             .into(),
-        "W3 cold (inspect only): every connection uses a never-seen name `c<random>.cold.exfil.test` (one leaf mint each) in the same agent process, \
-         and includes a DNS query through the agent; warm uses one name."
+        "W3 cold: every connection uses a never-seen name `c<random>.cold.exfil.test` (one certificate mint each) in the same proxy process; \
+         inspect resolves it through the agent's DNS, squid inspect and mitmproxy through the fake internet's. **haproxy inspect** has no cold \
+         row: it is reached by address (`--connect-to`), which cannot follow a new name per connection. Warm uses one name. \
+         The plain-HTTP rows of **haproxy inspect** and **squid inspect** are `—`: plain HTTP takes the same frontend as their passthrough column."
             .into(),
+        format!(
+            "W6 soak: per proxy process, its passthrough and inspect configurations at once (one agent, one HAProxy, one Squid serve both of \
+             their columns; the RSS rows are that process's, shown in both): per configuration {KA} keep-alive connections POSTing 1 KiB at \
+             {} req/s (half the W1 rate) plus a churn of new TLS connections, one 1 KiB GET each, at {} conn/s ({CH} workers); the agent for \
+             {} s, each peer — and **direct**, the control: the same load with no proxy — for {} s. RSS of the process (and its helpers) sampled every 1–10 s; start = the first sample after the first \
+             10 % (warm-up), slope = least squares over the rest, in KiB per 10 minutes. Upstream errors are the soak's (the group's \
+             configurations share them).",
+            p.w6_keepalive_rate, p.w6_churn_rate, p.w6_seconds, p.w6_peer_seconds,
+            KA = 4, CH = 16
+        ),
         "Zero errors: every run reads fakenet's counters (TLS handshake failures, HTTP connection errors) before and after; the errors table sums them \
          with oha's errors and non-200 answers (W3: the passing steps only, a failing step is how the search ends)."
             .into(),
@@ -333,6 +447,12 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
             "`--{}` run: fewer rounds and smaller sizes; figures are for checking the machinery, not for comparison.",
             p.mode
         ));
+    }
+    if p.rounds == 1 && p.mode == "quick" {
+        n.push(
+            "`--check`: one round of each workload (errors are what it checks) and the soak."
+                .into(),
+        );
     }
     n
 }

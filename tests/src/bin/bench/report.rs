@@ -118,7 +118,7 @@ impl Results {
         let mut out = String::from(header);
         out.push_str("\n| workload · figure | unit |");
         for c in configs {
-            let _ = write!(out, " {} |", c.name());
+            let _ = write!(out, " {} |", c.label());
         }
         out.push_str("\n|---|---|");
         for _ in configs {
@@ -136,7 +136,7 @@ impl Results {
                       measured in the same run.\n\n### Errors (client-side errors + non-200 / upstream TLS and HTTP errors, every run summed)\n\n\
                       | workload |");
         for c in configs {
-            let _ = write!(out, " {} |", c.name());
+            let _ = write!(out, " {} |", c.label());
         }
         out.push_str("\n|---|");
         for _ in configs {

@@ -10,14 +10,17 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    env::{cpu_seconds, pin, rss_bytes, slab_bytes, Config, Env, COLD_ZONE, LOAD_CPU, PROXY_CPU},
+    env::{
+        pin, slab_bytes, tree_cpu_seconds, tree_rss_bytes, Config, Env, Target, COLD_ZONE,
+        LOAD_CPU, PROXY_CPU,
+    },
     load::{self, Load},
     report::{Results, Vs},
     Params,
 };
 
 /// Upstream errors between two `Env::upstream()` readings.
-fn upstream_errors(before: &serde_json::Value, after: &serde_json::Value) -> u64 {
+pub fn upstream_errors(before: &serde_json::Value, after: &serde_json::Value) -> u64 {
     let d = |k: &str| {
         after[k]
             .as_u64()
@@ -29,11 +32,15 @@ fn upstream_errors(before: &serde_json::Value, after: &serde_json::Value) -> u64
 
 /// One oha run through `c`, with the proxy's CPU seconds and the upstream's errors around it.
 fn measured(env: &Env, c: Config, l: &Load) -> (load::Outcome, f64, u64) {
-    let t = env.target(c);
+    measured_on(env, &env.target(c), l)
+}
+
+/// The same through a given target (W3 cold: the configuration's never-seen-name target).
+fn measured_on(env: &Env, t: &Target, l: &Load) -> (load::Outcome, f64, u64) {
     let up0 = env.upstream();
-    let cpu0 = t.proxy_pid.map(cpu_seconds).unwrap_or(0.0);
-    let o = load::run(env, &t, l);
-    let cpu = t.proxy_pid.map(cpu_seconds).unwrap_or(0.0) - cpu0;
+    let cpu0 = t.proxy_pid.map(tree_cpu_seconds).unwrap_or(0.0);
+    let o = load::run(env, t, l);
+    let cpu = t.proxy_pid.map(tree_cpu_seconds).unwrap_or(0.0) - cpu0;
     let up = upstream_errors(&up0, &env.upstream());
     (o, cpu, up)
 }
@@ -65,6 +72,9 @@ pub fn w1(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
         }
         for round in 0..p.rounds {
             for &c in configs {
+                if !https && !c.plain_http() {
+                    continue;
+                }
                 let proxy = env.target(c).proxy_pid;
                 if let (true, Some(pid)) = (same_cpu, proxy) {
                     pin(pid, LOAD_CPU);
@@ -145,7 +155,12 @@ pub fn w3(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
     let cold = "W3 new conns, never-seen names (cold cert cache)";
     r.metric(&format!("{warm} · max rate"), "conn/s", Vs::Ratio);
     r.metric(&format!("{warm} · proxy CPU"), "µs/conn", Vs::None);
-    let with_cold = configs.contains(&Config::Inspect);
+    let cold_configs: Vec<Config> = configs
+        .iter()
+        .copied()
+        .filter(|c| env.cold_target(*c).is_some())
+        .collect();
+    let with_cold = !cold_configs.is_empty();
     capacity_metrics(r, warm);
     if with_cold {
         r.metric(&format!("{cold} · max rate"), "conn/s", Vs::Ratio);
@@ -154,9 +169,7 @@ pub fn w3(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
     }
     for round in 0..p.rounds {
         let mut runs: Vec<(Config, bool)> = configs.iter().map(|c| (*c, false)).collect();
-        if with_cold {
-            runs.push((Config::Inspect, true));
-        }
+        runs.extend(cold_configs.iter().map(|c| (*c, true)));
         for (c, is_cold) in runs {
             let name = if is_cold { cold } else { warm };
             let mut best: Option<(u32, f64)> = None;
@@ -177,7 +190,12 @@ pub fn w3(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
                     // oha's regex URLs take `.` literally (and a `\\` would end the host).
                     host_regex: is_cold.then(|| format!("c{round}[a-z0-9]{{12}}.{COLD_ZONE}")),
                 };
-                let (o, cpu, up) = measured(env, c, &l);
+                let t = if is_cold {
+                    env.cold_target(c).expect("a cold target")
+                } else {
+                    env.target(c)
+                };
+                let (o, cpu, up) = measured_on(env, &t, &l);
                 let per_conn = cpu * 1e6 / o.ok.max(1) as f64;
                 if first_cpu.is_nan() {
                     first_cpu = per_conn;
@@ -246,7 +264,12 @@ fn capacity(
         post_1k: false,
         host_regex: cold.then(|| format!("s{round}[a-z0-9]{{12}}.{COLD_ZONE}")),
     };
-    let (o, cpu, up) = measured(env, c, &l);
+    let t = if cold {
+        env.cold_target(c).expect("a cold target")
+    } else {
+        env.target(c)
+    };
+    let (o, cpu, up) = measured_on(env, &t, &l);
     r.add(&format!("{name} · saturated rate"), c, o.rps);
     if c != Config::Direct {
         let per_conn = cpu * 1e6 / o.ok.max(1) as f64;
@@ -284,7 +307,7 @@ pub fn w5(env: &mut Env, p: &Params, configs: &[Config], r: &mut Results) {
             let t = env.target(c);
             let up0 = env.upstream();
             std::thread::sleep(Duration::from_millis(300));
-            let rss0 = t.proxy_pid.map(rss_bytes).unwrap_or(0.0);
+            let rss0 = t.proxy_pid.map(tree_rss_bytes).unwrap_or(0.0);
             let slab0 = slab_bytes();
             let connect = t.connect_https.clone().expect("a connect address");
             let mut child = env
@@ -307,7 +330,7 @@ pub fn w5(env: &mut Env, p: &Params, configs: &[Config], r: &mut Results) {
             std::thread::sleep(Duration::from_millis(500));
             let ok = v["ok"].as_u64().unwrap_or(0);
             let failed = v["failed"].as_u64().unwrap_or(p.w5_count);
-            let rss = t.proxy_pid.map(rss_bytes).unwrap_or(0.0) - rss0;
+            let rss = t.proxy_pid.map(tree_rss_bytes).unwrap_or(0.0) - rss0;
             let slab = slab_bytes() - slab0;
             let _ = child.stdin.take().map(|mut s| s.write_all(b"q\n"));
             let _ = child.wait();

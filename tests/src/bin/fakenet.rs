@@ -83,6 +83,9 @@ struct HttpStats {
     requests: AtomicU64,
     /// hyper's serve_connection ended with an error (reset mid-message, malformed request, ...).
     conn_errors: AtomicU64,
+    /// Connections the client reset or closed abruptly with nothing in flight: every request
+    /// it sent had its whole response produced. Not an error (load generators close that way).
+    closed_abruptly: AtomicU64,
     /// Body bytes of `/bytes/N` responses.
     bytes_sent: AtomicU64,
 }
@@ -93,6 +96,7 @@ static STATS: HttpStats = HttpStats {
     tls_failed: AtomicU64::new(0),
     requests: AtomicU64::new(0),
     conn_errors: AtomicU64::new(0),
+    closed_abruptly: AtomicU64::new(0),
     bytes_sent: AtomicU64::new(0),
 };
 
@@ -105,6 +109,7 @@ impl HttpStats {
             "tls_failed": g(&self.tls_failed),
             "requests": g(&self.requests),
             "conn_errors": g(&self.conn_errors),
+            "closed_abruptly": g(&self.closed_abruptly),
             "bytes_sent": g(&self.bytes_sent),
         })
     }
@@ -588,27 +593,102 @@ async fn serve_http<S>(io: S, info: ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let flight = InFlight::default();
+    let conn_flight = flight.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let info = info.clone();
+        let flight = flight.clone();
         async move {
             STATS.requests.fetch_add(1, Ordering::Relaxed);
+            flight.0.fetch_add(1, Ordering::Relaxed);
             let bytes = match info.kind {
                 Kind::Echo => bytes_len(req.uri().path()),
                 _ => None,
             };
-            Ok::<_, Infallible>(match bytes {
+            let resp = match bytes {
                 Some(n) => bytes_response(req, n).await,
                 None => respond(req, info).await.map(Either::Left),
-            })
+            };
+            Ok::<_, Infallible>(resp.map(|inner| Tracked {
+                inner,
+                flight,
+                done: std::sync::atomic::AtomicBool::new(false),
+            }))
         }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().half_close(true);
-    if b.serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-        .is_err()
-    {
-        STATS.conn_errors.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = b.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+        let abrupt = matches!(
+            io_kind(&*e),
+            Some(
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        );
+        if abrupt && conn_flight.0.load(Ordering::Relaxed) == 0 {
+            STATS.closed_abruptly.fetch_add(1, Ordering::Relaxed);
+        } else {
+            STATS.conn_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The io::Error kind somewhere in an error's source chain.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Requests of one connection whose response body has not been produced to its end.
+#[derive(Clone, Default)]
+struct InFlight(Arc<AtomicUsize>);
+
+/// A response body that takes its request out of [`InFlight`] once it has been produced
+/// whole (a body dropped before its end leaves it in: a reset then is a real error).
+struct Tracked<B> {
+    inner: B,
+    flight: InFlight,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl<B> Tracked<B> {
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.flight.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let p = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(p, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finish();
+        }
+        p
+    }
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.finish();
+        }
+        end
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -10,6 +10,7 @@
 //! | GET | `/v1/attachments` | | `[{cgroup, cgroup_id, profile, listeners, …}]` |
 //! | POST | `/v1/attach` | `{"cgroup"|"pid", "profile", "netns"?}` | the attachment; 409 if already attached |
 //! | POST | `/v1/adopt` | `{"pid", "profile", "cgroups_path"?, "pod"?, "pod_uid"?, "container"?}` | the attachment (idempotent: the OCI hook) |
+//! | GET | `/v1/trust` | | `{ca, bundle, jks}`: the trust files (certificates only) for a runtime wrapper to mount |
 //! | POST | `/v1/detach` | `{"cgroup"|"pid"|"cgroup_id"}` | `{detached, cgroup_id}`; 404 if not attached |
 //! | POST | `/v1/reload` | | `{policy, warnings}`; 400 (nothing changed) if invalid |
 //! | GET | `/v1/decisions` | `?limit=N&cgroup_id=ID` | recent decisions, newest first |
@@ -218,6 +219,10 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Reply {
             let recs = daemon.shared.audit.recent_decisions(cgroup, limit);
             json(200, &serde_json::json!(recs))
         }
+        (Method::GET, "/v1/trust") => match daemon.trust_files() {
+            Ok(v) => json(200, &v),
+            Err(e) => error(e.status(), e),
+        },
         (Method::GET, "/v1/policy") => text(200, daemon.shared.policy.load().show()),
         (Method::GET, "/v1/explain") => {
             let Some(host) = q("host") else {
@@ -231,7 +236,7 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Reply {
         }
         (Method::GET, "/metrics") => crate::metrics::text_response(daemon.metrics().await),
         (_, "/v1/status" | "/v1/attachments" | "/v1/attach" | "/v1/adopt" | "/v1/detach")
-        | (_, "/v1/reload")
+        | (_, "/v1/reload" | "/v1/trust")
         | (_, "/v1/decisions" | "/v1/policy" | "/v1/explain" | "/metrics") => error(
             405,
             format!("method {} not allowed on {path}", req.method()),

@@ -840,3 +840,112 @@ fn a_thousand_containers_through_the_hook_leave_nothing_behind() {
     );
     let _ = std::fs::remove_dir_all(&parent);
 }
+
+/// A wrapper that also asks for the agent's CA in the container's system store.
+fn trusting_wrapper_script(dir: &Path, control: &Path) -> PathBuf {
+    let script = dir.join("egress-runc-trust");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec '{}' --control '{}' runtime --profile default --trust-ca -- \"$@\"\n",
+            bin_path("egress-agent").display(),
+            control.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn the_runtime_wrapper_puts_the_ca_in_the_containers_system_store() {
+    require_root!();
+    if !Docker::tools_present() {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("fi_trust");
+    let fake = topo.start_fakenet();
+    let state = topo.workdir().join("state");
+    let policy = format!(
+        "version = \"trust-1\"\nresolver = \"203.0.113.53:53\"\n\
+         allow_ranges = [\"198.51.100.0/24\", \"203.0.113.0/24\", \"2001:db8:100::/48\"]\n\
+         upstream_ca = {:?}\n[profile.default]\nallow = []\ninspect = [\"allowed.test\"]\n",
+        fake.ca_pem
+    );
+    let state_arg = state.display().to_string();
+    let agent = Agent::daemon_control(&topo, &policy, &["--state-dir", &state_arg]);
+    let control = agent.control.clone().unwrap();
+    let docker = Docker::start_with(
+        &topo,
+        DockerOpts {
+            runtimes: vec![
+                (
+                    "egress".into(),
+                    wrapper_script(topo.workdir(), &control, "default"),
+                ),
+                (
+                    "egress-trust".into(),
+                    trusting_wrapper_script(topo.workdir(), &control),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let https = |name: &str, ip: std::net::Ipv4Addr| -> Vec<String> {
+        [
+            "/bin/probe",
+            "--timeout-ms",
+            "5000",
+            "https",
+            &format!("{ip}:443"),
+            "--name",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let script = format!(
+        "A=$({}); D=$({}); echo \"{{\\\"first_instruction\\\":{{\\\"metadata\\\":{{}},\\\"allowed\\\":$A,\\\"denied\\\":$D}}}}\"; exec /bin/sleep 3600",
+        https("allowed.test", egress_tests::addrs::WEB1).join(" "),
+        https("other.test", egress_tests::addrs::WEB2).join(" "),
+    );
+    let spec = |name: &str, runtime: &str| {
+        RunSpec::first_instruction(name)
+            .runtime(runtime)
+            .command(&["/bin/sh", "-c", &script])
+    };
+
+    // Without the trust store: the inspected connection is refused by the client itself.
+    let (c, r) = run(&docker, spec("plain", "egress"));
+    assert!(
+        !r.allowed["ok"].as_bool().unwrap_or(false),
+        "{:?}",
+        r.allowed
+    );
+    docker.remove(&c);
+
+    // With it: the client verifies the agent's certificate through its system store, and a
+    // denied name is explained inside TLS (a minted certificate, then the 403 with its code).
+    let (c, r) = run(&docker, spec("trusting", "egress-trust"));
+    let reply = r.allowed["reply"].as_str().unwrap_or("");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("allowed.test"),
+        "{:?}",
+        r.allowed
+    );
+    let denied = r.denied["reply"].as_str().unwrap_or("");
+    assert!(
+        denied.starts_with("HTTP/1.1 403") && denied.contains("host_not_allowed"),
+        "{:?}",
+        r.denied
+    );
+    assert!(
+        !fake.was_queried("other.test"),
+        "the denied name reached the resolver"
+    );
+    docker.remove(&c);
+    wait_attachments(&agent, 0);
+}

@@ -95,8 +95,12 @@ pub struct DetachRequest {
 
 /// A container a runtime is starting (the OCI hook): enforce it before its first instruction.
 /// Idempotent: adopting an attachment again with the same profile changes nothing.
+///
+/// Unknown fields are ignored, unlike the operator's requests: the hook is whatever binary
+/// the runtime executes, and during an upgrade that is the new one while the old daemon still
+/// runs. Every field a newer hook may add only asks for more (e.g. `trusts_ca`); without it
+/// the container is enforced all the same.
 #[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdoptRequest {
     /// The container's init process (the OCI state's `pid`): its cgroup and network namespace.
     pub pid: u32,
@@ -113,6 +117,10 @@ pub struct AdoptRequest {
     /// pod cgroup's name must carry (`pod<uid>`, or with `_` for `-` under systemd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The runtime wrapper mounted the agent's trust bundle over the container's system
+    /// store: a denied TLS name is then answered with a minted certificate and a 403.
+    #[serde(default)]
+    pub trusts_ca: bool,
     /// The runtime's container id, for the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
@@ -232,8 +240,11 @@ impl Daemon {
             None => netns_of_subtree(&cg)?,
         };
         self.attach_resolved(cg, netns, s.profile.clone(), s.netns.clone(), |_| Ok(()))
-            .await
-            .map(|_| ())
+            .await?;
+        if s.trusts_ca {
+            self.mark_trusting(s.cgroup_id).await;
+        }
+        Ok(())
     }
 
     /// Resolve, validate, attach. Every check comes before the first change;
@@ -279,6 +290,9 @@ impl Daemon {
         };
         if let Some(r) = self.attachments.lock().await.get(&cg.id) {
             if r.attachment.profile == req.profile {
+                if req.trusts_ca {
+                    r.attachment.set_trusts_ca(true);
+                }
                 return Ok(describe(r));
             }
         }
@@ -308,7 +322,41 @@ impl Daemon {
             took_us = started.elapsed().as_micros() as u64,
             "adopted"
         );
+        if req.trusts_ca {
+            self.mark_trusting(v["cgroup_id"].as_u64().unwrap_or(0))
+                .await;
+        }
         Ok(v)
+    }
+
+    /// Records that an attachment's sandbox trusts the agent's CA (now and after a restart).
+    async fn mark_trusting(&self, id: u64) {
+        let map = self.attachments.lock().await;
+        let Some(r) = map.get(&id) else { return };
+        r.attachment.set_trusts_ca(true);
+        let saved = Saved {
+            cgroup: r.attachment.cgroup.path.clone(),
+            cgroup_id: id,
+            profile: r.attachment.profile.clone(),
+            netns: None,
+            trusts_ca: true,
+        };
+        if let Err(e) = self.saved.save(&saved) {
+            tracing::error!(cgroup_id = id, error = %e, "recording the attachment for a restart");
+        }
+    }
+
+    /// The trust files (CA, system roots + CA bundle, JKS truststore) written under the
+    /// state directory, for a runtime wrapper to mount into a container: certificates
+    /// only, never the key.
+    pub fn trust_files(&self) -> Result<serde_json::Value, DaemonError> {
+        let policy = self.shared.policy.load_full();
+        let inspector = crate::inspect::Inspector::get(&policy).map_err(DaemonError::Invalid)?;
+        let t = inspector
+            .ca
+            .write_trust(&crate::inspect::ca::state_dir())
+            .map_err(|e| DaemonError::Invalid(format!("writing the trust files: {e}")))?;
+        Ok(serde_json::json!({"ca": t.ca, "bundle": t.bundle, "jks": t.jks}))
     }
 
     /// Attach, or (already attached with another profile) serve it again under the new
@@ -392,6 +440,7 @@ impl Daemon {
             cgroup_id: cg.id,
             profile,
             netns: netns_path,
+            trusts_ca: false,
         };
         if let Err(e) = self.saved.save(&saved) {
             tracing::error!(cgroup_id = cg.id, error = %e, "recording the attachment for a restart");

@@ -23,6 +23,9 @@ pub struct Saved {
     /// process in the cgroup's subtree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// The container was given the agent's trust bundle (see `AdoptRequest::trusts_ca`).
+    #[serde(default)]
+    pub trusts_ca: bool,
 }
 
 /// The directory of saved attachments.
@@ -98,6 +101,7 @@ mod tests {
             cgroup_id: 42,
             profile: "default".into(),
             netns: None,
+            trusts_ca: true,
         };
         store.save(&s).unwrap();
         fs::write(dir.join("junk.json"), "{").unwrap();

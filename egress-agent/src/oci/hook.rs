@@ -16,7 +16,7 @@ use std::{io::Read, path::Path, process::ExitCode, time::Duration};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use super::{pod_role, read_spec, PodRole, State, PROFILE_ANNOTATION};
+use super::{pod_role, read_spec, PodRole, State, PROFILE_ANNOTATION, TRUST_ANNOTATION};
 use crate::daemon::AdoptRequest;
 
 /// Largest OCI state read from stdin (it is a few hundred bytes in practice).
@@ -30,6 +30,9 @@ pub struct HookArgs {
     /// The profile, overriding the container's `egress-agent.io/profile` annotation.
     #[arg(long)]
     pub profile: Option<String>,
+    /// The runtime wrapper mounted the agent's trust bundle into the container.
+    #[arg(long)]
+    pub trust_ca: bool,
 }
 
 pub fn run(args: &HookArgs, sock: &Path) -> Result<ExitCode> {
@@ -118,6 +121,7 @@ fn adopt_request(state: &State, args: &HookArgs) -> Result<Option<AdoptRequest>>
         cgroups_path: spec.cgroups_path,
         pod,
         pod_uid,
+        trusts_ca: args.trust_ca || annotation(TRUST_ANNOTATION).is_some_and(|v| v == "true"),
         container: Some(state.id.clone()),
     }))
 }

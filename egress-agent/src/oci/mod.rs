@@ -12,6 +12,7 @@
 //!   runtime with the same arguments; every other verb goes through unchanged.
 
 pub mod hook;
+mod trust;
 pub mod wrapper;
 
 use std::{collections::BTreeMap, path::Path};
@@ -20,6 +21,9 @@ use serde::Deserialize;
 
 /// The annotation that selects a container's profile.
 pub const PROFILE_ANNOTATION: &str = "egress-agent.io/profile";
+/// The annotation (`"true"`) that asks the runtime wrapper for the agent's CA in the
+/// container's system trust store (as `egress-agent runtime --trust-ca` does).
+pub const TRUST_ANNOTATION: &str = "egress-agent.io/trust-ca";
 
 /// The OCI state a runtime writes on a hook's stdin (runtime-spec `runtime.md`).
 #[derive(Debug, Deserialize)]

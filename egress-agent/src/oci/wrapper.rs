@@ -28,6 +28,12 @@ pub struct RuntimeArgs {
     /// The real OCI runtime (default: `runc` on PATH).
     #[arg(long, env = "EGRESS_RUNTIME")]
     pub runtime: Option<PathBuf>,
+    /// Put the agent's CA in every container's system trust store (the bundle bind-mounted
+    /// read-only over the distribution paths, the Java truststore, the variables tools with
+    /// their own store read), as `exec --trust-ca` does; also per container with the
+    /// `egress-agent.io/trust-ca=true` annotation. Certificates only, never the key.
+    #[arg(long)]
+    pub trust_ca: bool,
     /// The runtime's own arguments, as its caller gave them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<OsString>,
@@ -56,7 +62,12 @@ pub fn run(args: &RuntimeArgs, control: Option<&Path>) -> Result<ExitCode> {
         None => find_runtime("runc")?,
     };
     if let Some(bundle) = bundle_of_create(&args.args) {
-        add_hook(&bundle, args.profile.as_deref(), control)
+        let trust = args.trust_ca || super::trust::requested(&bundle);
+        if trust {
+            super::trust::mount_into(&bundle, control)
+                .with_context(|| format!("runtime wrapper, bundle {}", bundle.display()))?;
+        }
+        add_hook(&bundle, args.profile.as_deref(), trust, control)
             .with_context(|| format!("runtime wrapper, bundle {}", bundle.display()))?;
     }
     let err = std::process::Command::new(&runtime)
@@ -99,13 +110,18 @@ pub fn bundle_of_create(args: &[OsString]) -> Option<PathBuf> {
 
 /// Appends `egress-agent oci-hook` to the bundle's createRuntime hooks (once), rewriting
 /// `config.json` atomically.
-pub fn add_hook(bundle: &Path, profile: Option<&str>, control: Option<&Path>) -> Result<()> {
+pub fn add_hook(
+    bundle: &Path,
+    profile: Option<&str>,
+    trust_ca: bool,
+    control: Option<&Path>,
+) -> Result<()> {
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let mut spec: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
-    let hook = hook_entry(profile, control)?;
+    let hook = hook_entry(profile, trust_ca, control)?;
     let Some(obj) = spec.as_object_mut() else {
         bail!("{}: not a JSON object", path.display());
     };
@@ -129,7 +145,11 @@ pub fn add_hook(bundle: &Path, profile: Option<&str>, control: Option<&Path>) ->
 }
 
 /// The hook as the runtime-spec describes one: an absolute path and its argv.
-fn hook_entry(profile: Option<&str>, control: Option<&Path>) -> Result<serde_json::Value> {
+fn hook_entry(
+    profile: Option<&str>,
+    trust_ca: bool,
+    control: Option<&Path>,
+) -> Result<serde_json::Value> {
     let exe = std::env::current_exe().context("finding the egress-agent binary")?;
     let mut argv = vec!["egress-agent".to_string()];
     if let Some(c) = control {
@@ -138,6 +158,9 @@ fn hook_entry(profile: Option<&str>, control: Option<&Path>) -> Result<serde_jso
     argv.push("oci-hook".into());
     if let Some(p) = profile {
         argv.extend(["--profile".into(), p.into()]);
+    }
+    if trust_ca {
+        argv.push("--trust-ca".into());
     }
     Ok(serde_json::json!({"path": exe, "args": argv}))
 }
@@ -230,8 +253,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let spec = r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"hooks":{"prestart":[{"path":"/x"}]}}"#;
         std::fs::write(dir.join("config.json"), spec).unwrap();
-        add_hook(&dir, Some("ci"), None).unwrap();
-        add_hook(&dir, Some("ci"), None).unwrap();
+        add_hook(&dir, Some("ci"), false, None).unwrap();
+        add_hook(&dir, Some("ci"), false, None).unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
         assert_eq!(v["hooks"]["prestart"][0]["path"], "/x");
@@ -243,7 +266,7 @@ mod tests {
             serde_json::json!(["egress-agent", "oci-hook", "--profile", "ci"])
         );
         std::fs::write(dir.join("config.json"), "[1]").unwrap();
-        assert!(add_hook(&dir, None, None).is_err());
+        assert!(add_hook(&dir, None, false, None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -618,7 +618,10 @@ where
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().half_close(true);
-    if let Err(e) = b.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+    if let Err(e) = b
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
         let abrupt = matches!(
             io_kind(&*e),
             Some(

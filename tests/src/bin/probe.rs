@@ -193,6 +193,9 @@ enum Cmd {
     Gate(GateCmd),
     #[command(flatten)]
     Boundary(boundary::Cmd),
+    /// HTTPS GET verified against a CA file (what "the container trusts the agent's CA
+    /// through its system store" means, checked from inside).
+    Https(https::Args),
 }
 
 /// The output line under construction.
@@ -1061,6 +1064,7 @@ fn main() {
         Cmd::ConnectLoop { target, count } => cmd_connect_loop(*target, *count),
         Cmd::Gate(cmd) => cmd_gate(cmd, t),
         Cmd::Boundary(b) => boundary::run(b, t),
+        Cmd::Https(a) => https::run(a, t),
         Cmd::Many {
             target,
             count,
@@ -1392,5 +1396,79 @@ mod boundary {
         use std::os::unix::process::CommandExt;
         let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
         out.fail("exec", &e)
+    }
+}
+
+mod https {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Out;
+
+    #[derive(clap::Args, Debug)]
+    pub struct Args {
+        target: SocketAddr,
+        /// The name sent as SNI and Host.
+        #[arg(long)]
+        name: String,
+        /// The trust store: a PEM bundle (e.g. /etc/ssl/certs/ca-certificates.crt).
+        #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
+        ca_file: std::path::PathBuf,
+        #[arg(long, default_value = "/")]
+        path: String,
+    }
+
+    pub fn run(a: &Args, timeout: Duration) -> Out {
+        let mut out = Out::new("https", a.target);
+        out.set("name", a.name.as_str());
+        match get(a, timeout) {
+            Ok(reply) => {
+                out.set("reply", reply);
+                out.ok()
+            }
+            Err(e) => {
+                out.set("error", e);
+                out
+            }
+        }
+    }
+
+    fn get(a: &Args, timeout: Duration) -> Result<String, String> {
+        let pem = std::fs::read(&a.ca_file).map_err(|e| format!("{}: {e}", a.ca_file.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let c: rustls::pki_types::CertificateDer = c.map_err(|e| e.to_string())?;
+            let _ = roots.add(c);
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name =
+            rustls::pki_types::ServerName::try_from(a.name.clone()).map_err(|e| e.to_string())?;
+        let conn =
+            rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        let tcp =
+            TcpStream::connect_timeout(&a.target, timeout).map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_read_timeout(Some(timeout));
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            a.path, a.name
+        );
+        tls.write_all(req.as_bytes())
+            .map_err(|e| format!("tls: {e}"))?;
+        let mut reply = Vec::new();
+        match tls.read_to_end(&mut reply) {
+            Ok(_) => {}
+            Err(e) if !reply.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(format!("tls: {e}")),
+        }
+        Ok(String::from_utf8_lossy(&reply).into_owned())
     }
 }

@@ -19,7 +19,7 @@ use std::{fs, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, RingBuf},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 
 use super::{
@@ -114,9 +114,7 @@ impl Gate {
         }
         made.map_err(io(&maps_dir))?;
         fs::create_dir_all(&links_dir).map_err(io(&links_dir))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
-            .load(OBJECT)?;
+        let mut ebpf = super::load(OBJECT, &maps_dir)?;
         // Before any link exists (the programs refuse everything without it).
         let config = GateConfig {
             parent_id: parent.id,

@@ -126,6 +126,20 @@ pub fn pinned_cgroups() -> Result<Vec<(u64, PathBuf)>, BpfError> {
     Ok(out)
 }
 
+/// Loads `object` with its pinned maps under `maps_dir`. One loader serves every load: aya's
+/// `EbpfLoader::new()` parses the kernel's BTF (`/sys/kernel/btf/vmlinux`, megabytes) each
+/// time, and with a container adopted per start that parse was most of an attach's
+/// userspace cost and kept the allocator's arenas growing.
+pub(crate) fn load(object: &[u8], maps_dir: &Path) -> Result<Ebpf, BpfError> {
+    static LOADER: std::sync::OnceLock<std::sync::Mutex<EbpfLoader<'static>>> =
+        std::sync::OnceLock::new();
+    let mut loader = LOADER
+        .get_or_init(|| std::sync::Mutex::new(EbpfLoader::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    Ok(loader.default_map_pin_directory(maps_dir).load(object)?)
+}
+
 /// One enforced cgroup: its maps, and whether its links were adopted.
 pub struct Enforcement {
     pub cgroup: Cgroup,
@@ -194,9 +208,7 @@ impl Enforcement {
         fs::create_dir_all(&links_dir).map_err(io(&links_dir))?;
 
         // Maps marked LIBBPF_PIN_BY_NAME are reused from maps_dir when present.
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
-            .load(OBJECT)?;
+        let mut ebpf = load(OBJECT, &maps_dir)?;
 
         let adopted = attach_or_adopt(&mut ebpf, PROGRAMS, cg, &links_dir)?;
         Ok(Self {

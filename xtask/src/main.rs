@@ -538,6 +538,11 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 /// `apt-get update` and `install` of `missing` as one progress line (`logged_step`); apt's
 /// own log goes to `target/xtask-logs/LOG`. `recommends`: also what the packages recommend.
 fn apt_get(missing: &[&str], why: &str, log: &str, recommends: bool) -> Result<()> {
+    // docker.io, containerd and squid would start their host services on installation: the
+    // tests start their own, with private state, and a host dockerd would bring its bridge and
+    // NAT. A policy-rc.d that refuses every start (the convention of Debian's invoke-rc.d) is in place for
+    // the install, unless the machine already has one.
+    let _no_services = NoServiceStarts::install();
     let mut install = Command::new("apt-get");
     install.args(["-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq"]);
     if !recommends {
@@ -553,6 +558,34 @@ fn apt_get(missing: &[&str], why: &str, log: &str, recommends: bool) -> Result<(
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         ],
     )
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while it lives, removed on drop
+/// (only if this process wrote it).
+struct NoServiceStarts(Option<std::path::PathBuf>);
+
+impl NoServiceStarts {
+    fn install() -> Self {
+        let p = std::path::PathBuf::from("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return Self(None);
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let wrote = std::fs::write(
+            &p,
+            "#!/bin/sh\n# egress-agent xtask: no service starts during its installs\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)));
+        Self(wrote.ok().map(|()| p))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// `cargo test`, echoing its output, then one closing line with the totals of

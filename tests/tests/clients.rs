@@ -6,7 +6,8 @@
 //! Always asserted, whatever the tables say: every request succeeds without enforcement (the
 //! set-up is real, also for the denied requests) and every denial fails.
 //!
-//! `LAB_ONLY=pip,npm` runs some clients only; `LAB_WORKERS=N` (default 3) runs N at a time.
+//! `LAB_ONLY=pip,npm` runs some clients only; `LAB_WORKERS=N` (default 3) runs N at a time;
+//! `LAB_VERBOSE=1` prints a line per run as it ends.
 
 use std::time::Instant;
 
@@ -195,8 +196,9 @@ fn real_clients_allowed_and_denied() {
     let path = report::default_path();
     std::fs::write(&path, &md).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     println!(
-        "{md}\nreport: {} ({:.0} s)",
+        "report: {} ({} runs, {:.0} s)",
         path.display(),
+        outcomes.len(),
         wall.as_secs_f64()
     );
     let bad = mismatches(&outcomes);

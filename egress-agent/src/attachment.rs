@@ -28,6 +28,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     pub resolver: ArcSwap<Resolver>,
     pub audit: Audit,
+    /// Revocation URLs learned from inspected upstreams' certificates (kept across reloads).
+    pub revocation: crate::revocation::Registry,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
             policy: ArcSwap::from_pointee(policy),
             resolver: ArcSwap::from_pointee(resolver),
             audit,
+            revocation: Default::default(),
         }))
     }
 

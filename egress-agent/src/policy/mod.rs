@@ -147,6 +147,11 @@ impl RuleRef {
         Self(Arc::from(s))
     }
 
+    /// A rule that is not a line of the file (a learned revocation URL, see `crate::revocation`).
+    pub fn labelled(s: String) -> Self {
+        Self::new(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -428,6 +433,8 @@ struct Profile {
     index: Index,
     http: Vec<HttpRule>,
     http_index: Index,
+    /// `allow_revocation` (see `crate::revocation`).
+    allow_revocation: bool,
 }
 
 impl Profile {
@@ -445,6 +452,7 @@ impl Profile {
             index,
             http,
             http_index,
+            allow_revocation: false,
         }
     }
 
@@ -589,6 +597,13 @@ impl Policy {
     /// Profile names, sorted.
     pub fn profile_names(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)
+    }
+
+    /// Whether `profile` allows the revocation URLs its inspected hosts' certificates name.
+    pub fn allows_revocation(&self, profile: &str) -> bool {
+        self.profiles
+            .get(profile)
+            .is_some_and(|p| p.allow_revocation)
     }
 
     pub fn has_profile(&self, profile: &str) -> bool {

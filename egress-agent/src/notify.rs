@@ -10,8 +10,10 @@
 use std::{
     collections::HashMap,
     io::Write,
-    sync::{mpsc, Arc, Mutex},
-    thread::JoinHandle,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -98,27 +100,34 @@ pub fn hint(rec: &Record) -> Option<String> {
     Some(h.into())
 }
 
-/// Writes denial lines until dropped; the drop writes what the rate limit held back.
+/// Writes denial lines until dropped; the drop writes what is still queued, then what the rate
+/// limit held back.
 pub struct Notifier {
+    queue: Arc<Mutex<mpsc::Receiver<Record>>>,
     limiter: Arc<Mutex<Limiter>>,
-    thread: Option<JoinHandle<()>>,
+    stopped: Arc<AtomicBool>,
 }
+
+/// How long the writer waits for a record before it lets the drop in (see [`Notifier::drop`]).
+const POLL: Duration = Duration::from_millis(100);
 
 /// Tells `out` about every denial `audit` records from now on. `None` when `quiet`.
 pub fn start(audit: &Audit, quiet: bool, out: Box<dyn Write + Send>) -> Option<Notifier> {
     if quiet {
         return None;
     }
-    let rx = audit.subscribe(Record::is_denial);
+    let queue = Arc::new(Mutex::new(audit.subscribe(Record::is_denial)));
     let limiter = Arc::new(Mutex::new(Limiter::new(out)));
-    let l = limiter.clone();
-    let thread = std::thread::Builder::new()
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (q, l, s) = (queue.clone(), limiter.clone(), stopped.clone());
+    std::thread::Builder::new()
         .name("notify".into())
-        .spawn(move || run(rx, l))
+        .spawn(move || run(&q, &l, &s))
         .ok()?;
     Some(Notifier {
+        queue,
         limiter,
-        thread: Some(thread),
+        stopped,
     })
 }
 
@@ -127,22 +136,34 @@ pub fn to_stderr(audit: &Audit, quiet: bool) -> Option<Notifier> {
     start(audit, quiet, Box::new(std::io::stderr()))
 }
 
-fn run(rx: mpsc::Receiver<Record>, limiter: Arc<Mutex<Limiter>>) {
-    while let Ok(rec) = rx.recv() {
-        let mut l = limiter.lock().unwrap_or_else(|e| e.into_inner());
-        l.offer(&rec, Instant::now());
+/// Takes and writes one record at a time, holding the queue while it does, so that the drop
+/// finds every record either written or still queued (never half-way).
+fn run(queue: &Mutex<mpsc::Receiver<Record>>, limiter: &Mutex<Limiter>, stopped: &AtomicBool) {
+    while !stopped.load(Ordering::Acquire) {
+        let q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        match q.recv_timeout(POLL) {
+            Ok(rec) => {
+                let mut l = limiter.lock().unwrap_or_else(|e| e.into_inner());
+                l.offer(&rec, Instant::now());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
 impl Drop for Notifier {
     fn drop(&mut self) {
-        // Records already queued are the command's last denials: let them through first.
-        std::thread::sleep(Duration::from_millis(50));
+        // Every denial recorded before now is queued (the audit publishes synchronously):
+        // the command's last ones are written here, in order, before the summary.
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped.store(true, Ordering::Release);
         let mut l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while let Ok(rec) = q.try_recv() {
+            l.offer(&rec, now);
+        }
         l.summary();
-        drop(l);
-        // The thread ends with the audit stream; it is not joined (the stream may outlive us).
-        drop(self.thread.take());
     }
 }
 
@@ -283,6 +304,22 @@ mod tests {
         assert!(line(&k).contains("QUIC"), "{}", line(&k));
         k.decision = "would_deny";
         assert!(line(&k).starts_with("egress-agent: would deny (monitor mode)"));
+    }
+
+    #[test]
+    fn every_denial_recorded_before_the_drop_is_written() {
+        // The command's last denials race its exit: none may be lost to timing, however
+        // busy the machine (a dropped notifier drains what is still queued).
+        for round in 0..50 {
+            let audit = Audit::open(None).unwrap();
+            let buf = Buf::default();
+            let n = start(&audit, false, Box::new(buf.clone())).unwrap();
+            for i in 0..20 {
+                audit.record(denial(&format!("n{i}.test"), "host_not_allowed"));
+            }
+            drop(n);
+            assert_eq!(buf.lines().len(), 20, "round {round}: {:?}", buf.lines());
+        }
     }
 
     #[test]

@@ -152,6 +152,24 @@ impl Gates {
         }
     }
 
+    /// Exempts `cg` (a pod the operator exempted) in the gate covering it: false if none does.
+    /// Not one of the configured `exempt` paths, so [`Gated::refresh_exempt`] leaves it alone.
+    pub fn exempt(&mut self, cg: &Cgroup) -> Result<bool, BpfError> {
+        match self.covering(cg) {
+            Some(g) => g.gate.exempt(cg.id).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Removes the entry of cgroup `id` (an exemption whose pod ended) from every gate.
+    pub fn unexempt(&mut self, id: u64) {
+        for g in self.parents.iter_mut() {
+            if let Err(e) = g.gate.release(id) {
+                tracing::error!(cgroup_id = id, error = %e, "removing an exemption from the gate");
+            }
+        }
+    }
+
     /// Whether `cg` is under a gated parent (then an unadopted `cg` has no network).
     pub fn gated(&self, cg: &Cgroup) -> bool {
         self.parents.iter().any(|g| g.covers(cg))

@@ -6,6 +6,7 @@
 //! changes nothing. The command that runs it is [`crate::service`].
 
 pub mod gates;
+mod pods;
 pub mod state;
 mod watch;
 

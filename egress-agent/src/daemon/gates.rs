@@ -8,7 +8,10 @@
 //! exempt = ["infra"]          # below the parent (or absolute); exempted when it appears
 //! ```
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -120,6 +123,28 @@ impl Gated {
     }
 }
 
+/// The cgroup below `parent` that holds process `pid` (bounded walk): how the daemon finds its
+/// own cgroup when it runs in a pod, where a private cgroup namespace makes `/proc/self/cgroup`
+/// read `0::/` (with `hostPID`, `cgroup.procs` lists host pids).
+fn cgroup_holding(parent: &Path, pid: u32) -> Option<PathBuf> {
+    let pid = pid.to_string();
+    let mut stack = vec![(parent.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if depth > 0 && procs.lines().any(|l| l.trim() == pid) {
+            return Some(dir);
+        }
+        if depth < 6 {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Every gated parent of the daemon.
 #[derive(Default)]
 pub struct Gates {
@@ -148,6 +173,29 @@ impl Gates {
         if let Some(g) = self.covering(cg) {
             if let Err(e) = g.gate.release(cg.id) {
                 tracing::error!(cgroup_id = cg.id, error = %e, "releasing from the gate");
+            }
+        }
+    }
+
+    /// Exempts the daemon's own cgroup if a gate covers it (the DaemonSet's pod is below the
+    /// kubepods parent): its listeners' sockets and upstream dials are its own, and a gate
+    /// would refuse them. Before anything is restored or attached.
+    pub fn exempt_self(&mut self) {
+        let me = std::process::id();
+        for g in self.parents.iter_mut() {
+            let Some(dir) = cgroup_holding(&g.gate.parent.path, me) else {
+                continue;
+            };
+            match Cgroup::open(&dir).map(|cg| (g.gate.exempt(cg.id), cg)) {
+                Ok((Ok(()), cg)) => {
+                    tracing::info!(cgroup = %cg.path.display(), cgroup_id = cg.id, "the daemon's own cgroup is below the gate: exempt")
+                }
+                Ok((Err(e), _)) => {
+                    tracing::error!(cgroup = %dir.display(), error = %e, "exempting the daemon's own cgroup")
+                }
+                Err(e) => {
+                    tracing::error!(cgroup = %dir.display(), error = %e, "exempting the daemon's own cgroup")
+                }
             }
         }
     }

@@ -181,7 +181,9 @@ impl Daemon {
             loaded.push(g);
         }
         gates::warn_unconfigured(&loaded);
-        self.gates().parents = loaded;
+        let mut gates = self.gates();
+        gates.parents = loaded;
+        gates.exempt_self();
         Ok(())
     }
 

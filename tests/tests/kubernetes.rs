@@ -6,7 +6,9 @@
 //! Copies with a typo'd field or a wrong type must be rejected.
 //!
 //! Also: the ConfigMap's daemon.toml and policy.toml are what the agent
-//! accepts, and the manifest keeps the properties the README promises.
+//! accepts, the manifest keeps the properties the README promises, and the
+//! RuntimeClass, the containerd handler snippet and the DaemonSet's installed
+//! wrapper name one another consistently.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,8 +19,14 @@ use egress_tests::is_ci;
 
 const VENV: &str = "/opt/egress-agent-tools/venv/bin";
 
+fn packaging(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/kubernetes")
+        .join(file)
+}
+
 fn manifest() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/daemonset.yaml")
+    packaging("daemonset.yaml")
 }
 
 /// (validator, python with PyYAML): $EGRESS_K8S_VALIDATE, xtask's venv, PATH.
@@ -94,6 +102,14 @@ fn daemonset_manifest_validates_offline_and_broken_copies_do_not() {
         );
     }
 
+    let o = validate(&validator, &packaging("runtimeclass.yaml"));
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("passed for resource runtimeclass/egress"),
+        "{out}"
+    );
+
     let good = std::fs::read_to_string(manifest()).unwrap();
     let dir = std::env::temp_dir().join(format!("egress-k8s-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -121,14 +137,32 @@ fn daemonset_manifest_validates_offline_and_broken_copies_do_not() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The manifest as JSON documents (PyYAML, which kubernetes-validate needs anyway).
-fn documents(python: &Path) -> Vec<serde_json::Value> {
+/// A manifest as JSON documents (PyYAML, which kubernetes-validate needs anyway).
+fn documents_of(python: &Path, file: &Path) -> Vec<serde_json::Value> {
     let o = Command::new(python)
         .args([
             "-c",
             "import json,sys,yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
         ])
-        .arg(manifest())
+        .arg(file)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn documents(python: &Path) -> Vec<serde_json::Value> {
+    documents_of(python, &manifest())
+}
+
+/// A TOML file as JSON (Python's tomllib).
+fn toml_of(python: &Path, file: &Path) -> serde_json::Value {
+    let o = Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,tomllib; print(json.dumps(tomllib.load(open(sys.argv[1],'rb'))))",
+        ])
+        .arg(file)
         .output()
         .expect("python3");
     assert!(o.status.success(), "{}", text(&o));
@@ -154,6 +188,14 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
     let cfg = egress_agent::service::load_config(&daemon_toml).expect("daemon.toml");
     let k = cfg.kubernetes.expect("[kubernetes] section");
     assert_eq!(k.annotation, "egress-agent.io/profile");
+    // Fail closed: the kubepods parent gated; the agent's own namespace exempt.
+    assert_eq!(
+        cfg.gate[0].cgroup,
+        Path::new("/sys/fs/cgroup/kubepods.slice")
+    );
+    assert!(k.exempt_namespaces.iter().any(|n| n == "egress-agent"));
+    assert_eq!(k.host_network, egress_agent::kube::HostNetwork::Enforce);
+    assert_eq!(k.default_profile.as_deref(), Some("default"));
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, cm["data"]["policy.toml"].as_str().unwrap()).unwrap();
     let p = egress_agent::policy::Policy::load(&policy).expect("policy.toml");
@@ -200,11 +242,17 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
             .unwrap_or_else(|| panic!("no mount at {path}"))
     };
     assert_eq!(mount("/sys/fs/bpf")["mountPropagation"], "Bidirectional");
+    assert!(
+        mounts.iter().all(|m| m["name"] != "crictl"),
+        "crictl is gone: {mounts:?}"
+    );
     for path in [
         "/sys/fs/cgroup",
         "/run/containerd/containerd.sock",
         "/var/lib/egress-agent",
         "/var/log/egress-agent",
+        // The control socket and records, on the node: the wrapper calls it from there.
+        "/run/egress-agent",
     ] {
         let name = mount(path)["name"].as_str().unwrap();
         let vol = spec["volumes"]
@@ -215,4 +263,49 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
             .unwrap();
         assert_eq!(vol["hostPath"]["path"], path, "{name}");
     }
+}
+
+/// The RuntimeClass names the containerd handler of the snippet; the handler runs the wrapper
+/// the DaemonSet's init container installs, passes the profile annotation, and is a runc v2
+/// handler.
+#[test]
+fn runtimeclass_containerd_handler_and_installed_wrapper_agree() {
+    let Some((_, python)) = tools() else {
+        return;
+    };
+    let rc = documents_of(&python, &packaging("runtimeclass.yaml"));
+    assert_eq!(rc.len(), 1);
+    assert_eq!(rc[0]["kind"], "RuntimeClass");
+    let handler = rc[0]["handler"].as_str().unwrap();
+    let ctd = toml_of(&python, &packaging("containerd-egress.toml"));
+    let h = &ctd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"][handler];
+    assert_eq!(h["runtime_type"], "io.containerd.runc.v2", "{ctd}");
+    assert_eq!(
+        h["pod_annotations"],
+        serde_json::json!(["egress-agent.io/*"])
+    );
+    let binary = h["options"]["BinaryName"].as_str().unwrap();
+    assert_eq!(
+        Path::new(binary).file_name().unwrap(),
+        egress_agent::oci::wrapper::WRAPPER_NAME
+    );
+    let docs = documents(&python);
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let spec = &ds["spec"]["template"]["spec"];
+    let init = &spec["initContainers"][0];
+    let script = init["command"][2].as_str().unwrap();
+    assert!(
+        script.contains("ln -sfn egress-agent /host-bin/egress-agent-runc"),
+        "{script}"
+    );
+    let vol = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == init["volumeMounts"][0]["name"])
+        .unwrap();
+    assert_eq!(
+        Path::new(vol["hostPath"]["path"].as_str().unwrap()).join("egress-agent-runc"),
+        Path::new(binary)
+    );
 }

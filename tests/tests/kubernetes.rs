@@ -309,3 +309,43 @@ fn runtimeclass_containerd_handler_and_installed_wrapper_agree() {
         Path::new(binary)
     );
 }
+
+/// Bad `[kubernetes]` input (the removed `crictl` key, a non-unix endpoint, a zero interval):
+/// one line naming file:line:column, exit 2, before the daemon binds or touches anything.
+#[test]
+fn bad_kubernetes_config_is_one_line_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("egress-k8s-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("daemon.toml");
+    let control = dir.join("control.sock");
+    for (bad, expect) in [
+        ("crictl = \"/usr/bin/crictl\"", "`crictl` was removed"),
+        ("runtime_endpoint = \"tcp://10.0.0.1:1\"", "want unix:///"),
+        ("interval_secs = 0", "at least 1"),
+        ("host_network = \"open\"", "unknown variant"),
+    ] {
+        std::fs::write(
+            &config,
+            format!("policy = \"/nonexistent\"\n[kubernetes]\n{bad}\n"),
+        )
+        .unwrap();
+        let o = Command::new(egress_tests::bin_path("egress-agent"))
+            .arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.contains(&format!("{}:3:", config.display())),
+            "{bad}: {err}"
+        );
+        assert!(err.contains(expect), "{bad}: {err}");
+        assert!(!control.exists(), "{bad}: the daemon bound its socket");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

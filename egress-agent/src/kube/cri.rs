@@ -149,11 +149,9 @@ impl CriClient {
 
     /// The runtime's container event stream, or its refusal (`Unimplemented` on containerd 1.6).
     pub async fn events(&self) -> Result<tonic::Streaming<cri::ContainerEventResponse>, KubeError> {
-        // No call timeout: the stream is meant to stay open.
+        // The channel's timeout bounds the answer's headers; the stream then stays open.
         let mut c = self.client.clone();
-        let mut req = tonic::Request::new(cri::GetEventsRequest::default());
-        req.set_timeout(Duration::from_secs(365 * 24 * 3600));
-        Ok(c.get_container_events(req)
+        Ok(c.get_container_events(cri::GetEventsRequest::default())
             .await
             .map_err(self.err("GetContainerEvents"))?
             .into_inner())

@@ -72,7 +72,7 @@ pub struct KubeConfig {
     /// Removed (discovery no longer runs crictl): refused with a line that says so.
     #[serde(default, deserialize_with = "removed_crictl")]
     #[allow(dead_code)] // never set: its deserializer always refuses
-    crictl: (),
+    crictl: Removed,
 }
 
 /// hostNetwork pods share the node's network namespace: enforced there (the agent's listeners
@@ -108,7 +108,11 @@ fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn removed_crictl<'de, D: Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+/// A key that is no longer read: present, it is refused.
+#[derive(Debug, Clone, Copy, Default)]
+struct Removed;
+
+fn removed_crictl<'de, D: Deserializer<'de>>(_: D) -> Result<Removed, D::Error> {
     Err(serde::de::Error::custom(
         "`crictl` was removed: discovery speaks the CRI over `runtime_endpoint` itself; delete the key",
     ))

@@ -4,7 +4,7 @@
 //! wrapper, or left gated on purpose); a failure leaves it untracked, so the next pass tries
 //! again (a profile added by a policy reload, a sandbox process that was still starting).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{
     cri::{CriClient, Sandbox},
@@ -224,10 +224,5 @@ impl Discovery {
                 pod: pod.display(),
                 source: Box::new(e),
             })
-    }
-
-    /// Sandbox ids this loop tracks (for tests and status).
-    pub fn tracked(&self) -> BTreeSet<String> {
-        self.tracked.keys().cloned().collect()
     }
 }

@@ -17,7 +17,7 @@ pub enum Decision {
 /// configured exemption annotation, hostNetwork when configured exempt), then the profile:
 /// the pod's annotation, its namespace's configured profile, the default profile.
 pub fn decide(cfg: &KubeConfig, pod: &Sandbox, host_network: bool) -> Decision {
-    if cfg.exempt_namespaces.iter().any(|n| *n == pod.namespace) {
+    if cfg.exempt_namespaces.contains(&pod.namespace) {
         return Decision::Exempt {
             why: format!("namespace {} is exempt", pod.namespace),
         };

@@ -453,6 +453,13 @@ fn annotated_pods_are_enforced_from_their_first_action_through_the_wrapper_and_d
     node.gate = Some(GateGuard(parent));
     node.agent = Some(start_agent(&topo, &config));
     let (ctd, agent) = (node.ctd(), node.agent());
+    // containerd 1.6 has no CRI event stream: discovery says so once and lists.
+    assert!(agent
+        .wait_log(
+            "the runtime has no CRI event stream",
+            Duration::from_secs(5)
+        )
+        .is_some());
     let since = SystemTime::now();
     let mut enforced_ips = Vec::new();
 
@@ -555,6 +562,17 @@ fn annotated_pods_are_enforced_from_their_first_action_through_the_wrapper_and_d
         )
         .expect_err("a pod with an unknown profile started through the wrapper");
     assert!(e.to_string().contains("nope"), "{e}");
+    let refused: Vec<String> = agent
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("refused to adopt"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("pod=default/typo-w") && refused[0].contains("profile=nope"),
+        "{}",
+        refused[0]
+    );
     let c2 = ctd
         .start(&RunSpec::first_instruction("typo-d").annotation(PROFILE, "nope"))
         .unwrap();
@@ -575,7 +593,7 @@ fn annotated_pods_are_enforced_from_their_first_action_through_the_wrapper_and_d
     row(
         "unknown profile",
         "-",
-        "wrapper: pod not started; discovery: stays gated, one log line (pod, profile)",
+        "wrapper: pod not started, one line (pod, profile); discovery: stays gated, one line (pod, profile)",
     );
 
     let direct = direct_from(&fake, &enforced_ips, since);

@@ -644,6 +644,20 @@ fn pods_started_while_the_daemon_is_down_are_gated_then_adopted_and_a_profile_ch
         .unwrap();
     wait_adopted(ctd, &p);
     assert_enforced_now(ctd, &p, "namespace profile");
+    // An exempt pod that ends while the daemon is down: its gate entry must not outlive it.
+    let sys = ctd
+        .start_pod(
+            &RunSpec::first_instruction("sys"),
+            &PodOpts {
+                namespace: Some("kube-system".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    wait_for(ADOPT_TIMEOUT, || {
+        (gate_entries(node.agent()) == 2).then_some(())
+    })
+    .expect("the exempt pod's gate entry");
 
     // A loop in the running pod: the metadata server, the whole time the daemon is down,
     // restarted, and switches the pod's profile.
@@ -664,6 +678,7 @@ fn pods_started_while_the_daemon_is_down_are_gated_then_adopted_and_a_profile_ch
             .unwrap();
         assert_no_network(&ctd.wait_report(&q, REPORT_TIMEOUT), "daemon down");
         assert!(eperm(&probe(ctd, &q, &strs(&allowed()))));
+        ctd.remove(&sys);
         // The operator changes the namespace's profile and the DaemonSet rolls.
         let started = SystemTime::now();
         node.agent = Some(start_agent(&topo, &daemon_config(ctd, &team("strict"))));
@@ -686,6 +701,14 @@ fn pods_started_while_the_daemon_is_down_are_gated_then_adopted_and_a_profile_ch
     assert!(agent
         .wait_log("profile change", Duration::from_secs(1))
         .is_some());
+    // The ended pod's exemption went at the restart; the two pods' adoptions are what is left.
+    assert!(agent
+        .wait_log(
+            "gate entries of cgroups that are gone removed",
+            Duration::from_secs(1)
+        )
+        .is_some());
+    assert_eq!(gate_entries(agent), 2, "{}", status(agent)["gates"]);
     assert_enforced_now(ctd, &q, "adopted after the restart");
     let m = probe(ctd, &p, &["tcp", METADATA]);
     assert!(eperm(&m), "{m}");
@@ -729,7 +752,14 @@ fn churn_count() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200)
 }
-const CHURN_WORKERS: usize = 4;
+/// How many pods are started at once (`EGRESS_K8S_WORKERS`, default 4).
+fn churn_workers() -> usize {
+    std::env::var("EGRESS_K8S_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|w| *w > 0)
+        .unwrap_or(4)
+}
 
 /// The daemon's open descriptors by kind (`socket`, `bpf-map`, `bpf-prog`, `bpf_link`, …).
 fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, usize> {
@@ -783,15 +813,15 @@ fn two_hundred_pods_created_and_deleted_leave_nothing_behind() {
         (fd_kinds(agent.pid()), gate_entries(agent))
     };
     let (fds0, entries0) = settle();
-    let n = churn_count();
+    let (n, workers) = (churn_count(), churn_workers());
     let t = Instant::now();
     let ids = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for w in 0..CHURN_WORKERS {
+        for w in 0..workers {
             let ids = &ids;
             s.spawn(move || {
                 let cri = ctd.connect_cri();
-                for i in (w..n).step_by(CHURN_WORKERS) {
+                for i in (w..n).step_by(workers) {
                     let c = ctd
                         .start_pod_on(&cri, &spec(format!("churn-{i}")), &PodOpts::default())
                         .unwrap_or_else(|e| panic!("pod {i}: {e}\n{}", ctd.diagnostics()));
@@ -818,7 +848,7 @@ fn two_hundred_pods_created_and_deleted_leave_nothing_behind() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("pod"))
         .count();
     eprintln!(
-        "CHURN {n} pods in {:.0} s ({CHURN_WORKERS} at a time): daemon fds {fds0:?} -> {fds1:?}, gate entries {entries0} -> {entries1}; left: {left:?} (pins, locks, records), {pod_cgroups} pod cgroups",
+        "CHURN {n} pods in {:.0} s ({workers} at a time): daemon fds {fds0:?} -> {fds1:?}, gate entries {entries0} -> {entries1}; left: {left:?} (pins, locks, records), {pod_cgroups} pod cgroups",
         took.as_secs_f64()
     );
     assert_eq!(ids.len(), n);

@@ -75,6 +75,25 @@ impl Gated {
         })
     }
 
+    /// Removes the entries of cgroups that no longer exist below the parent: pods that ended
+    /// while no daemon ran (their exemptions, their adoptions). Ids are never reused, so such
+    /// an entry only takes a slot of the map (16384).
+    pub fn prune_gone(&mut self) {
+        let Ok(entries) = self.gate.entries() else {
+            return;
+        };
+        let live = cgroup_ids_below(&self.gate.parent.path);
+        let mut pruned = 0;
+        for (id, _) in entries {
+            if !live.contains(&id) && self.gate.release(id).unwrap_or(false) {
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(parent = %self.gate.parent.path.display(), pruned, "gate entries of cgroups that are gone removed");
+        }
+    }
+
     pub fn arm(&mut self) -> Result<(), BpfError> {
         self.gate.arm()
     }
@@ -143,6 +162,26 @@ fn cgroup_holding(parent: &Path, pid: u32) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The ids (inode numbers) of every cgroup below `parent`, as deep as the gate looks.
+fn cgroup_ids_below(parent: &Path) -> BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut ids = BTreeSet::new();
+    let mut stack = vec![(parent.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.is_dir() {
+                    ids.insert(m.ino());
+                    if depth < 16 {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    ids
 }
 
 /// Every gated parent of the daemon.

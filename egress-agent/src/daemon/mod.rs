@@ -202,6 +202,7 @@ impl Daemon {
                 .map_err(|e| format!("cgroup id {}: {e}", r.attachment.cgroup.id))?;
         }
         for g in gates.parents.iter_mut() {
+            g.prune_gone();
             g.refresh_exempt();
             g.arm()
                 .map_err(|e| format!("gate {}: {e}", g.parent().path.display()))?;

@@ -293,3 +293,32 @@ pub fn warn_unconfigured(configured: &[Gated]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup_holding_a_pid_and_the_ids_below_a_parent() {
+        let root = std::env::temp_dir().join(format!("egress-gates-{}", std::process::id()));
+        let pod =
+            root.join("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podA.slice");
+        let mine = pod.join("cri-containerd-agent.scope");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::create_dir_all(pod.join("cri-containerd-other.scope")).unwrap();
+        std::fs::write(mine.join("cgroup.procs"), "12\n4242\n").unwrap();
+        std::fs::write(pod.join("cri-containerd-other.scope/cgroup.procs"), "7\n").unwrap();
+        let parent = root.join("kubepods.slice");
+        assert_eq!(cgroup_holding(&parent, 4242), Some(mine.clone()));
+        assert_eq!(cgroup_holding(&parent, 424), None);
+        // The parent itself never counts: it is not below the gate.
+        std::fs::write(parent.join("cgroup.procs"), "99\n").unwrap();
+        assert_eq!(cgroup_holding(&parent, 99), None);
+        let ids = cgroup_ids_below(&parent);
+        use std::os::unix::fs::MetadataExt;
+        assert!(ids.contains(&std::fs::metadata(&mine).unwrap().ino()));
+        assert!(!ids.contains(&std::fs::metadata(&parent).unwrap().ino()));
+        assert_eq!(ids.len(), 4);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -101,6 +101,8 @@ pub struct PodOpts {
     pub cgroup_parent: Option<String>,
     /// Container annotations (the kubelet's own; pod annotations come from the [`RunSpec`]).
     pub container_annotations: Vec<(String, String)>,
+    /// RunPodSandbox only, no container: [`Started`] is then the sandbox (pause) itself.
+    pub sandbox_only: bool,
 }
 
 /// A private containerd with the CRI plugin; pods removed and the daemon stopped on drop.
@@ -278,6 +280,19 @@ impl<'t> Containerd<'t> {
         let t0 = SystemTime::now();
         let started = Instant::now();
         let sid = cri.run_pod_sandbox(sandbox.clone(), &handler)?;
+        if opts.sandbox_only {
+            let info = cri.sandbox_info(&sid)?;
+            return Ok(Started {
+                name: spec.name.clone(),
+                id: sid.clone(),
+                sandbox_id: Some(sid),
+                pid: info.pid,
+                cgroup: cgroup_of(info.pid).context("sandbox cgroup")?,
+                t0,
+                start_took: started.elapsed(),
+                ip: None,
+            });
+        }
         let cid = match cri
             .create_container(&sid, container, sandbox)
             .and_then(|cid| cri.start_container(&cid).map(|()| cid))

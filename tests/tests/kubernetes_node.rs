@@ -42,12 +42,20 @@ fn policy() -> String {
 
 /// The runtime wrapper as containerd's `BinaryName` for handler `egress`: the profile comes
 /// from the pod's `egress-agent.io/profile` annotation (passed by `pod_annotations`).
-fn wrapper_script(dir: &Path, control: &Path) -> PathBuf {
-    let script = dir.join("egress-agent-runc");
+/// With `profile`, the handler names it (`egress-agent runtime --profile`, as the installed
+/// `egress-agent-runc.PROFILE` link does).
+fn wrapper_script(dir: &Path, control: &Path, profile: Option<&str>) -> PathBuf {
+    let script = dir.join(format!(
+        "egress-agent-runc{}",
+        profile.map(|p| format!(".{p}")).unwrap_or_default()
+    ));
+    let flag = profile
+        .map(|p| format!("--profile {p} "))
+        .unwrap_or_default();
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nexec '{}' --control '{}' runtime -- \"$@\"\n",
+            "#!/bin/sh\nexec '{}' --control '{}' runtime {flag}-- \"$@\"\n",
             bin_path("egress-agent").display(),
             control.display()
         ),
@@ -58,14 +66,19 @@ fn wrapper_script(dir: &Path, control: &Path) -> PathBuf {
     script
 }
 
-/// containerd with the `egress` handler (the wrapper, talking to `<workdir>/control.sock`).
+/// containerd with the handlers `egress` (the wrapper, talking to `<workdir>/control.sock`) and
+/// `egress-strict` (the same, its profile named by the handler).
 fn containerd(topo: &Topology) -> Containerd<'_> {
     let control = topo.workdir().join("control.sock");
-    let wrapper = wrapper_script(topo.workdir(), &control);
+    let wrapper = wrapper_script(topo.workdir(), &control, None);
+    let strict = wrapper_script(topo.workdir(), &control, Some("strict"));
     Containerd::start_with(
         topo,
         ContainerdOpts {
-            handlers: vec![Handler::wrapper("egress", &wrapper)],
+            handlers: vec![
+                Handler::wrapper("egress", &wrapper),
+                Handler::wrapper("egress-strict", &strict),
+            ],
         },
     )
 }
@@ -631,7 +644,9 @@ fn pods_started_while_the_daemon_is_down_are_gated_then_adopted_and_a_profile_ch
     let _serial = serial();
     let topo = Topology::new("k8s_down");
     let fake = topo.start_fakenet();
-    let team = |p: &str| format!("namespace_profiles = {{ team = \"{p}\" }}\n");
+    let team = |p: &str| {
+        format!("namespace_profiles = {{ team = \"{p}\" }}\ndefault_profile = \"default\"\n")
+    };
     let mut node = Node::new(&topo, &team("default"));
     let since = SystemTime::now();
     let ctd = node.ctd();
@@ -719,7 +734,16 @@ fn pods_started_while_the_daemon_is_down_are_gated_then_adopted_and_a_profile_ch
         all_refused,
     );
     assert!(all_refused, "{outcomes:?}");
-    let direct = direct_from(&fake, &[pod_ip(&p), pod_ip(&q)], since);
+    // A handler that names its profile: default_profile does not override it.
+    let r = ctd
+        .start(&RunSpec::first_instruction("handler-strict").runtime("egress-strict"))
+        .unwrap();
+    agent
+        .wait_log("default_profile does not override it", ADOPT_TIMEOUT)
+        .expect("discovery saw the wrapper's pod");
+    let a = probe(ctd, &r, &strs(&allowed()));
+    assert!(deny_contract(&a), "still strict: {a}");
+    let direct = direct_from(&fake, &[pod_ip(&p), pod_ip(&q), pod_ip(&r)], since);
     assert!(direct.is_empty(), "got out directly: {direct:?}");
     eprintln!(
         "DAEMON DOWN: pod gated (no network); daemon start → pod adopted in {:.0} ms; {} metadata probes in the running pod over restart + profile change, all EPERM",

@@ -165,8 +165,14 @@ impl Discovery {
         };
         let served = daemon.served_profile(cg.id).await;
         match (decide(&self.cfg, pod, inspect.host_network), served) {
-            (Decision::Enforce { profile }, Some(p)) if p == profile => t.served = true,
-            (Decision::Enforce { profile }, _) => {
+            (Decision::Enforce { profile, .. }, Some(p)) if p == profile => t.served = true,
+            // Served (by the runtime wrapper, its handler naming the profile) and only the
+            // default profile says otherwise: left as it is.
+            (Decision::Enforce { fallback: true, .. }, Some(p)) => {
+                tracing::info!(pod = %name, profile = %p, "pod already enforced (runtime wrapper); default_profile does not override it");
+                t.served = true;
+            }
+            (Decision::Enforce { profile, .. }, _) => {
                 self.enforce(daemon, pod, cg, pid, &profile).await?;
                 tracing::info!(
                     pod = %name,
@@ -179,7 +185,8 @@ impl Discovery {
                 t.served = true;
             }
             (d, Some(p)) => {
-                // Enforced already (the runtime wrapper adopted it): enforced stays.
+                // Enforced already (the runtime wrapper adopted it) and nothing explicit says
+                // otherwise (an annotation, a namespace profile): enforced as it is stays.
                 tracing::info!(pod = %name, profile = %p, decision = ?d, "pod already enforced (runtime wrapper); left as it is");
                 t.served = true;
             }

@@ -5,8 +5,10 @@ use super::{cri::Sandbox, HostNetwork, KubeConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Attach the pod's cgroup under this profile.
-    Enforce { profile: String },
+    /// Attach the pod's cgroup under this profile. `fallback`: it is only `default_profile`,
+    /// which never overrides the profile a pod is already served with (a RuntimeClass whose
+    /// handler names its own, `egress-agent-runc.PROFILE`).
+    Enforce { profile: String, fallback: bool },
     /// Exempt the pod's cgroup from the gate (the operator asked for it), saying why.
     Exempt { why: String },
     /// Neither: under a gate the pod has no network; the log says why, once.
@@ -39,16 +41,18 @@ pub fn decide(cfg: &KubeConfig, pod: &Sandbox, host_network: bool) -> Decision {
         .get(&cfg.annotation)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty());
-    let profile = annotated
+    let chosen = annotated
         .or_else(|| {
             cfg.namespace_profiles
                 .get(&pod.namespace)
                 .map(String::as_str)
         })
-        .or(cfg.default_profile.as_deref());
-    match profile {
-        Some(p) => Decision::Enforce {
+        .map(|p| (p, false))
+        .or_else(|| cfg.default_profile.as_deref().map(|p| (p, true)));
+    match chosen {
+        Some((p, fallback)) => Decision::Enforce {
             profile: p.to_string(),
+            fallback,
         },
         None => Decision::Gated {
             why: format!(
@@ -82,7 +86,17 @@ mod tests {
     }
 
     fn enforce(p: &str) -> Decision {
-        Decision::Enforce { profile: p.into() }
+        Decision::Enforce {
+            profile: p.into(),
+            fallback: false,
+        }
+    }
+
+    fn fallback(p: &str) -> Decision {
+        Decision::Enforce {
+            profile: p.into(),
+            fallback: true,
+        }
     }
 
     #[test]
@@ -99,7 +113,10 @@ mod tests {
             Decision::Gated { .. }
         ));
         let c = cfg("default_profile = \"default\"\n");
-        assert_eq!(decide(&c, &pod("other", &[]), false), enforce("default"));
+        assert_eq!(decide(&c, &pod("other", &[]), false), fallback("default"));
+        // An annotation is explicit, the default only a fallback.
+        let web = pod("other", &[("egress-agent.io/profile", "web")]);
+        assert_eq!(decide(&c, &web, false), enforce("web"));
     }
 
     #[test]
@@ -112,10 +129,10 @@ mod tests {
         let ex = pod("team", &[("egress-agent.io/exempt", "true")]);
         assert!(matches!(decide(&c, &ex, false), Decision::Exempt { .. }));
         let not = pod("team", &[("egress-agent.io/exempt", "yes")]);
-        assert_eq!(decide(&c, &not, false), enforce("default"));
+        assert_eq!(decide(&c, &not, false), fallback("default"));
         // Without exempt_annotation configured, no annotation exempts a pod.
         let c = cfg("default_profile = \"default\"\n");
-        assert_eq!(decide(&c, &ex, false), enforce("default"));
+        assert_eq!(decide(&c, &ex, false), fallback("default"));
     }
 
     #[test]

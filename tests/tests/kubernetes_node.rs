@@ -467,12 +467,16 @@ fn annotated_pods_are_enforced_from_their_first_action_through_the_wrapper_and_d
     node.agent = Some(start_agent(&topo, &config));
     let (ctd, agent) = (node.ctd(), node.agent());
     // containerd 1.6 has no CRI event stream: discovery says so once and lists.
-    assert!(agent
-        .wait_log(
-            "the runtime has no CRI event stream",
-            Duration::from_secs(5)
-        )
-        .is_some());
+    let version = ctd.cri().version().unwrap().runtime_version;
+    let said = if version.starts_with("1.6") {
+        "the runtime has no CRI event stream"
+    } else {
+        "following the runtime's container events"
+    };
+    assert!(
+        agent.wait_log(said, Duration::from_secs(5)).is_some(),
+        "containerd {version}: no {said:?}"
+    );
     let since = SystemTime::now();
     let mut enforced_ips = Vec::new();
 

@@ -6,7 +6,9 @@
 //! Copies with a typo'd field or a wrong type must be rejected.
 //!
 //! Also: the ConfigMap's daemon.toml and policy.toml are what the agent
-//! accepts, and the manifest keeps the properties the README promises.
+//! accepts, the manifest keeps the properties the README promises, and the
+//! RuntimeClass, the containerd handler snippet and the DaemonSet's installed
+//! wrapper name one another consistently.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,8 +19,14 @@ use egress_tests::is_ci;
 
 const VENV: &str = "/opt/egress-agent-tools/venv/bin";
 
+fn packaging(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/kubernetes")
+        .join(file)
+}
+
 fn manifest() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/daemonset.yaml")
+    packaging("daemonset.yaml")
 }
 
 /// (validator, python with PyYAML): $EGRESS_K8S_VALIDATE, xtask's venv, PATH.
@@ -94,6 +102,14 @@ fn daemonset_manifest_validates_offline_and_broken_copies_do_not() {
         );
     }
 
+    let o = validate(&validator, &packaging("runtimeclass.yaml"));
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("passed for resource runtimeclass/egress"),
+        "{out}"
+    );
+
     let good = std::fs::read_to_string(manifest()).unwrap();
     let dir = std::env::temp_dir().join(format!("egress-k8s-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -121,14 +137,32 @@ fn daemonset_manifest_validates_offline_and_broken_copies_do_not() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The manifest as JSON documents (PyYAML, which kubernetes-validate needs anyway).
-fn documents(python: &Path) -> Vec<serde_json::Value> {
+/// A manifest as JSON documents (PyYAML, which kubernetes-validate needs anyway).
+fn documents_of(python: &Path, file: &Path) -> Vec<serde_json::Value> {
     let o = Command::new(python)
         .args([
             "-c",
             "import json,sys,yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
         ])
-        .arg(manifest())
+        .arg(file)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn documents(python: &Path) -> Vec<serde_json::Value> {
+    documents_of(python, &manifest())
+}
+
+/// A TOML file as JSON (Python's tomllib).
+fn toml_of(python: &Path, file: &Path) -> serde_json::Value {
+    let o = Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,tomllib; print(json.dumps(tomllib.load(open(sys.argv[1],'rb'))))",
+        ])
+        .arg(file)
         .output()
         .expect("python3");
     assert!(o.status.success(), "{}", text(&o));
@@ -154,6 +188,14 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
     let cfg = egress_agent::service::load_config(&daemon_toml).expect("daemon.toml");
     let k = cfg.kubernetes.expect("[kubernetes] section");
     assert_eq!(k.annotation, "egress-agent.io/profile");
+    // Fail closed: the kubepods parent gated; the agent's own namespace exempt.
+    assert_eq!(
+        cfg.gate[0].cgroup,
+        Path::new("/sys/fs/cgroup/kubepods.slice")
+    );
+    assert!(k.exempt_namespaces.iter().any(|n| n == "egress-agent"));
+    assert_eq!(k.host_network, egress_agent::kube::HostNetwork::Enforce);
+    assert_eq!(k.default_profile.as_deref(), Some("default"));
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, cm["data"]["policy.toml"].as_str().unwrap()).unwrap();
     let p = egress_agent::policy::Policy::load(&policy).expect("policy.toml");
@@ -200,11 +242,17 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
             .unwrap_or_else(|| panic!("no mount at {path}"))
     };
     assert_eq!(mount("/sys/fs/bpf")["mountPropagation"], "Bidirectional");
+    assert!(
+        mounts.iter().all(|m| m["name"] != "crictl"),
+        "crictl is gone: {mounts:?}"
+    );
     for path in [
         "/sys/fs/cgroup",
         "/run/containerd/containerd.sock",
         "/var/lib/egress-agent",
         "/var/log/egress-agent",
+        // The control socket and records, on the node: the wrapper calls it from there.
+        "/run/egress-agent",
     ] {
         let name = mount(path)["name"].as_str().unwrap();
         let vol = spec["volumes"]
@@ -217,124 +265,87 @@ fn configmap_files_are_accepted_by_the_agent_and_the_daemonset_keeps_its_promise
     }
 }
 
-/// The daemon's `[kubernetes]` reconcile loop end to end, without a cluster: a
-/// stand-in `crictl` reports one pod whose sandbox is a real process (in its own
-/// pid namespace, in the container's network namespace, in a pod-shaped cgroup
-/// `kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`). While the pod
-/// carries the annotation, a process in another container cgroup of the same
-/// pod is enforced; once the pod is gone from crictl's list, it is not.
+/// The RuntimeClass names the containerd handler of the snippet; the handler runs the wrapper
+/// the DaemonSet's init container installs, passes the profile annotation, and is a runc v2
+/// handler.
 #[test]
-fn annotated_pod_is_enforced_then_released_by_the_reconcile_loop() {
-    if !egress_tests::require_root() {
+fn runtimeclass_containerd_handler_and_installed_wrapper_agree() {
+    let Some((_, python)) = tools() else {
         return;
-    }
-    use egress_tests::{
-        addrs::METADATA,
-        agent::{test_policy, Agent},
-        topology::{run_probe_in, Topology},
     };
-    use std::time::{Duration, Instant};
-
-    let topo = Topology::new("kube_reconcile");
-    let _net = topo.start_fakenet();
-    let uid = "0b6a4e2c-9d1f-4c3a-8e7b-2f5d6c1a9e03";
-    let pod = topo.ctr_cgroup_path().join(format!(
-        "kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    ));
-    let sandbox = pod.join("cri-containerd-5f0a8c1e.scope");
-    let app = pod.join("cri-containerd-app.scope");
-    for d in [&sandbox, &app] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    // The sandbox ("pause") process: its own pid namespace, the container's netns.
-    let mut holder = topo
-        .ctr_command("unshare")
-        .args(["--pid", "--fork", "--kill-child", "sleep", "600"])
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let pid: u32 = loop {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id()))
-            .unwrap_or_default();
-        if let Some(p) = children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-        {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sandbox process did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // Only the sandbox process in the sandbox cgroup (its unshare parent is in
-    // the host's pid namespace and stays in the topology's cgroup).
-    std::fs::write(sandbox.join("cgroup.procs"), pid.to_string()).unwrap();
-
-    let gone = topo.workdir().join("pod-gone");
-    let crictl = topo.workdir().join("crictl");
-    std::fs::write(
-        &crictl,
-        format!(
-            r#"#!/bin/sh
-# Stand-in for crictl: one annotated pod until {gone} exists.
-while [ "$1" = "--runtime-endpoint" ]; do shift 2; done
-case "$1" in
-  pods)
-    if [ -e {gone} ]; then echo '{{"items": []}}'; exit 0; fi
-    echo '{{"items": [{{"id": "p1", "metadata": {{"name": "agent-0", "namespace": "sandboxes", "uid": "{uid}"}}, "state": "SANDBOX_READY", "annotations": {{"egress-agent.io/profile": "default"}}}}]}}' ;;
-  inspectp)
-    echo '{{"status": {{"id": "p1", "metadata": {{"name": "agent-0", "namespace": "sandboxes", "uid": "{uid}"}}, "state": "SANDBOX_READY", "annotations": {{}}}}, "info": {{"pid": {pid}}}}}' ;;
-  *) exit 1 ;;
-esac
-"#,
-            gone = gone.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&crictl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-
-    let metadata = format!("{METADATA}:80");
-    let probe = || run_probe_in(&topo, &app, &["--timeout-ms", "2000", "tcp", &metadata]);
-    let before = probe();
+    let rc = documents_of(&python, &packaging("runtimeclass.yaml"));
+    assert_eq!(rc.len(), 1);
+    assert_eq!(rc[0]["kind"], "RuntimeClass");
+    let handler = rc[0]["handler"].as_str().unwrap();
+    let ctd = toml_of(&python, &packaging("containerd-egress.toml"));
+    let h = &ctd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"][handler];
+    assert_eq!(h["runtime_type"], "io.containerd.runc.v2", "{ctd}");
     assert_eq!(
-        before["ok"], true,
-        "the pod reaches the metadata server without the agent: {before}"
+        h["pod_annotations"],
+        serde_json::json!(["egress-agent.io/*"])
     );
-
-    let kube = format!("[kubernetes]\ncrictl = {:?}\ninterval_secs = 1\n", crictl);
-    let agent = Agent::daemon_with_config(&topo, &test_policy(&[]), &kube, vec![pod.clone()]);
-    let wait_for = |want_eperm: bool| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let v = probe();
-            if (v["errno"].as_i64() == Some(1)) == want_eperm {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pod enforcement never became {want_eperm}: {v}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    };
-    wait_for(true);
-    let status = agent.cli().args(["status", "--json"]).output().unwrap();
+    let binary = h["options"]["BinaryName"].as_str().unwrap();
+    assert_eq!(
+        Path::new(binary).file_name().unwrap(),
+        egress_agent::oci::wrapper::WRAPPER_NAME
+    );
+    let docs = documents(&python);
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let spec = &ds["spec"]["template"]["spec"];
+    let init = &spec["initContainers"][0];
+    let script = init["command"][2].as_str().unwrap();
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("kubepods-besteffort-pod"),
-        "{status:?}"
+        script.contains("ln -sfn egress-agent /host-bin/egress-agent-runc"),
+        "{script}"
     );
-
-    std::fs::write(&gone, "").unwrap();
-    let after = wait_for(false);
+    let vol = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == init["volumeMounts"][0]["name"])
+        .unwrap();
     assert_eq!(
-        after["ok"], true,
-        "released pod reaches the server again: {after}"
+        Path::new(vol["hostPath"]["path"].as_str().unwrap()).join("egress-agent-runc"),
+        Path::new(binary)
     );
-    drop(agent);
-    let _ = holder.kill();
-    let _ = holder.wait();
+}
+
+/// Bad `[kubernetes]` input (the removed `crictl` key, a non-unix endpoint, a zero interval):
+/// one line naming file:line:column, exit 2, before the daemon binds or touches anything.
+#[test]
+fn bad_kubernetes_config_is_one_line_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("egress-k8s-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("daemon.toml");
+    let control = dir.join("control.sock");
+    for (bad, expect) in [
+        ("crictl = \"/usr/bin/crictl\"", "`crictl` was removed"),
+        ("runtime_endpoint = \"tcp://10.0.0.1:1\"", "want unix:///"),
+        ("interval_secs = 0", "at least 1"),
+        ("host_network = \"open\"", "unknown variant"),
+    ] {
+        std::fs::write(
+            &config,
+            format!("policy = \"/nonexistent\"\n[kubernetes]\n{bad}\n"),
+        )
+        .unwrap();
+        let o = Command::new(egress_tests::bin_path("egress-agent"))
+            .arg("--control")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.contains(&format!("{}:3:", config.display())),
+            "{bad}: {err}"
+        );
+        assert!(err.contains(expect), "{bad}: {err}");
+        assert!(!control.exists(), "{bad}: the daemon bound its socket");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

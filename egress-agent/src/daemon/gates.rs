@@ -8,7 +8,10 @@
 //! exempt = ["infra"]          # below the parent (or absolute); exempted when it appears
 //! ```
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -72,6 +75,25 @@ impl Gated {
         })
     }
 
+    /// Removes the entries of cgroups that no longer exist below the parent: pods that ended
+    /// while no daemon ran (their exemptions, their adoptions). Ids are never reused, so such
+    /// an entry only takes a slot of the map (16384).
+    pub fn prune_gone(&mut self) {
+        let Ok(entries) = self.gate.entries() else {
+            return;
+        };
+        let live = cgroup_ids_below(&self.gate.parent.path);
+        let mut pruned = 0;
+        for (id, _) in entries {
+            if !live.contains(&id) && self.gate.release(id).unwrap_or(false) {
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(parent = %self.gate.parent.path.display(), pruned, "gate entries of cgroups that are gone removed");
+        }
+    }
+
     pub fn arm(&mut self) -> Result<(), BpfError> {
         self.gate.arm()
     }
@@ -120,6 +142,48 @@ impl Gated {
     }
 }
 
+/// The cgroup below `parent` that holds process `pid` (bounded walk): how the daemon finds its
+/// own cgroup when it runs in a pod, where a private cgroup namespace makes `/proc/self/cgroup`
+/// read `0::/` (with `hostPID`, `cgroup.procs` lists host pids).
+fn cgroup_holding(parent: &Path, pid: u32) -> Option<PathBuf> {
+    let pid = pid.to_string();
+    let mut stack = vec![(parent.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if depth > 0 && procs.lines().any(|l| l.trim() == pid) {
+            return Some(dir);
+        }
+        if depth < 6 {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The ids (inode numbers) of every cgroup below `parent`, as deep as the gate looks.
+fn cgroup_ids_below(parent: &Path) -> BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut ids = BTreeSet::new();
+    let mut stack = vec![(parent.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.is_dir() {
+                    ids.insert(m.ino());
+                    if depth < 16 {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
 /// Every gated parent of the daemon.
 #[derive(Default)]
 pub struct Gates {
@@ -148,6 +212,47 @@ impl Gates {
         if let Some(g) = self.covering(cg) {
             if let Err(e) = g.gate.release(cg.id) {
                 tracing::error!(cgroup_id = cg.id, error = %e, "releasing from the gate");
+            }
+        }
+    }
+
+    /// Exempts the daemon's own cgroup if a gate covers it (the DaemonSet's pod is below the
+    /// kubepods parent): its listeners' sockets and upstream dials are its own, and a gate
+    /// would refuse them. Before anything is restored or attached.
+    pub fn exempt_self(&mut self) {
+        let me = std::process::id();
+        for g in self.parents.iter_mut() {
+            let Some(dir) = cgroup_holding(&g.gate.parent.path, me) else {
+                continue;
+            };
+            match Cgroup::open(&dir).map(|cg| (g.gate.exempt(cg.id), cg)) {
+                Ok((Ok(()), cg)) => {
+                    tracing::info!(cgroup = %cg.path.display(), cgroup_id = cg.id, "the daemon's own cgroup is below the gate: exempt")
+                }
+                Ok((Err(e), _)) => {
+                    tracing::error!(cgroup = %dir.display(), error = %e, "exempting the daemon's own cgroup")
+                }
+                Err(e) => {
+                    tracing::error!(cgroup = %dir.display(), error = %e, "exempting the daemon's own cgroup")
+                }
+            }
+        }
+    }
+
+    /// Exempts `cg` (a pod the operator exempted) in the gate covering it: false if none does.
+    /// Not one of the configured `exempt` paths, so [`Gated::refresh_exempt`] leaves it alone.
+    pub fn exempt(&mut self, cg: &Cgroup) -> Result<bool, BpfError> {
+        match self.covering(cg) {
+            Some(g) => g.gate.exempt(cg.id).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Removes the entry of cgroup `id` (an exemption whose pod ended) from every gate.
+    pub fn unexempt(&mut self, id: u64) {
+        for g in self.parents.iter_mut() {
+            if let Err(e) = g.gate.release(id) {
+                tracing::error!(cgroup_id = id, error = %e, "removing an exemption from the gate");
             }
         }
     }
@@ -186,5 +291,34 @@ pub fn warn_unconfigured(configured: &[Gated]) {
                 "a gate pinned by an earlier daemon is not in daemon.toml: it stays in force; remove it with `egress-agent gate remove --cgroup PATH`"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup_holding_a_pid_and_the_ids_below_a_parent() {
+        let root = std::env::temp_dir().join(format!("egress-gates-{}", std::process::id()));
+        let pod =
+            root.join("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podA.slice");
+        let mine = pod.join("cri-containerd-agent.scope");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::create_dir_all(pod.join("cri-containerd-other.scope")).unwrap();
+        std::fs::write(mine.join("cgroup.procs"), "12\n4242\n").unwrap();
+        std::fs::write(pod.join("cri-containerd-other.scope/cgroup.procs"), "7\n").unwrap();
+        let parent = root.join("kubepods.slice");
+        assert_eq!(cgroup_holding(&parent, 4242), Some(mine.clone()));
+        assert_eq!(cgroup_holding(&parent, 424), None);
+        // The parent itself never counts: it is not below the gate.
+        std::fs::write(parent.join("cgroup.procs"), "99\n").unwrap();
+        assert_eq!(cgroup_holding(&parent, 99), None);
+        let ids = cgroup_ids_below(&parent);
+        use std::os::unix::fs::MetadataExt;
+        assert!(ids.contains(&std::fs::metadata(&mine).unwrap().ino()));
+        assert!(!ids.contains(&std::fs::metadata(&parent).unwrap().ino()));
+        assert_eq!(ids.len(), 4);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -6,6 +6,7 @@
 //! changes nothing. The command that runs it is [`crate::service`].
 
 pub mod gates;
+mod pods;
 pub mod state;
 mod watch;
 
@@ -124,6 +125,9 @@ pub struct AdoptRequest {
     /// The runtime's container id, for the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// A Kubernetes pod's `namespace/name` (the CRI's sandbox annotations), for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
 }
 
 /// The running daemon: the shared agent state, its attachments by cgroup id, its gates.
@@ -180,7 +184,9 @@ impl Daemon {
             loaded.push(g);
         }
         gates::warn_unconfigured(&loaded);
-        self.gates().parents = loaded;
+        let mut gates = self.gates();
+        gates.parents = loaded;
+        gates.exempt_self();
         Ok(())
     }
 
@@ -196,6 +202,7 @@ impl Daemon {
                 .map_err(|e| format!("cgroup id {}: {e}", r.attachment.cgroup.id))?;
         }
         for g in gates.parents.iter_mut() {
+            g.prune_gone();
             g.refresh_exempt();
             g.arm()
                 .map_err(|e| format!("gate {}: {e}", g.parent().path.display()))?;
@@ -278,6 +285,20 @@ impl Daemon {
     /// attachment; a different profile on an adopted container is a profile change, made
     /// without ever leaving it unenforced.
     pub async fn adopt(&self, req: AdoptRequest) -> Result<serde_json::Value, DaemonError> {
+        let (container, pod, profile) = (
+            req.container.clone().unwrap_or_default(),
+            req.pod_name.clone().unwrap_or_default(),
+            req.profile.clone(),
+        );
+        let res = self.adopt_checked(req).await;
+        if let Err(e) = &res {
+            // The hook's caller (a runtime) may not show its message to anyone: say it here too.
+            tracing::error!(container = %container, pod = %pod, profile = %profile, error = %e, "refused to adopt: the container does not start");
+        }
+        res
+    }
+
+    async fn adopt_checked(&self, req: AdoptRequest) -> Result<serde_json::Value, DaemonError> {
         let started = std::time::Instant::now();
         let own = cgroup_of_pid(req.pid)?;
         if let Some(cp) = &req.cgroups_path {
@@ -316,6 +337,7 @@ impl Daemon {
             .await?;
         tracing::info!(
             container = req.container.as_deref().unwrap_or(""),
+            pod = req.pod_name.as_deref().unwrap_or(""),
             pid = req.pid,
             cgroup_id = v["cgroup_id"].as_u64().unwrap_or(0),
             profile = v["profile"].as_str().unwrap_or(""),

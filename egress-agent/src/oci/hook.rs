@@ -123,5 +123,6 @@ fn adopt_request(state: &State, args: &HookArgs) -> Result<Option<AdoptRequest>>
         pod_uid,
         trusts_ca: args.trust_ca || annotation(TRUST_ANNOTATION).is_some_and(|v| v == "true"),
         container: Some(state.id.clone()),
+        pod_name: super::pod_name(&all),
     }))
 }

@@ -96,6 +96,17 @@ pub fn pod_role(a: &BTreeMap<String, String>) -> PodRole {
     }
 }
 
+/// A Kubernetes pod's `namespace/name` from the CRI's annotations (containerd's and CRI-O's).
+pub fn pod_name(a: &BTreeMap<String, String>) -> Option<String> {
+    let get = |keys: [&str; 2]| keys.iter().find_map(|k| a.get(*k));
+    let ns = get([
+        "io.kubernetes.cri.sandbox-namespace",
+        "io.kubernetes.pod.namespace",
+    ])?;
+    let name = get(["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"])?;
+    Some(format!("{ns}/{name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +129,9 @@ mod tests {
             "container".into(),
         );
         assert_eq!(pod_role(&b), PodRole::Container);
+        assert_eq!(pod_name(&a), None);
+        a.insert("io.kubernetes.cri.sandbox-namespace".into(), "team".into());
+        a.insert("io.kubernetes.cri.sandbox-name".into(), "web-0".into());
+        assert_eq!(pod_name(&a).as_deref(), Some("team/web-0"));
     }
 }

@@ -101,6 +101,8 @@ pub struct PodOpts {
     pub cgroup_parent: Option<String>,
     /// Container annotations (the kubelet's own; pod annotations come from the [`RunSpec`]).
     pub container_annotations: Vec<(String, String)>,
+    /// RunPodSandbox only, no container: [`Started`] is then the sandbox (pause) itself.
+    pub sandbox_only: bool,
 }
 
 /// A private containerd with the CRI plugin; pods removed and the daemon stopped on drop.
@@ -241,6 +243,21 @@ impl<'t> Containerd<'t> {
     /// Starts a pod the kubelet's way; `spec.annotations` are the pod's, `spec.runtime` the
     /// RuntimeClass handler, `spec.net`: `Test` = CNI, `Node` = hostNetwork.
     pub fn start_pod(&self, spec: &RunSpec, opts: &PodOpts) -> anyhow::Result<Started> {
+        self.start_pod_on(&self.cri, spec, opts)
+    }
+
+    /// Another CRI client on the same socket: one per thread for pods started in parallel.
+    pub fn connect_cri(&self) -> CriClient {
+        CriClient::connect(&self.socket(), Duration::from_secs(10)).expect("CRI client")
+    }
+
+    /// [`Containerd::start_pod`] through `cri` (a client of this containerd).
+    pub fn start_pod_on(
+        &self,
+        cri: &CriClient,
+        spec: &RunSpec,
+        opts: &PodOpts,
+    ) -> anyhow::Result<Started> {
         anyhow::ensure!(
             spec.net != Net::None,
             "a CRI pod always has a network: use Net::Test (CNI) or Net::Node (hostNetwork)"
@@ -262,22 +279,33 @@ impl<'t> Containerd<'t> {
         let handler = spec.runtime.clone().unwrap_or_default();
         let t0 = SystemTime::now();
         let started = Instant::now();
-        let sid = self.cri.run_pod_sandbox(sandbox.clone(), &handler)?;
-        let cid = match self
-            .cri
+        let sid = cri.run_pod_sandbox(sandbox.clone(), &handler)?;
+        if opts.sandbox_only {
+            let info = cri.sandbox_info(&sid)?;
+            return Ok(Started {
+                name: spec.name.clone(),
+                id: sid.clone(),
+                sandbox_id: Some(sid),
+                pid: info.pid,
+                cgroup: cgroup_of(info.pid).context("sandbox cgroup")?,
+                t0,
+                start_took: started.elapsed(),
+                ip: None,
+            });
+        }
+        let cid = match cri
             .create_container(&sid, container, sandbox)
-            .and_then(|cid| self.cri.start_container(&cid).map(|()| cid))
+            .and_then(|cid| cri.start_container(&cid).map(|()| cid))
         {
             Ok(cid) => cid,
             Err(e) => {
-                self.remove_sandbox(&sid);
+                self.remove_sandbox_on(cri, &sid);
                 return Err(e);
             }
         };
         let start_took = started.elapsed();
-        let info = self.cri.container_info(&cid)?;
-        let ip = self
-            .cri
+        let info = cri.container_info(&cid)?;
+        let ip = cri
             .pod_sandbox_status(&sid, false)?
             .status
             .and_then(|s| s.network)
@@ -343,12 +371,33 @@ impl<'t> Containerd<'t> {
     }
 
     fn remove_sandbox(&self, sid: &str) {
-        if let Err(e) = self
-            .cri
+        self.remove_sandbox_on(&self.cri, sid)
+    }
+
+    /// StopPodSandbox, RemovePodSandbox, then the pod-level cgroup (`<parent>/pod<uid>`), as the
+    /// kubelet removes it once the pod's containers are gone (runc removes only its own leaf).
+    pub fn remove_sandbox_on(&self, cri: &CriClient, sid: &str) {
+        let uid = cri
+            .pod_sandbox_status(sid, false)
+            .ok()
+            .and_then(|s| s.status)
+            .and_then(|s| s.metadata)
+            .map(|m| m.uid);
+        if let Err(e) = cri
             .stop_pod_sandbox(sid)
-            .and_then(|()| self.cri.remove_pod_sandbox(sid))
+            .and_then(|()| cri.remove_pod_sandbox(sid))
         {
             eprintln!("egress-tests: removing pod {sid}: {e}");
+        }
+        if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+            remove_empty_cgroup(&self.scratch.cgroup_parent_path().join(format!("pod{uid}")));
+        }
+    }
+
+    /// [`Runtime::remove`] through `cri`.
+    pub fn remove_on(&self, cri: &CriClient, c: &Started) {
+        if let Some(sid) = &c.sandbox_id {
+            self.remove_sandbox_on(cri, sid);
         }
     }
 
@@ -367,6 +416,20 @@ impl<'t> Containerd<'t> {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// rmdir of a cgroup whose last process just exited (EBUSY for a moment); absent is fine.
+fn remove_empty_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(dir) {
+        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("egress-tests: rmdir {}: {e}", dir.display());
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

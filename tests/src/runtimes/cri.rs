@@ -274,6 +274,28 @@ impl CriClient {
         })
     }
 
+    /// `ExecSync` in a running container (what `kubectl exec` ends as): exit code and stdout.
+    pub fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<(i32, String)> {
+        let mut c = self.runtime.clone();
+        let req = ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout.as_secs().max(1) as i64,
+        };
+        self.rt
+            .block_on(c.exec_sync(req))
+            .map(|r| {
+                let r = r.into_inner();
+                (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+            })
+            .map_err(status_err("ExecSync"))
+    }
+
     /// `ImageStatus`: the image if the runtime has it.
     pub fn image_status(&self, image: &str) -> anyhow::Result<Option<Image>> {
         let mut c = self.image.clone();

@@ -28,6 +28,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     pub resolver: ArcSwap<Resolver>,
     pub audit: Audit,
+    /// Decisions pending for an operator (`mode = "ask"` profiles).
+    pub asks: crate::ask::Asks,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
             policy: ArcSwap::from_pointee(policy),
             resolver: ArcSwap::from_pointee(resolver),
             audit,
+            asks: crate::ask::Asks::default(),
         }))
     }
 

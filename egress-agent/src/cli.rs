@@ -104,6 +104,16 @@ pub enum Cmd {
     /// Gated parents (`[[gate]]` in daemon.toml): `list` the pinned gates, `remove` one.
     #[command(subcommand)]
     Gate(GateCmd),
+    /// Ask mode: the decisions waiting for an operator (JSON lines), or with --follow each
+    /// one as it comes and goes.
+    Pending {
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Ask mode: allow a pending decision (default --once).
+    Approve(ApproveArgs),
+    /// Ask mode: deny a pending decision (the normal denial, its reason naming you).
+    Deny { id: u64 },
     /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
@@ -112,6 +122,34 @@ pub enum Cmd {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+#[group(id = "scope", multiple = false)]
+pub struct ApproveArgs {
+    pub id: u64,
+    /// Only what is held now (a DNS question and the connection that follows it).
+    #[arg(long, group = "scope")]
+    pub once: bool,
+    /// The rule, for the rest of this agent's life, for that profile.
+    #[arg(long, group = "scope")]
+    pub session: bool,
+    /// Write the rule into the policy file (with a comment: who, when), re-validated and
+    /// reloaded; if the file would not validate, nothing changes (exit 2).
+    #[arg(long, group = "scope")]
+    pub save: bool,
+}
+
+impl ApproveArgs {
+    fn scope(&self) -> &'static str {
+        if self.save {
+            "save"
+        } else if self.session {
+            "session"
+        } else {
+            "once"
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +267,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Decisions { limit, cgroup_id } => decisions(&sock, limit, cgroup_id),
+        Cmd::Pending { follow } => pending(&sock, follow),
+        Cmd::Approve(a) => decide(&sock, a.id, "approve", Some(a.scope())),
+        Cmd::Deny { id } => decide(&sock, id, "deny", None),
         Cmd::Completions { shell } => completions(shell),
         Cmd::OciHook(args) => crate::oci::hook::run(&args, &sock),
         Cmd::Runtime(args) => crate::oci::wrapper::run(&args, cli.control.as_deref()),
@@ -369,6 +410,51 @@ fn decisions(sock: &Path, limit: usize, cgroup_id: Option<u64>) -> Result<ExitCo
     let v: serde_json::Value = serde_json::from_str(&get(sock, &uri)?)?;
     for r in v.as_array().into_iter().flatten() {
         println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pending(sock: &Path, follow: bool) -> Result<ExitCode> {
+    require_daemon(sock, "pending")?;
+    if !follow {
+        let v: serde_json::Value = serde_json::from_str(&get(sock, "/v1/pending")?)?;
+        for p in v.as_array().into_iter().flatten() {
+            println!("{p}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    use std::io::Write;
+    runtime()?.block_on(crate::control::follow(
+        sock,
+        "/v1/pending?follow=1",
+        |line| {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+        },
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `approve ID [--once|--session|--save]` and `deny ID`, as the invoking user.
+fn decide(sock: &Path, id: u64, action: &str, scope: Option<&str>) -> Result<ExitCode> {
+    require_daemon(sock, action)?;
+    let by = crate::ask::operator();
+    let mut body = serde_json::json!({ "by": by });
+    if let Some(s) = scope {
+        body["scope"] = s.into();
+    }
+    let v = post_json(sock, &format!("/v1/pending/{id}/{action}"), body)?;
+    match scope {
+        Some(s) => println!(
+            "approved {id} ({s}): {} for profile {}{}",
+            v["rule"].as_str().unwrap_or("?"),
+            v["profile"].as_str().unwrap_or("?"),
+            v["policy"]
+                .as_str()
+                .map(|p| format!(", saved; policy {p}"))
+                .unwrap_or_default()
+        ),
+        None => println!("denied {id}: {}", v["denied"].as_str().unwrap_or("?")),
     }
     Ok(ExitCode::SUCCESS)
 }

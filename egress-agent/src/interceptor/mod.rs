@@ -120,12 +120,83 @@ async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
     };
     let inspect = match s.decide(&policy, &wanted) {
         Ok(inspect) => inspect,
-        Err(r) => return Box::pin(s.refuse(&policy, r)).await,
+        Err(r) => match Box::pin(held(&mut s, &policy, &wanted, r)).await {
+            Ok(()) => false,
+            Err(r) => return Box::pin(s.refuse(&policy, r)).await,
+        },
     };
     Box::pin(hand_off(s, policy, peeked, wanted, inspect)).await;
 }
 
 const DNS_PORT: u16 = 53;
+
+/// Ask mode: a connection the policy denies by name, port or protocol waits for an
+/// operator's decision (see [`crate::ask`]). `Ok`: approved, served as passthrough. `Err`:
+/// the same refusal as without ask mode, its reason saying what became of the question.
+async fn held(
+    s: &mut Session,
+    policy: &Policy,
+    wanted: &Wanted,
+    r: Refusal,
+) -> Result<(), Refusal> {
+    use crate::deny::DenyCode;
+    let Some(timeout) = policy.ask_timeout(&s.att.profile) else {
+        return Err(r);
+    };
+    if !matches!(
+        r.code,
+        DenyCode::HostNotAllowed | DenyCode::PortNotAllowed | DenyCode::ProtocolNotAllowed
+    ) {
+        return Err(r);
+    }
+    let want = crate::ask::Want {
+        profile: s.att.profile.clone(),
+        name: wanted.name.clone(),
+        port: Some(wanted.port),
+        protocol: Some(wanted.protocol),
+        cgroup_id: s.att.cgroup.id,
+        comm: s.rec.comm.clone(),
+        pid: s.rec.pid,
+    };
+    let asks = &s.att.shared.asks;
+    let outcome = asks.hold(want, timeout, policy.ask_max_pending()).await;
+    s.rec.ask = Some(outcome.label());
+    match (outcome.denial_note(), outcome) {
+        (_, crate::ask::Outcome::Approved { rule, .. }) => {
+            s.rec.rule = Some(rule);
+            Ok(())
+        }
+        (Some(note), _) => {
+            let mut r = r;
+            r.reason = format!("{}; {note}", r.reason);
+            Err(r)
+        }
+        (None, _) => Err(r),
+    }
+}
+
+/// A `local` service's target, dialed by the agent as the entry says (never resolved or
+/// screened: the operator named the address).
+async fn dial_local(
+    l: &crate::policy::LocalService,
+) -> Result<TcpStream, (crate::deny::DenyCode, String)> {
+    let unreachable = |why: String| {
+        (
+            crate::deny::DenyCode::UpstreamUnreachable,
+            format!("local service {l} ({}): {why}", l.rule),
+        )
+    };
+    match tokio::time::timeout(LOCAL_DIAL_TIMEOUT, TcpStream::connect(l.target)).await {
+        Ok(Ok(t)) => {
+            let _ = t.set_nodelay(true);
+            Ok(t)
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("connect timed out".into())),
+    }
+}
+
+const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection whose first bytes named nothing the policy can judge: the status page, a
 /// refusal, or (monitor mode) a pass to the address the client asked for.
@@ -160,14 +231,19 @@ async fn hand_off(
             return inspect_shared(s, policy, wanted, shared).await;
         }
     }
-    let resolver = s.att.shared.resolver.load_full();
-    let dialed = Box::pin(crate::upstream::connect(
-        &resolver,
-        &policy,
-        &wanted.name,
-        wanted.port,
-    ))
-    .await;
+    let dialed = match policy.local_service(&s.att.profile, &wanted.name, wanted.port) {
+        Some(l) => dial_local(l).await,
+        None => {
+            let resolver = s.att.shared.resolver.load_full();
+            Box::pin(crate::upstream::connect(
+                &resolver,
+                &policy,
+                &wanted.name,
+                wanted.port,
+            ))
+            .await
+        }
+    };
     let upstream = match dialed {
         Ok(u) => u,
         Err((code, reason)) => {

@@ -39,6 +39,11 @@ pub fn of(
     policy: &Policy,
 ) -> Result<Wanted, Unnamed> {
     let port = dst.port();
+    if service && matches!(peeked, Peeked::Opaque | Peeked::H2PriorKnowledge) {
+        if let Some(w) = local_by_address(dst, att, policy) {
+            return Ok(w);
+        }
+    }
     match peeked {
         Peeked::Tls(hello) => {
             let Some(sni) = hello.sni.as_deref() else {
@@ -99,6 +104,23 @@ pub fn opaque_could_be_allowed(dst: SocketAddr, att: &Attachment, policy: &Polic
                 Decision::Allow { .. }
             )
         })
+    })
+}
+
+/// Bytes that name nothing (opaque TCP, cleartext HTTP/2) to the agent's service address, on
+/// the port of a `local` service whose name the agent's DNS gave this container: that service.
+fn local_by_address(dst: SocketAddr, att: &Attachment, policy: &Policy) -> Option<Wanted> {
+    let name = att
+        .dns
+        .names_of(dst.ip())
+        .iter()
+        .filter_map(|n| CanonicalName::parse(n).ok())
+        .find(|n| policy.local_service(&att.profile, n, dst.port()).is_some())?;
+    Some(Wanted {
+        name,
+        port: dst.port(),
+        protocol: Protocol::Opaque,
+        reply: Reply::Reset,
     })
 }
 

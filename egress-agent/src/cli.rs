@@ -125,18 +125,17 @@ pub enum Cmd {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "scope", multiple = false)]
 pub struct ApproveArgs {
     pub id: u64,
     /// Only what is held now (a DNS question and the connection that follows it).
-    #[arg(long, group = "scope")]
+    #[arg(long, conflicts_with_all = ["session", "save"])]
     pub once: bool,
     /// The rule, for the rest of this agent's life, for that profile.
-    #[arg(long, group = "scope")]
+    #[arg(long, conflicts_with = "save")]
     pub session: bool,
     /// Write the rule into the policy file (with a comment: who, when), re-validated and
     /// reloaded; if the file would not validate, nothing changes (exit 2).
-    #[arg(long, group = "scope")]
+    #[arg(long)]
     pub save: bool,
 }
 

@@ -418,7 +418,11 @@ async fn asked(
     if !matches!(qtype, RecordType::A | RecordType::AAAA) {
         return (Outcome::NoData, Note::Decided, label);
     }
-    (resolve(&name, qtype, att, policy).await, Note::Decided, label)
+    (
+        resolve(&name, qtype, att, policy).await,
+        Note::Decided,
+        label,
+    )
 }
 
 /// What the policy says of a question, before any lookup.

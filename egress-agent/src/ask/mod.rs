@@ -67,11 +67,23 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Allowed: `rule` names the grant (`ask:once#3 "name:port" by root`).
-    Approved { id: u64, scope: Scope, rule: String },
-    Denied { id: u64, by: String },
-    TimedOut { id: u64, after: Duration },
+    Approved {
+        id: u64,
+        scope: Scope,
+        rule: String,
+    },
+    Denied {
+        id: u64,
+        by: String,
+    },
+    TimedOut {
+        id: u64,
+        after: Duration,
+    },
     /// Too many decisions pending: denied at once.
-    Overflow { max: usize },
+    Overflow {
+        max: usize,
+    },
 }
 
 impl Outcome {
@@ -169,10 +181,19 @@ pub struct Shown {
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
     Pending(Shown),
-    Approved { id: u64, scope: Scope, by: String },
-    Denied { id: u64, by: String },
+    Approved {
+        id: u64,
+        scope: Scope,
+        by: String,
+    },
+    Denied {
+        id: u64,
+        by: String,
+    },
     /// Every waiter gave up (timeout, or the clients went away).
-    Expired { id: u64 },
+    Expired {
+        id: u64,
+    },
 }
 
 type Key = (String, CanonicalName);
@@ -190,8 +211,8 @@ struct Entry {
 struct State {
     pending: HashMap<Key, Entry>,
     ids: HashMap<u64, Key>,
-    /// `--session` grants, per profile.
-    session: HashMap<String, Vec<Pattern>>,
+    /// `--session` grants (with the decision that made each), per profile.
+    session: HashMap<String, Vec<(Pattern, u64)>>,
     /// Decisions only DNS questions waited for: the connection that follows (within
     /// [`TICKET_LIFE`]) is the one the operator decided on.
     tickets: HashMap<Key, (Ticket, Instant)>,
@@ -200,8 +221,8 @@ struct State {
 /// A decision left for the connection that follows an answered DNS question.
 #[derive(Clone)]
 enum Ticket {
-    /// `--once`: that connection, if the rule covers it.
-    Once(Pattern),
+    /// `--once` (decision `id`): that connection, if the rule covers it.
+    Once(Pattern, u64),
     /// `deny`: that connection is denied without asking again.
     Denied { id: u64, by: String },
 }
@@ -271,12 +292,12 @@ impl Asks {
         if let Some(g) = st
             .session
             .get(&want.profile)
-            .and_then(|gs| gs.iter().find(|g| covers(g, want)))
+            .and_then(|gs| gs.iter().find(|(g, _)| covers(g, want)))
         {
             return Joined::Granted(Outcome::Approved {
-                id: 0,
+                id: g.1,
                 scope: Scope::Session,
-                rule: format!("ask:session \"{g}\""),
+                rule: format!("ask:session#{} \"{}\"", g.1, g.0),
             });
         }
         if let Some(o) = take_ticket(&mut st, &key, want) {
@@ -365,12 +386,15 @@ impl Asks {
                 scope: Scope::Session,
                 ..
             } => {
-                st.session.entry(key.0.clone()).or_default().push(grant);
+                st.session
+                    .entry(key.0.clone())
+                    .or_default()
+                    .push((grant, id));
                 None
             }
             Verdict::Approved {
                 scope: Scope::Once, ..
-            } => Some(Ticket::Once(grant)),
+            } => Some(Ticket::Once(grant, id)),
             Verdict::Approved { .. } => None,
             Verdict::Denied { by } => Some(Ticket::Denied { id, by: by.clone() }),
         };
@@ -396,7 +420,9 @@ impl Asks {
     pub fn get(&self, id: u64) -> Option<Shown> {
         let st = self.state();
         let key = st.ids.get(&id)?;
-        st.pending.get(key).map(|e| with_expiry(&e.shown, e.deadline))
+        st.pending
+            .get(key)
+            .map(|e| with_expiry(&e.shown, e.deadline))
     }
 
     /// Every pending decision, oldest first.
@@ -435,12 +461,12 @@ fn take_ticket(st: &mut State, key: &Key, want: &Want) -> Option<Outcome> {
         return None;
     }
     let outcome = match ticket {
-        Ticket::Once(grant) if covers(grant, want) => Outcome::Approved {
-            id: 0,
+        Ticket::Once(grant, id) if covers(grant, want) => Outcome::Approved {
+            id: *id,
             scope: Scope::Once,
             rule: format!("ask:once \"{grant}\" (approved with its DNS question)"),
         },
-        Ticket::Once(_) => return None,
+        Ticket::Once(..) => return None,
         Ticket::Denied { id, by } => Outcome::Denied {
             id: *id,
             by: by.clone(),

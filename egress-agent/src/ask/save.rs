@@ -135,7 +135,11 @@ mod tests {
         assert!(t.contains("# approved by ops\n    \"b.test:8443\""), "{t}");
         assert!(t.contains("# kept"), "{t}");
         let pol = Policy::parse(&t, "t").unwrap();
-        assert!(pol.show().contains("\"a.test\", \"b.test:8443\""), "{}", pol.show());
+        assert!(
+            pol.show().contains("\"a.test\", \"b.test:8443\""),
+            "{}",
+            pol.show()
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub async fn route(
         return match (req.method(), follow) {
             (&Method::GET, true) => stream(shared.clone()),
             (&Method::GET, false) => left(json(200, &serde_json::json!(asks.list()))),
-            _ => left(error(405, format!("method {} not allowed on {path}", req.method()))),
+            _ => left(error(
+                405,
+                format!("method {} not allowed on {path}", req.method()),
+            )),
         };
     }
     let rest = path.trim_start_matches("/v1/pending/");
@@ -66,10 +69,16 @@ pub async fn route(
         return left(error(404, format!("no such endpoint {path}")));
     };
     let Ok(id) = id.parse::<u64>() else {
-        return left(error(400, format!("{id:?} is not a pending decision's id (a number)")));
+        return left(error(
+            400,
+            format!("{id:?} is not a pending decision's id (a number)"),
+        ));
     };
     if req.method() != Method::POST {
-        return left(error(405, format!("method {} not allowed on {path}", req.method())));
+        return left(error(
+            405,
+            format!("method {} not allowed on {path}", req.method()),
+        ));
     }
     let body: ApproveBody = match body_json(req).await {
         Ok(b) => b,
@@ -128,7 +137,9 @@ pub async fn approve_as(
     let s = asks
         .decide(id, Verdict::Approved { scope, by })
         .map_err(|e| (404, e.to_string()))?;
-    Ok(serde_json::json!({"id": s.id, "scope": scope, "rule": s.rule, "profile": s.profile, "policy": policy}))
+    Ok(
+        serde_json::json!({"id": s.id, "scope": scope, "rule": s.rule, "profile": s.profile, "policy": policy}),
+    )
 }
 
 /// Saves are one at a time: each reads the file the previous one wrote.
@@ -149,7 +160,11 @@ async fn save_rule(
         "approved by {by} at {} (egress-agent approve {} --save; asked by {} in cgroup {})",
         crate::record::Record::now(),
         shown.id,
-        if shown.comm.is_empty() { "a DNS question" } else { &shown.comm },
+        if shown.comm.is_empty() {
+            "a DNS question"
+        } else {
+            &shown.comm
+        },
         shown.cgroup_id
     );
     let old = save::save(path, &shown.profile, &shown.rule, &comment).map_err(|e| e.to_string())?;

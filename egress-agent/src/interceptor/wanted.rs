@@ -107,15 +107,22 @@ pub fn opaque_could_be_allowed(dst: SocketAddr, att: &Attachment, policy: &Polic
     })
 }
 
-/// Bytes that name nothing (opaque TCP, cleartext HTTP/2) to the agent's service address, on
-/// the port of a `local` service whose name the agent's DNS gave this container: that service.
+/// Bytes that name nothing (opaque TCP, cleartext HTTP/2) to the agent's service address, from
+/// a container the agent's DNS gave a `local` service's name: that service when the port is
+/// its port; otherwise the name, for the entry's own refusal (`port_not_allowed`).
 fn local_by_address(dst: SocketAddr, att: &Attachment, policy: &Policy) -> Option<Wanted> {
-    let name = att
+    let names: Vec<CanonicalName> = att
         .dns
         .names_of(dst.ip())
         .iter()
         .filter_map(|n| CanonicalName::parse(n).ok())
-        .find(|n| policy.local_service(&att.profile, n, dst.port()).is_some())?;
+        .filter(|n| policy.is_local_name(&att.profile, n))
+        .collect();
+    let name = names
+        .iter()
+        .find(|n| policy.local_service(&att.profile, n, dst.port()).is_some())
+        .or(names.first())?
+        .clone();
     Some(Wanted {
         name,
         port: dst.port(),

@@ -27,7 +27,8 @@ impl fmt::Display for LocalService {
     }
 }
 
-const SHAPE: &str = "expected \"NAME:PORT -> ADDRESS:PORT\", e.g. \"otel-collector:4317 -> 127.0.0.1:4317\"";
+const SHAPE: &str =
+    "expected \"NAME:PORT -> ADDRESS:PORT\", e.g. \"otel-collector:4317 -> 127.0.0.1:4317\"";
 
 /// Parses one entry (without checking it against the profile's other rules).
 pub fn parse(s: &str, rule: RuleRef) -> Result<LocalService, String> {
@@ -94,9 +95,7 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v4) if v4.is_link_local() => {
             Some("link-local addresses (cloud metadata) cannot be local services")
         }
-        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => {
-            Some("not a unicast address")
-        }
+        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => Some("not a unicast address"),
         IpAddr::V6(v6) if v6_link_local(&v6) => {
             Some("link-local addresses (cloud metadata) cannot be local services")
         }

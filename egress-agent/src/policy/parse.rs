@@ -403,8 +403,9 @@ fn ask_of(
                 "ask_timeout applies only with mode = \"ask\" in this profile",
             ))
         }
-        Some(t) => parse_ask_timeout(t.get_ref())
-            .map_err(|e| ctx.err(t.span(), &key("ask_timeout"), e))?,
+        Some(t) => {
+            parse_ask_timeout(t.get_ref()).map_err(|e| ctx.err(t.span(), &key("ask_timeout"), e))?
+        }
     };
     Ok(asks.then_some(timeout))
 }
@@ -419,7 +420,10 @@ fn parse_ask_timeout(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-fn ask_max_pending(ctx: &Ctx<'_>, raw: Option<&Spanned<i64>>) -> Result<Option<usize>, PolicyError> {
+fn ask_max_pending(
+    ctx: &Ctx<'_>,
+    raw: Option<&Spanned<i64>>,
+) -> Result<Option<usize>, PolicyError> {
     let Some(n) = raw else { return Ok(None) };
     match usize::try_from(*n.get_ref()) {
         Ok(v) if (1..=65_536).contains(&v) => Ok(Some(v)),

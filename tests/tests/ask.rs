@@ -533,3 +533,103 @@ fn bad_ask_keys_are_one_line_and_leave_the_running_policy_alone() {
     }
     std::fs::write(&agent.policy, &good).unwrap();
 }
+
+#[test]
+fn a_client_that_goes_away_leaves_nothing_pending() {
+    require_root!();
+    let topo = Topology::new("ask_gone");
+    let _net = topo.start_fakenet();
+    let agent = Agent::daemon(&[&topo], &ask_policy("600s", ""));
+    let (c, ()) = held_curl(
+        &topo,
+        &["--max-time", "3", "--resolve", R80, "http://other.test/"],
+        || {
+            wait_pending(&agent, "other.test", &[], 1);
+        },
+    );
+    assert_eq!(c.exit, 28, "curl gave up while held: {c:?}");
+    // Far sooner than ask_timeout (10 minutes): the decision went with its only waiter.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending(&agent).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still pending after the client left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!audit_with_ask(&agent, "client_gone").is_empty());
+}
+
+#[test]
+fn exec_ask_without_a_terminal_prints_the_commands_that_decide() {
+    require_root!();
+    let topo = Topology::new("ask_exec");
+    let _net = topo.start_fakenet();
+    let direct = curl(&topo, &["--resolve", R80, "http://other.test/"], &[]);
+    assert_eq!(direct.status, 200, "without the agent: {direct:?}");
+    // An enforce-mode policy: --ask puts the profile in ask mode for this exec.
+    let policy = topo.workdir().join("exec-ask.toml");
+    std::fs::write(
+        &policy,
+        format!("version = \"exec-ask\"\n{EXEMPT}[profile.default]\nallow = [\"allowed.test\"]\n"),
+    )
+    .unwrap();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", topo.ctr_netns_path().display()))
+        .arg(bin_path("egress-agent"))
+        .args(["exec", "--ask", "--quiet", "--policy"])
+        .arg(&policy)
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "40",
+            "--resolve",
+            R80,
+            "http://other.test/",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            eprintln!("[exec] {l}");
+            let _ = tx.send(l);
+        }
+    });
+    let line = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("exec --ask printed no command to decide with");
+        if l.contains("decide with:") {
+            break l;
+        }
+    };
+    // "... decide with: egress-agent --control SOCK approve ID [--once|--session|--save] ..."
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "--control")
+        .expect("--control");
+    let (sock, id) = (words[at + 1], words[at + 3]);
+    assert_eq!(words[at + 2], "approve", "{line}");
+    assert!(line.contains("other.test:80"), "{line}");
+    let out = Command::new(bin_path("egress-agent"))
+        .args(["--control", sock, "approve", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(v["host"], "other.test", "{out:?}");
+    assert!(
+        !std::path::Path::new(sock).exists(),
+        "the exec's socket is removed"
+    );
+}

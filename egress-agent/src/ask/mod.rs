@@ -269,12 +269,17 @@ impl Asks {
             Joined::Overflow => return Outcome::Overflow { max },
             Joined::Waiting(id, rx, rule) => (id, rx, rule),
         };
+        // Leaves on every path, also when the caller drops this future (its client went away).
+        let _waiting = Waiting {
+            asks: self,
+            want: &want,
+            id,
+        };
         let verdict = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
         let verdict = match verdict {
             Ok(Ok(v)) => v.clone(),
             _ => None,
         };
-        self.leave(&want, id);
         match verdict {
             Some(Verdict::Approved { scope, by }) => Outcome::Approved {
                 id,
@@ -444,6 +449,19 @@ impl Asks {
     /// The event stream: subscribe first, then list, so nothing falls between.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+}
+
+/// One waiter of a pending decision; dropping it is leaving.
+struct Waiting<'a> {
+    asks: &'a Asks,
+    want: &'a Want,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.asks.leave(self.want, self.id);
     }
 }
 

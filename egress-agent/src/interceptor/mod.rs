@@ -159,7 +159,16 @@ async fn held(
         pid: s.rec.pid,
     };
     let asks = &s.att.shared.asks;
-    let outcome = asks.hold(want, timeout, policy.ask_max_pending()).await;
+    let outcome = tokio::select! {
+        o = asks.hold(want, timeout, policy.ask_max_pending()) => o,
+        () = client_gone(&s.client) => {
+            // Not waiting for anyone any more: the pending decision loses this waiter.
+            s.rec.ask = Some("client_gone".into());
+            let mut r = r;
+            r.reason = format!("{}; the client went away while held for a decision", r.reason);
+            return Err(r);
+        }
+    };
     s.rec.ask = Some(outcome.label());
     match (outcome.denial_note(), outcome) {
         (_, crate::ask::Outcome::Approved { rule, .. }) => {
@@ -172,6 +181,16 @@ async fn held(
             Err(r)
         }
         (None, _) => Err(r),
+    }
+}
+
+/// Resolves when the client closes (or resets) its connection. Bytes it sends meanwhile stay
+/// unread for whoever serves the connection; from then on it is not watched (no busy loop).
+async fn client_gone(client: &TcpStream) {
+    let mut b = [0u8; 1];
+    match client.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -279,7 +279,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
         Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args, cli.control.as_deref())),
-        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
+        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args, &sock)),
         Cmd::Daemon { config, metrics } => {
             runtime()?.block_on(crate::service::run(&config, &sock, metrics))
         }
@@ -642,7 +642,7 @@ fn status(json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
+async fn attach_foreground(args: AttachArgs, sock: &Path) -> Result<ExitCode> {
     let Some(policy) = &args.policy else {
         bail!("no daemon is running: give --policy FILE to enforce in the foreground (or start `egress-agent daemon`)");
     };
@@ -669,6 +669,7 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
         "enforcing cgroup id {} (adopted pins: {}) listeners tcp=127.0.0.1:{},[::1]:{} dns=127.0.0.1:{},[::1]:{}",
         running.attachment.cgroup.id, running.enforcement.adopted, c.tcp_port4, c.tcp_port6, c.dns_port4, c.dns_port6
     );
+    let _asking = ask_socket(&running, args.policy.clone(), sock);
     // SIGHUP reloads the policy file as the daemon does: an invalid file changes nothing,
     // a valid one is swapped in and the kernel deny set re-synced.
     let policy_path = args.policy.clone().unwrap_or_default();
@@ -692,3 +693,39 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn _shared_is_send(_: Arc<Shared>) {}
+
+/// A foreground `attach` of a profile in ask mode serves the ask endpoints on the control
+/// socket path (no daemon answers there: that is why it runs in the foreground), so that
+/// `pending`, `approve` and `deny` work as with a daemon. Removed when dropped.
+fn ask_socket(running: &Running, policy: Option<PathBuf>, sock: &Path) -> Option<SocketFile> {
+    let shared = running.attachment.shared.clone();
+    let profile = running.attachment.profile.clone();
+    shared.policy.load().ask_timeout(&profile)?;
+    let listener = match crate::control::bind(sock) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "ask mode: no control socket to decide on; held connections will time out");
+            return None;
+        }
+    };
+    let file = crate::control::pending::StandaloneFile {
+        shared: shared.clone(),
+        path: policy,
+        profile,
+        keep_asking: false,
+    };
+    tokio::spawn(crate::control::serve_pending(
+        listener,
+        shared,
+        Arc::new(file),
+    ));
+    Some(SocketFile(sock.to_path_buf()))
+}
+
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -176,7 +176,7 @@ pub async fn serve_pending(
                     if !pending::owns(req.uri().path()) {
                         let path = req.uri().path().to_string();
                         return Ok::<_, Infallible>(
-                            error(404, format!("{path}: this socket serves only /v1/pending"))
+                            error(404, format!("{path}: this socket (a standalone agent in ask mode) serves only /v1/pending"))
                                 .map(Either::Left),
                         );
                     }

@@ -92,11 +92,14 @@ pub async fn run(args: ExecArgs, control: Option<&std::path::Path>) -> Result<Ex
     let shared = Shared::new(policy, audit)?;
     let _denials = crate::notify::to_stderr(&shared.audit, args.quiet);
     let _asking = if args.ask {
-        Some(ask::start(std::sync::Arc::new(ask::ExecFile {
-            shared: shared.clone(),
-            path: args.policy.clone(),
-            profile: args.profile.clone(),
-        }))?)
+        Some(ask::start(std::sync::Arc::new(
+            crate::control::pending::StandaloneFile {
+                shared: shared.clone(),
+                path: args.policy.clone(),
+                profile: args.profile.clone(),
+                keep_asking: true,
+            },
+        ))?)
     } else {
         None
     };

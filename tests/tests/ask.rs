@@ -633,3 +633,21 @@ fn exec_ask_without_a_terminal_prints_the_commands_that_decide() {
         "the exec's socket is removed"
     );
 }
+
+#[test]
+fn a_foreground_attach_in_ask_mode_is_decided_on_its_control_socket() {
+    require_root!();
+    let topo = Topology::new("ask_attach");
+    let _net = topo.start_fakenet();
+    let agent = Agent::attach(&topo, &ask_policy("60s", ""));
+    let args = ["--max-time", "40", "--resolve", R80, "http://other.test/"];
+    let (c, ()) = held_curl(&topo, &args, || {
+        let p = wait_pending(&agent, "other.test", &[], 1);
+        assert!(cli(&agent, &["approve", &id_of(&p)]).status.success());
+    });
+    assert_eq!(c.status, 200, "{c:?}");
+    // Everything else is the daemon's: said so in one line.
+    let out = cli(&agent, &["explain", "other.test"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serves only /v1/pending"));
+}

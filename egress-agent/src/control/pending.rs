@@ -26,6 +26,46 @@ pub trait PolicyFile: Send + Sync {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
 }
 
+/// The policy file of a standalone agent (`exec`, a foreground `attach`), reloaded by itself:
+/// an invalid file, or one without the profile, changes nothing.
+pub struct StandaloneFile {
+    pub shared: Arc<Shared>,
+    pub path: Option<std::path::PathBuf>,
+    pub profile: String,
+    /// `exec --ask`: the profile stays in ask mode whatever the file says.
+    pub keep_asking: bool,
+}
+
+impl PolicyFile for StandaloneFile {
+    fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move {
+            let path = self.path.as_deref().ok_or("no policy file")?;
+            let in_use = std::slice::from_ref(&self.profile);
+            if !self.keep_asking {
+                let res = self.shared.reload(path, in_use);
+                self.shared.audit.metrics().reloaded(res.is_ok());
+                return res;
+            }
+            let p = crate::policy::Policy::load(path).map_err(|e| e.to_string())?;
+            if !p.has_profile(&self.profile) {
+                return Err(format!(
+                    "{}: profile `{}` is in use but not defined",
+                    path.display(),
+                    self.profile
+                ));
+            }
+            let p = p.asking(&self.profile);
+            let version = p.version().to_string();
+            self.shared.policy.store(Arc::new(p));
+            Ok(version)
+        })
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {

@@ -14,47 +14,12 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::{
     ask::{Event, Scope, Shown, Verdict},
     attachment::Shared,
-    control::{pending::approve_as, PolicyFile},
-    policy::Policy,
+    control::pending::{approve_as, StandaloneFile},
 };
-
-/// The policy file of an `exec`: reloaded with the profile kept in ask mode.
-pub struct ExecFile {
-    pub shared: Arc<Shared>,
-    pub path: Option<PathBuf>,
-    pub profile: String,
-}
-
-impl PolicyFile for ExecFile {
-    fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    fn reload(
-        &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>
-    {
-        Box::pin(async move {
-            let path = self.path.as_deref().ok_or("no policy file")?;
-            let p = Policy::load(path).map_err(|e| e.to_string())?;
-            if !p.has_profile(&self.profile) {
-                return Err(format!(
-                    "{}: profile `{}` is in use but not defined",
-                    path.display(),
-                    self.profile
-                ));
-            }
-            let p = p.asking(&self.profile);
-            let version = p.version().to_string();
-            self.shared.policy.store(Arc::new(p));
-            Ok(version)
-        })
-    }
-}
 
 /// Starts deciding for the exec: the prompt, or the socket and the printed commands. The
 /// returned guard removes the socket when dropped.
-pub fn start(file: Arc<ExecFile>) -> anyhow::Result<SocketGuard> {
+pub fn start(file: Arc<StandaloneFile>) -> anyhow::Result<SocketGuard> {
     if std::io::stdin().is_terminal() {
         tokio::spawn(prompt_loop(file));
         return Ok(SocketGuard(None));
@@ -114,7 +79,7 @@ async fn print_loop(shared: Arc<Shared>, sock: PathBuf) {
 }
 
 /// One prompt at a time, in the order the decisions came.
-async fn prompt_loop(file: Arc<ExecFile>) {
+async fn prompt_loop(file: Arc<StandaloneFile>) {
     let mut rx = file.shared.asks.subscribe();
     loop {
         let s = match rx.recv().await {

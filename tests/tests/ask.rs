@@ -651,3 +651,62 @@ fn a_foreground_attach_in_ask_mode_is_decided_on_its_control_socket() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("serves only /v1/pending"));
 }
+
+#[test]
+fn exec_ask_on_a_terminal_prompts_and_takes_the_answer() {
+    require_root!();
+    let topo = Topology::new("ask_tty");
+    let _net = topo.start_fakenet();
+    let policy = topo.workdir().join("exec-tty.toml");
+    std::fs::write(
+        &policy,
+        format!("version = \"exec-tty\"\n{EXEMPT}[profile.default]\nallow = [\"allowed.test\"]\n"),
+    )
+    .unwrap();
+    // `script` gives the exec a terminal (a pty) on stdin; what is written here is typed there.
+    let inner = format!(
+        "nsenter --net={} {} exec --ask --quiet --policy {} -- curl -sS --max-time 40 --resolve {R80} http://other.test/",
+        topo.ctr_netns_path().display(),
+        bin_path("egress-agent").display(),
+        policy.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("script (util-linux)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut r = stdout;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("[d]eny?") {
+        assert!(Instant::now() < deadline, "no prompt: {seen:?}");
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    assert!(seen.contains("other.test:80"), "{seen}");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"o\n").unwrap();
+    let status = child.wait().unwrap();
+    while let Ok(b) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push_str(&String::from_utf8_lossy(&b));
+    }
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("approved (once)"), "{seen}");
+    assert!(
+        seen.contains("\"host\":\"other.test\""),
+        "curl got through: {seen}"
+    );
+}

@@ -194,6 +194,20 @@ async fn client_gone(client: &TcpStream) {
     }
 }
 
+/// Step 5: the upstream, dialed by the agent: a `local` service's target, else the name
+/// resolved, screened and dialed (or tunnelled through the upstream proxy).
+async fn dial(
+    s: &Session,
+    policy: &Policy,
+    wanted: &Wanted,
+) -> Result<TcpStream, (crate::deny::DenyCode, String)> {
+    if let Some(l) = policy.local_service(&s.att.profile, &wanted.name, wanted.port) {
+        return dial_local(l).await;
+    }
+    let resolver = s.att.shared.resolver.load_full();
+    crate::upstream::connect(&resolver, policy, &wanted.name, wanted.port).await
+}
+
 /// A `local` service's target, dialed by the agent as the entry says (never resolved or
 /// screened: the operator named the address).
 async fn dial_local(
@@ -250,20 +264,7 @@ async fn hand_off(
             return inspect_shared(s, policy, wanted, shared).await;
         }
     }
-    let dialed = match policy.local_service(&s.att.profile, &wanted.name, wanted.port) {
-        Some(l) => dial_local(l).await,
-        None => {
-            let resolver = s.att.shared.resolver.load_full();
-            Box::pin(crate::upstream::connect(
-                &resolver,
-                &policy,
-                &wanted.name,
-                wanted.port,
-            ))
-            .await
-        }
-    };
-    let upstream = match dialed {
+    let upstream = match Box::pin(dial(&s, &policy, &wanted)).await {
         Ok(u) => u,
         Err((code, reason)) => {
             let mut r = Refusal::new(

@@ -30,6 +30,8 @@ pub struct Shared {
     pub audit: Audit,
     /// Decisions pending for an operator (`mode = "ask"` profiles).
     pub asks: crate::ask::Asks,
+    /// Revocation URLs learned from inspected upstreams' certificates (kept across reloads).
+    pub revocation: crate::revocation::Registry,
 }
 
 impl Shared {
@@ -40,6 +42,7 @@ impl Shared {
             resolver: ArcSwap::from_pointee(resolver),
             audit,
             asks: crate::ask::Asks::default(),
+            revocation: Default::default(),
         }))
     }
 

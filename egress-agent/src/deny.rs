@@ -156,6 +156,17 @@ impl Denial {
         status_for(self.code)
     }
 
+    /// The HTTP/1.1 reason phrase: the status's own, then who refused and why, e.g.
+    /// `Forbidden by egress-agent: host_not_allowed` (clients that show no body, such as Go's,
+    /// git's and wget's, print the status line).
+    pub fn reason_phrase(&self, status: http::StatusCode) -> String {
+        format!(
+            "{} by egress-agent: {}",
+            status.canonical_reason().unwrap_or("Refused"),
+            self.code.as_str()
+        )
+    }
+
     /// A complete HTTP/1.1 response carrying this denial; the connection is closed after it.
     /// An invalid `status` (outside 100..=999) becomes 403.
     pub fn http_response(&self, status: u16) -> Vec<u8> {
@@ -174,7 +185,7 @@ impl Denial {
              Cache-Control: no-store\r\n\
              \r\n",
             status.as_u16(),
-            status.canonical_reason().unwrap_or("Error"),
+            self.reason_phrase(status),
             self.proxy_status(),
             body.len(),
         );
@@ -365,10 +376,10 @@ mod tests {
         let d = sample(DenyCode::HostMismatch);
         assert!(d
             .http_response(421)
-            .starts_with(b"HTTP/1.1 421 Misdirected Request\r\n"));
+            .starts_with(b"HTTP/1.1 421 Misdirected Request by egress-agent: host_mismatch\r\n"));
         assert!(d
             .http_response(403)
-            .starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+            .starts_with(b"HTTP/1.1 403 Forbidden by egress-agent: host_mismatch\r\n"));
         // Invalid status never panics.
         assert!(d.http_response(0).starts_with(b"HTTP/1.1 403 "));
         assert!(d.http_response(65535).starts_with(b"HTTP/1.1 403 "));

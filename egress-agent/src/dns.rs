@@ -529,7 +529,13 @@ fn answerable(
             }
             Ok(())
         }
-        Decision::Deny(d) if d.code == crate::deny::DenyCode::HostNotAllowed => Err(d),
+        Decision::Deny(d) if d.code == crate::deny::DenyCode::HostNotAllowed => {
+            let learned = &att.shared.revocation;
+            if crate::revocation::answers_name(learned, policy, &att.profile, name.as_str()) {
+                return Ok(());
+            }
+            Err(d)
+        }
         Decision::Deny(_) => Ok(()),
     }
 }

@@ -47,6 +47,7 @@ pub mod policy;
 pub mod pool;
 pub mod record;
 pub mod resolve;
+pub mod revocation;
 pub mod rewind;
 
 // The kernel and the host.

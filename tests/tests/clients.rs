@@ -6,7 +6,8 @@
 //! Always asserted, whatever the tables say: every request succeeds without enforcement (the
 //! set-up is real, also for the denied requests) and every denial fails.
 //!
-//! `LAB_ONLY=pip,npm` runs some clients only; `LAB_WORKERS=N` (default 3) runs N at a time.
+//! `LAB_ONLY=pip,npm` runs some clients only; `LAB_WORKERS=N` (default 3) runs N at a time;
+//! `LAB_VERBOSE=1` prints a line per run as it ends.
 
 use std::time::Instant;
 
@@ -71,24 +72,24 @@ const DENIED: &[(&str, [Option<Shown>; 3])] = &[
     // pip shows no HTTP body: "Could not find a version that satisfies the requirement".
     ("pip", [Some(EXEC), Some(EXEC), Some(EXEC)]),
     ("npm", [Some(BOTH), Some(BOTH), Some(BOTH)]),
-    // git: "The requested URL returned error: 403", no body.
+    // git: "The requested URL returned error: 403"; it shows a body only when it is
+    // text/plain (as "remote: ..." lines), and the contract's body is JSON.
     ("git-https", [Some(EXEC), Some(EXEC), Some(EXEC)]),
     // Opaque TCP: reset (no request to judge by path, no protocol to say anything in).
     ("git-daemon", [Some(EXEC), Some(EXEC), None]),
     ("cargo", [Some(BOTH), Some(BOTH), Some(BOTH)]),
     // go prints the status line, no body: a refused name's connection is HTTP/1.1 with
-    // "403 Forbidden by egress-agent: host_not_allowed"; the path rule's 403 is h2 (no phrase).
+    // "403 Forbidden by egress-agent: host_not_allowed"; the path rule's 403 is h2, which has
+    // no reason phrase (go shows a body only when it is text/plain; the contract's is JSON).
     ("go", [Some(BOTH), Some(BOTH), Some(EXEC)]),
     ("java", [Some(BOTH), Some(BOTH), Some(BOTH)]),
-    // A refused gRPC call gets grpc-status 7 with the reason, which grpcio prints; the path
-    // rule's 403 reaches it as "Received http2 header with status: 403".
-    ("grpc", [Some(BOTH), Some(BOTH), Some(EXEC)]),
+    // Every refused gRPC call gets grpc-status 7 with the reason, which grpcio prints.
+    ("grpc", [Some(BOTH), Some(BOTH), Some(BOTH)]),
     // websockets: "server rejected WebSocket connection: HTTP 403", no body.
     ("websocket", [Some(EXEC), Some(EXEC), Some(EXEC)]),
     ("curl-h2", [Some(BOTH), Some(BOTH), Some(BOTH)]),
-    // wget prints the status line: "ERROR 403: Forbidden by egress-agent: host_not_allowed."
-    // for a refused name; the path rule's 403 says only "Forbidden".
-    ("wget", [Some(BOTH), Some(BOTH), Some(EXEC)]),
+    // wget (HTTP/1.1) prints the status line: "ERROR 403: Forbidden by egress-agent: CODE."
+    ("wget", [Some(BOTH), Some(BOTH), Some(BOTH)]),
     ("openssl", [Some(BOTH), Some(BOTH), Some(BOTH)]),
 ];
 
@@ -195,8 +196,9 @@ fn real_clients_allowed_and_denied() {
     let path = report::default_path();
     std::fs::write(&path, &md).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     println!(
-        "{md}\nreport: {} ({:.0} s)",
+        "report: {} ({} runs, {:.0} s)",
         path.display(),
+        outcomes.len(),
         wall.as_secs_f64()
     );
     let bad = mismatches(&outcomes);

@@ -221,16 +221,15 @@ pub fn can_mint_refusals() -> bool {
     !name_constraints_wanted()
 }
 
-/// Answers every request on `tls` with the denial, until the client closes: 403 +
-/// Proxy-Status + JSON, over HTTP/1.1 with a status line naming egress-agent and the code
-/// (clients that show no body, such as Go's, print it); a gRPC call gets its own form of it
-/// (`grpc-status` 7 PERMISSION_DENIED with the reason as `grpc-message`, which gRPC clients
-/// print; they show only "status 403" for a 403). The denial was recorded once already.
+/// Answers every request on `tls` with the denial (the deny contract's response, see
+/// [`crate::requests::denial_response`]), until the client closes. The denial was recorded
+/// once already.
 pub async fn answer_refused(tls: handshake::Terminated, denial: crate::deny::Denial) {
     let denial = Arc::new(denial);
     let svc = hyper::service::service_fn(move |req| {
         let d = denial.clone();
-        async move { Ok::<_, std::convert::Infallible>(refused_response(&req, &d)) }
+        let grpc = crate::requests::is_grpc(req.headers());
+        async move { Ok::<_, std::convert::Infallible>(crate::requests::denial_response(&d, grpc)) }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     b.http1()
@@ -239,52 +238,6 @@ pub async fn answer_refused(tls: handshake::Terminated, denial: crate::deny::Den
     b.http2().timer(hyper_util::rt::TokioTimer::new());
     let io = hyper_util::rt::TokioIo::new(tls);
     let _ = tokio::time::timeout(REFUSED_IDLE * 4, b.serve_connection(io, svc)).await;
-}
-
-fn refused_response<B>(
-    req: &http::Request<B>,
-    d: &crate::deny::Denial,
-) -> http::Response<crate::requests::Body> {
-    let mut resp = crate::requests::denial_response(d);
-    let grpc = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
-        // Trailers-only: HTTP 200, the status in the headers, no messages.
-        *resp.status_mut() = http::StatusCode::OK;
-        *resp.body_mut() = crate::requests::Body::default();
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", http::HeaderValue::from_static("7"));
-        let message = grpc_message(&format!("egress-agent: {}: {}", d.code.as_str(), d.reason));
-        if let Ok(v) = http::HeaderValue::from_str(&message) {
-            h.insert("grpc-message", v);
-        }
-    } else if let Ok(p) = hyper::ext::ReasonPhrase::try_from(format!(
-        "Forbidden by egress-agent: {}",
-        d.code.as_str()
-    )) {
-        resp.extensions_mut().insert(p);
-    }
-    resp
-}
-
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2: everything but printable ASCII other
-/// than `%`).
-fn grpc_message(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// How long a refused connection may wait for a request (and, times four, live at all).

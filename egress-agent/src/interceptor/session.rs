@@ -142,7 +142,9 @@ impl Session {
         self.rec.protocol = wanted.reply.label();
         self.rec.name = Some(wanted.name.as_str().to_string());
         self.rec.port = Some(wanted.port);
-        match policy.decide(
+        match crate::revocation::decide(
+            &self.att.shared.revocation,
+            policy,
             &self.att.profile,
             &wanted.name,
             wanted.port,

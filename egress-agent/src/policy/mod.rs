@@ -150,6 +150,11 @@ impl RuleRef {
         Self(Arc::from(s))
     }
 
+    /// A rule that is not a line of the file (a learned revocation URL, see `crate::revocation`).
+    pub fn labelled(s: String) -> Self {
+        Self::new(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -439,6 +444,8 @@ struct Profile {
     /// `mode = "ask"`: how long a connection the policy denies is held for a decision.
     ask: Option<Duration>,
     local: Vec<LocalService>,
+    /// `allow_revocation` (see `crate::revocation`).
+    allow_revocation: bool,
 }
 
 impl Profile {
@@ -458,6 +465,7 @@ impl Profile {
             http_index,
             ask: None,
             local: Vec::new(),
+            allow_revocation: false,
         }
     }
 
@@ -657,6 +665,13 @@ impl Policy {
     /// Profile names, sorted.
     pub fn profile_names(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)
+    }
+
+    /// Whether `profile` allows the revocation URLs its inspected hosts' certificates name.
+    pub fn allows_revocation(&self, profile: &str) -> bool {
+        self.profiles
+            .get(profile)
+            .is_some_and(|p| p.allow_revocation)
     }
 
     pub fn has_profile(&self, profile: &str) -> bool {

@@ -20,6 +20,8 @@
 //! inspect = ["api.example.com"]          # TLS-inspect (implies allow)
 //! passthrough = ["pinned.example.com"]   # allowed, never intercepted, even if inspect matches
 //!
+//! allow_revocation = true                # the OCSP/CRL/CA-issuers URLs in inspected hosts' chains
+//!
 //! [[profile.default.http]]               # per-request rules of an inspected host
 //! host = "api.example.com"               # name or *.suffix, no port; must be in inspect
 //! methods = ["GET", "POST"]              # optional, default any
@@ -81,6 +83,8 @@ struct RawProfile {
     passthrough: Vec<Spanned<String>>,
     #[serde(default)]
     http: Vec<Spanned<RawHttp>>,
+    /// See `crate::revocation`.
+    allow_revocation: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -536,7 +540,18 @@ fn build_profile(ctx: &Ctx<'_>, name: &str, raw: &RawProfile) -> Result<Profile,
     for (i, h) in raw.http.iter().enumerate() {
         http.push(build_http(ctx, name, i, h.get_ref(), &rules)?);
     }
-    Ok(Profile::new(rules, http))
+    let mut profile = Profile::new(rules, http);
+    if let Some(on) = &raw.allow_revocation {
+        if *on.get_ref() && profile.patterns(RuleKind::Inspect).next().is_none() {
+            return Err(ctx.err(
+                on.span(),
+                &format!("profile.{name}.allow_revocation"),
+                "revocation URLs are learned from the certificates of inspected hosts, and this profile inspects none: add hosts to `inspect` or remove the key",
+            ));
+        }
+        profile.allow_revocation = *on.get_ref();
+    }
+    Ok(profile)
 }
 
 fn is_tchar(c: char) -> bool {
@@ -747,6 +762,7 @@ pub(super) fn from_allow_list(patterns: &[String]) -> Result<Policy, PolicyError
                 inspect: Vec::new(),
                 passthrough: Vec::new(),
                 http: Vec::new(),
+                allow_revocation: None,
             },
         ),
     );
@@ -827,6 +843,12 @@ pub(super) fn show(p: &Policy) -> String {
             if prof.patterns(kind).next().is_some() {
                 let _ = writeln!(o, "{} = {}", kind.key(), list(prof.patterns(kind)));
             }
+        }
+        if prof.allow_revocation {
+            let _ = writeln!(
+                o,
+                "allow_revocation = true  # plain HTTP GET to exactly the OCSP, CA-issuers and CRL URLs named in the certificate chains of this profile's inspected hosts, as the agent sees them"
+            );
         }
         for h in &prof.http {
             let _ = writeln!(o, "\n[[profile.{name}.http]]");

@@ -44,6 +44,25 @@ impl Conn {
             .policy
             .decide_request(&self.att.profile, &self.name, req.method().as_str(), path)
         {
+            Ok(None) if self.is_revocation_url() => {
+                self.att
+                    .shared
+                    .revocation
+                    .judge(
+                        &self.att.profile,
+                        &self.name,
+                        self.port,
+                        req.method().as_str(),
+                        path,
+                    )
+                    .map_err(|d| Refusal {
+                        code: d.code,
+                        reason: d.reason,
+                        rule: self.base.rule.clone(),
+                        hint: d.hint,
+                    })?;
+                Ok((None, websocket))
+            }
             Ok(rule) => Ok((rule, websocket)),
             Err(d) => Err(Refusal {
                 code: d.code,
@@ -52,6 +71,17 @@ impl Conn {
                 hint: d.hint,
             }),
         }
+    }
+
+    /// Whether the connection was allowed only as a learned revocation URL (plain HTTP), so
+    /// that each request must be one of those URLs.
+    fn is_revocation_url(&self) -> bool {
+        self.tls.is_none()
+            && self
+                .base
+                .rule
+                .as_deref()
+                .is_some_and(crate::revocation::is_revocation_rule)
     }
 
     /// No CONNECT inside the stream; absolute-form only for plain `http://` proxy requests.

@@ -163,6 +163,12 @@ impl Pool {
             .connect(server_name, tcp)
             .await
             .map_err(|e| format!("TLS to upstream {}: {e}", conn.name))?;
+        if conn.policy.allows_revocation(&conn.att.profile) {
+            if let Some(chain) = stream.get_ref().1.peer_certificates() {
+                let learned = &conn.att.shared.revocation;
+                learned.learn(&conn.att.profile, conn.name.as_str(), chain);
+            }
+        }
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             let (send, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

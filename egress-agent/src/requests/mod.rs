@@ -41,7 +41,7 @@ use crate::{
 };
 use check::Refusal;
 pub use forward::H2;
-pub use response::{denial_response, Body};
+pub use response::{denial_response, is_grpc, Body};
 
 /// Longest time a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,6 +131,7 @@ impl Conn {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let mut rec = self.request_record(&req);
+        let grpc = is_grpc(req.headers());
         let (rule, websocket) = match self.check(&req) {
             Ok(x) => x,
             Err(r) if self.policy.mode() == Mode::Monitor && check::monitorable(r.code) => {
@@ -139,7 +140,7 @@ impl Conn {
                 rec.reason = Some(r.reason);
                 (None, false)
             }
-            Err(r) => return self.refuse(rec, r, started),
+            Err(r) => return self.refuse(rec, r, started, grpc),
         };
         if let Some(rule) = rule {
             rec.rule = Some(rule.rule().to_string());
@@ -156,7 +157,7 @@ impl Conn {
             Ok(r) => r,
             Err(reason) => {
                 let r = Refusal::new(DenyCode::UpstreamUnreachable, reason);
-                return self.refuse(rec, r, started);
+                return self.refuse(rec, r, started, grpc);
             }
         };
         match client_upgrade {
@@ -180,7 +181,8 @@ impl Conn {
         rec
     }
 
-    fn refuse(&self, mut rec: Record, r: Refusal, started: Instant) -> Response<Body> {
+    /// The deny contract's response to one request, in gRPC's form for a gRPC call.
+    fn refuse(&self, mut rec: Record, r: Refusal, started: Instant, grpc: bool) -> Response<Body> {
         let denial = Denial {
             code: r.code,
             host: self.name.as_str().to_string(),
@@ -207,7 +209,7 @@ impl Conn {
             "request denied"
         );
         self.att.finish(rec, started);
-        denial_response(&denial)
+        denial_response(&denial, grpc)
     }
 
     /// The agent could not do its part (not a policy refusal): 502.

@@ -103,7 +103,7 @@ fn full(s: String) -> Body {
 /// The deny contract (DESIGN.md §6) as a hyper response: the same status, `Proxy-Status`
 /// and JSON body as [`Denial::http_response`], without `Connection: close` (each later
 /// request on the connection is judged on its own; HTTP/2 forbids the header anyway).
-pub fn denial_response(d: &Denial) -> Response<Body> {
+pub fn denial_response(d: &Denial, grpc: bool) -> Response<Body> {
     let mut body = d.json_body();
     body.push('\n');
     let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
@@ -118,7 +118,53 @@ pub fn denial_response(d: &Denial) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if grpc {
+        as_grpc_status(&mut resp, d);
+    } else {
+        // HTTP/1.1 only: HTTP/2 has no reason phrase.
+        if let Ok(p) = hyper::ext::ReasonPhrase::try_from(d.reason_phrase(status)) {
+            resp.extensions_mut().insert(p);
+        }
+    }
     resp
+}
+
+/// Whether a request is a gRPC call (its denial then takes gRPC's own form).
+pub fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// gRPC's form of a denial, which gRPC clients print (for a 403 they show only "status 403"):
+/// trailers-only, HTTP 200, `grpc-status` 7 PERMISSION_DENIED with the code and reason as
+/// `grpc-message`, no messages.
+fn as_grpc_status(resp: &mut Response<Body>, d: &Denial) {
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = Body::default();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static("7"));
+    let message = grpc_message(&format!("egress-agent: {}: {}", d.code.as_str(), d.reason));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2: everything but printable ASCII other
+/// than `%`).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Connection-specific headers (RFC 9110 §7.6.1) and those the Connection header names.
@@ -158,5 +204,53 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deny::DenyCode;
+
+    fn denial() -> Denial {
+        Denial {
+            code: DenyCode::PathNotAllowed,
+            host: "api.test".into(),
+            port: 443,
+            reason: "path \"/x\" is not allowed, 100%".into(),
+            rule: None,
+            policy: "v1".into(),
+            hint: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_denial_names_egress_agent_in_its_status_line() {
+        let r = denial_response(&denial(), false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let phrase = r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(
+            phrase.as_bytes(),
+            b"Forbidden by egress-agent: path_not_allowed"
+        );
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn a_refused_grpc_call_gets_permission_denied_with_the_reason() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&h));
+        let r = denial_response(&denial(), true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "egress-agent: path_not_allowed: path \"/x\" is not allowed, 100%25"
+        );
+        assert!(r.headers().contains_key("proxy-status"));
     }
 }

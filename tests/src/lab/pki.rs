@@ -25,6 +25,18 @@ pub fn test_ca_key_usages() -> Vec<KeyUsagePurpose> {
 /// Writes a leaf certificate for `names` (PEM, to `cert`) and its key (PEM, to `key`), signed by
 /// the test CA whose key is in `ca_key`.
 pub fn issue_leaf(ca_key: &Path, names: &[&str], cert: &Path, key: &Path) {
+    issue_leaf_with(ca_key, names, cert, key, |_| {});
+}
+
+/// [`issue_leaf`], with `customise` applied to the leaf's parameters before signing (extra
+/// extensions such as Authority Information Access or CRL distribution points).
+pub fn issue_leaf_with(
+    ca_key: &Path,
+    names: &[&str],
+    cert: &Path,
+    key: &Path,
+    customise: impl FnOnce(&mut CertificateParams),
+) {
     let pem = std::fs::read_to_string(ca_key)
         .unwrap_or_else(|e| panic!("read {}: {e}", ca_key.display()));
     let ca_key = KeyPair::from_pem(&pem).expect("the test CA's key");
@@ -40,6 +52,7 @@ pub fn issue_leaf(ca_key: &Path, names: &[&str], cert: &Path, key: &Path) {
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     p.use_authority_key_identifier_extension = true;
+    customise(&mut p);
     let leaf = p.signed_by(&leaf_key, &issuer).expect("sign the leaf");
     std::fs::write(cert, leaf.pem()).unwrap();
     std::fs::write(key, leaf_key.serialize_pem()).unwrap();

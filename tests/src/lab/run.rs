@@ -404,6 +404,7 @@ pub fn run_all(lab: &Lab, clients: &[&'static Client], workers: usize) -> Vec<Ou
     queue.sort_by_key(|(k, ci, _, _)| (*k, *ci));
     queue.reverse();
     let queue = Mutex::new(queue);
+    let verbose = std::env::var_os("LAB_VERBOSE").is_some();
     let done = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
@@ -412,14 +413,17 @@ pub fn run_all(lab: &Lab, clients: &[&'static Client], workers: usize) -> Vec<Ou
                     return;
                 };
                 let o = run_case(lab, c, case);
-                eprintln!(
-                    "lab: {:<10} {:<22} {:<8} {:5.1}s {}",
-                    o.client,
-                    o.case.label(),
-                    if o.ok() { "ok" } else { "FAIL" },
-                    o.secs,
-                    o.first_lines(1).first().copied().unwrap_or("")
-                );
+                // Quiet by default: on a failure the assertion's list must not drown in rows.
+                if verbose {
+                    eprintln!(
+                        "lab: {:<10} {:<22} {:<8} {:5.1}s {}",
+                        o.client,
+                        o.case.label(),
+                        if o.ok() { "ok" } else { "FAIL" },
+                        o.secs,
+                        o.first_lines(1).first().copied().unwrap_or("")
+                    );
+                }
                 done.lock().unwrap().push((ci, o));
             });
         }

@@ -159,6 +159,8 @@ pub struct Attachment {
     /// mounted the trust bundle): a denied TLS name is then answered with a minted
     /// certificate and a 403, and a client that still rejects the CA uses a store of its own.
     pub trusts_ca: std::sync::atomic::AtomicBool,
+    /// The sandbox's network namespace: where a `local` service marked `sandbox:` is dialed.
+    pub netns: Option<crate::netns::Netns>,
 }
 
 impl Attachment {

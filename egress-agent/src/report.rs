@@ -53,12 +53,17 @@ pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String
     }
     let route = match policy.local_service(profile, &name, port) {
         Some(l) => format!(
-            "local service {l} ({}): the agent's DNS answers {} with {}'s address {}, and the agent dials {} itself (not resolved, not screened by allow_ranges; no other port)",
+            "local service {l} ({}): the agent's DNS answers {} with {}'s address {}, and the agent dials {} itself{} (not resolved, not screened by allow_ranges; no other port)",
             l.rule,
             l.name,
             crate::SERVICE_NAME,
             crate::SERVICE_ADDR4,
-            l.target
+            l.target,
+            if l.in_sandbox {
+                " inside the sandbox's own network namespace"
+            } else {
+                ""
+            }
         ),
         None => route_text(policy, &name, port),
     };

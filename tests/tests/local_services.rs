@@ -202,7 +202,7 @@ fn local_entries_are_shown_explained_and_checked() {
     let cases: &[(&str, &str)] = &[
         (
             "\"otel-collector:4317\"",
-            "expected \"NAME:PORT -> ADDRESS:PORT\"",
+            "expected \"NAME:PORT -> [sandbox:]ADDRESS:PORT\"",
         ),
         ("\"otel-collector -> 127.0.0.1:4317\"", "has no port"),
         ("\"*.otel:4317 -> 127.0.0.1:4317\"", "wildcard"),
@@ -249,5 +249,103 @@ fn local_entries_are_shown_explained_and_checked() {
     assert!(
         cli(&["reload"]).status.success(),
         "the good file reloads again"
+    );
+}
+
+/// A sidecar on the sandbox's own loopback (4317, named by the policy; 4318, not), then what
+/// the sandbox's client sees, as one JSON line.
+const SIDECAR_PY: &str = r#"
+import json, socket, sys, threading
+def serve(l, port):
+    while True:
+        c, _ = l.accept()
+        c.settimeout(10)
+        try:
+            c.sendall(b'%d:' % port + c.recv(4096))
+        except Exception:
+            pass
+        c.close()
+for port in (4317, 4318):
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(('127.0.0.1', port)); l.listen(16)
+    threading.Thread(target=serve, args=(l, port), daemon=True).start()
+def talk(host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(b'ping')
+        got = s.recv(4096)
+        s.close()
+        return got.decode('latin-1') if got else 'closed'
+    except Exception as e:
+        return 'error: ' + e.__class__.__name__
+out = {}
+if sys.argv[1] == 'sandbox':
+    out['by_name'] = talk('sidecar', 4317)
+    out['other_port_by_name'] = talk('sidecar', 4318)
+out['loopback_other'] = talk('127.0.0.1', 4318)
+out['loopback_named_port'] = talk('127.0.0.1', 4317)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_sandbox_local_service_is_dialed_in_the_sandboxs_own_namespace() {
+    require_root!();
+    let topo = Topology::new("local_sandbox");
+    let _net = topo.start_fakenet();
+    // Without the agent, in a namespace of its own, the program reaches both of its loopback
+    // services directly.
+    let out = Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" -c \"$1\" host",
+        ])
+        .args([PYTHON, SIDECAR_PY])
+        .output()
+        .unwrap();
+    let v = last_json(&out);
+    assert_eq!(v["loopback_other"], "4318:ping", "{v}");
+    assert_eq!(v["loopback_named_port"], "4317:ping", "{v}");
+
+    let policy = topo.workdir().join("sidecar.toml");
+    std::fs::write(
+        &policy,
+        POLICY.replace(
+            "otel-collector:4317 -> 127.0.0.1:4317",
+            "sidecar:4317 -> sandbox:127.0.0.1:4317",
+        ),
+    )
+    .unwrap();
+    let audit = topo.workdir().join("sidecar-audit.jsonl");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", topo.ctr_netns_path().display()))
+        .arg(bin_path("egress-agent"))
+        .args(["exec", "--netns", "--quiet", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(["--", PYTHON, "-c", SIDECAR_PY, "sandbox"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = last_json(&out);
+    assert_eq!(v["by_name"], "4317:ping", "{v}");
+    for key in [
+        "other_port_by_name",
+        "loopback_other",
+        "loopback_named_port",
+    ] {
+        let got = v[key].as_str().unwrap_or("");
+        let blocked = !got.starts_with("4317:") && !got.starts_with("4318:");
+        threat("B", &format!("sandbox local service: {key}"), blocked);
+        assert!(blocked, "{key} reached a loopback service: {v}");
+    }
+    let recs = egress_tests::agent::read_jsonl(&audit);
+    assert!(
+        recs.iter()
+            .any(|r| r["rule"] == "profile.default.local[0]" && r["upstream"] == "127.0.0.1:4317"),
+        "{recs:?}"
     );
 }

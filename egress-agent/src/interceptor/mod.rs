@@ -202,16 +202,18 @@ async fn dial(
     wanted: &Wanted,
 ) -> Result<TcpStream, (crate::deny::DenyCode, String)> {
     if let Some(l) = policy.local_service(&s.att.profile, &wanted.name, wanted.port) {
-        return dial_local(l).await;
+        return dial_local(l, &s.att).await;
     }
     let resolver = s.att.shared.resolver.load_full();
     crate::upstream::connect(&resolver, policy, &wanted.name, wanted.port).await
 }
 
 /// A `local` service's target, dialed by the agent as the entry says (never resolved or
-/// screened: the operator named the address).
+/// screened: the operator named the address), from the agent's network namespace or, for
+/// `sandbox:`, from the sandbox's own.
 async fn dial_local(
     l: &crate::policy::LocalService,
+    att: &Arc<Attachment>,
 ) -> Result<TcpStream, (crate::deny::DenyCode, String)> {
     let unreachable = |why: String| {
         (
@@ -219,14 +221,36 @@ async fn dial_local(
             format!("local service {l} ({}): {why}", l.rule),
         )
     };
-    match tokio::time::timeout(LOCAL_DIAL_TIMEOUT, TcpStream::connect(l.target)).await {
-        Ok(Ok(t)) => {
-            let _ = t.set_nodelay(true);
-            Ok(t)
+    let dialed = if l.in_sandbox {
+        dial_in_sandbox(att.clone(), l.target)
+            .await
+            .map_err(unreachable)?
+    } else {
+        match tokio::time::timeout(LOCAL_DIAL_TIMEOUT, TcpStream::connect(l.target)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("connect timed out".into())),
         }
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable("connect timed out".into())),
-    }
+    };
+    let _ = dialed.set_nodelay(true);
+    Ok(dialed)
+}
+
+/// Connects from a thread inside the sandbox's network namespace (the agent's own threads
+/// never change namespace); the socket keeps that namespace for its life.
+async fn dial_in_sandbox(att: Arc<Attachment>, target: SocketAddr) -> Result<TcpStream, String> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let ns = att
+            .netns
+            .as_ref()
+            .ok_or("the sandbox's network namespace is not known")?;
+        ns.run(move || std::net::TcpStream::connect_timeout(&target, LOCAL_DIAL_TIMEOUT))
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let std = joined.map_err(|e| e.to_string())??;
+    std.set_nonblocking(true).map_err(|e| e.to_string())?;
+    TcpStream::from_std(std).map_err(|e| e.to_string())
 }
 
 const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);

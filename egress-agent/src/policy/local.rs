@@ -18,17 +18,24 @@ pub struct LocalService {
     /// Where the agent dials (never resolved, never screened by the address policy: the
     /// operator named it explicitly).
     pub target: SocketAddr,
+    /// `sandbox:ADDRESS:PORT`: dialed inside the sandbox's own network namespace (a sidecar
+    /// on the pod's loopback), not the agent's.
+    pub in_sandbox: bool,
     pub rule: RuleRef,
 }
 
 impl fmt::Display for LocalService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} -> {}", self.name, self.port, self.target)
+        let ns = if self.in_sandbox { SANDBOX } else { "" };
+        write!(f, "{}:{} -> {ns}{}", self.name, self.port, self.target)
     }
 }
 
+/// The target prefix of a service in the sandbox's own network namespace.
+const SANDBOX: &str = "sandbox:";
+
 const SHAPE: &str =
-    "expected \"NAME:PORT -> ADDRESS:PORT\", e.g. \"otel-collector:4317 -> 127.0.0.1:4317\"";
+    "expected \"NAME:PORT -> [sandbox:]ADDRESS:PORT\", e.g. \"otel-collector:4317 -> 127.0.0.1:4317\"";
 
 /// Parses one entry (without checking it against the profile's other rules).
 pub fn parse(s: &str, rule: RuleRef) -> Result<LocalService, String> {
@@ -37,11 +44,16 @@ pub fn parse(s: &str, rule: RuleRef) -> Result<LocalService, String> {
     };
     let (from, to) = (from.trim(), to.trim());
     let (host, port) = name_and_port(from)?;
+    let (in_sandbox, to) = match to.strip_prefix(SANDBOX) {
+        Some(rest) => (true, rest),
+        None => (false, to),
+    };
     let target = target(to)?;
     Ok(LocalService {
         name: host,
         port,
         target,
+        in_sandbox,
         rule,
     })
 }
@@ -141,12 +153,17 @@ mod tests {
         let v6 = parse("db:5432->[::1]:5433", rr()).unwrap();
         assert_eq!(v6.target, "[::1]:5433".parse().unwrap());
         assert_eq!(v6.to_string(), "db:5432 -> [::1]:5433");
+        assert!(!v6.in_sandbox);
+        let side = parse("sidecar:4317 -> sandbox:127.0.0.1:4317", rr()).unwrap();
+        assert!(side.in_sandbox);
+        assert_eq!(side.to_string(), "sidecar:4317 -> sandbox:127.0.0.1:4317");
     }
 
     #[test]
     fn refuses_each_bad_shape_in_one_line() {
         for (bad, says) in [
             ("otel:4317", "expected \"NAME:PORT"),
+            ("otel:4317 -> sandbox:localhost:4317", "never resolved"),
             ("otel -> 127.0.0.1:4317", "has no port"),
             ("*.otel:4317 -> 127.0.0.1:4317", "wildcard"),
             ("otel:4317 -> localhost:4317", "never resolved"),

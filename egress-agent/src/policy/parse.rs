@@ -16,6 +16,7 @@
 //! mode = "ask"                      # or "enforce" (default): hold what is denied for a decision
 //! ask_timeout = "30s"               # how long (1s to 10m); then the normal denial
 //! local = ["otel-collector:4317 -> 127.0.0.1:4317"]  # a name for one service on the host
+//!                                   # (`-> sandbox:ADDR:PORT`: in the sandbox's own netns)
 //! allow = ["example.com", "*.example.org", "db.example.net:5432"]  # no port = 80 and 443
 //! inspect = ["api.example.com"]          # TLS-inspect (implies allow)
 //! passthrough = ["pinned.example.com"]   # allowed, never intercepted, even if inspect matches

@@ -710,3 +710,50 @@ fn exec_ask_on_a_terminal_prompts_and_takes_the_answer() {
         "curl got through: {seen}"
     );
 }
+
+#[test]
+fn pending_follow_streams_each_decision_as_it_comes_and_goes() {
+    require_root!();
+    let topo = Topology::new("ask_follow");
+    let _net = topo.start_fakenet();
+    let agent = Agent::daemon(&[&topo], &ask_policy("60s", ""));
+    let mut follow = agent
+        .cli()
+        .args(["pending", "--follow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&l) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let next_event = |kind: &str| loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {kind} event"));
+        if v["event"] == kind {
+            return v;
+        }
+    };
+    let args = ["--max-time", "40", "--resolve", R80, "http://other.test/"];
+    let (c, ()) = held_curl(&topo, &args, || {
+        let p = next_event("pending");
+        assert_eq!(p["name"], "other.test", "{p}");
+        assert_eq!(p["protocol"], "http", "{p}");
+        assert!(cli(&agent, &["approve", &id_of(&p)]).status.success());
+        let a = next_event("approved");
+        assert_eq!(a["id"], p["id"], "{a}");
+        assert_eq!(a["scope"], "once", "{a}");
+    });
+    assert_eq!(c.status, 200, "{c:?}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

@@ -519,7 +519,11 @@ pub fn operator() -> String {
         .or_else(|_| std::env::var("USER"))
         .ok()
         .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| !c.is_control()))
-        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+        .unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata("/proc/self").map(|m| m.uid());
+            uid.map_or_else(|_| "unknown user".into(), |u| format!("uid {u}"))
+        })
 }
 
 #[cfg(test)]

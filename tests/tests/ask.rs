@@ -158,14 +158,23 @@ fn a_dns_question_waits_for_the_decision_and_shares_it_with_the_connection() {
     require_root!();
     let topo = Topology::new("ask_dns");
     let net = topo.start_fakenet();
+    // Without the agent the name resolves (and is asked upstream at once).
+    let d = topo.probe(&["dns", "203.0.113.53", "other.test"]);
+    assert_eq!(
+        d["ips"],
+        serde_json::json!(["198.51.100.11"]),
+        "direct: {d}"
+    );
+    let asked_before = net.queries().len();
     let agent = Agent::daemon(&[&topo], &ask_policy("60s", ""));
     let (d, p) = std::thread::scope(|s| {
         let q =
             s.spawn(|| topo.probe(&["--timeout-ms", "40000", "dns", "203.0.113.53", "other.test"]));
         let p = wait_pending(&agent, "other.test", &[], 1);
         assert_eq!(p["protocol"], "dns", "{p}");
-        assert!(
-            !net.was_queried("other.test"),
+        assert_eq!(
+            net.queries().len(),
+            asked_before,
             "a held name is never forwarded before the decision"
         );
         let out = cli(&agent, &["approve", &id_of(&p)]);
@@ -225,6 +234,8 @@ fn approve_save_writes_a_valid_rule_that_survives_a_restart() {
     require_root!();
     let topo = Topology::new("ask_save");
     let _net = topo.start_fakenet();
+    let direct = curl(&topo, &["--resolve", R80, "http://other.test/"], &[]);
+    assert_eq!(direct.status, 200, "without the agent: {direct:?}");
     let mut agent = Agent::daemon(&[&topo], &ask_policy("60s", ""));
     let before = std::fs::read_to_string(&agent.policy).unwrap();
 
@@ -300,6 +311,8 @@ fn approve_session_lasts_for_the_agent_and_is_not_written() {
     require_root!();
     let topo = Topology::new("ask_session");
     let _net = topo.start_fakenet();
+    let direct = curl(&topo, &["--resolve", R80, "http://other.test/"], &[]);
+    assert_eq!(direct.status, 200, "without the agent: {direct:?}");
     let agent = Agent::daemon(&[&topo], &ask_policy("60s", ""));
     let before = std::fs::read_to_string(&agent.policy).unwrap();
     let args = ["--max-time", "40", "--resolve", R80, "http://other.test/"];
@@ -390,6 +403,17 @@ fn a_hundred_pending_decisions_are_bounded() {
     require_root!();
     let topo = Topology::new("ask_many");
     let _net = topo.start_fakenet();
+    // Without the agent every one of these names reaches the server.
+    let direct = curl(
+        &topo,
+        &[
+            "--resolve",
+            "extra.exfil.test:80:203.0.113.10",
+            "http://extra.exfil.test/",
+        ],
+        &[],
+    );
+    assert_eq!(direct.status, 200, "without the agent: {direct:?}");
     let agent = Agent::daemon(&[&topo], &ask_policy("120s", "ask_max_pending = 100\n"));
     // Warm up (first connection's allocations, the CA, the runtime's threads).
     let c = curl(

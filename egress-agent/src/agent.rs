@@ -71,6 +71,7 @@ impl Running {
             upstreams: Default::default(),
             dns_senders,
             trusts_ca: Default::default(),
+            netns: netns.try_clone().ok(),
         });
         let mut tasks = JoinSet::new();
         let Listeners {

@@ -28,6 +28,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     pub resolver: ArcSwap<Resolver>,
     pub audit: Audit,
+    /// Decisions pending for an operator (`mode = "ask"` profiles).
+    pub asks: crate::ask::Asks,
     /// Revocation URLs learned from inspected upstreams' certificates (kept across reloads).
     pub revocation: crate::revocation::Registry,
 }
@@ -39,6 +41,7 @@ impl Shared {
             policy: ArcSwap::from_pointee(policy),
             resolver: ArcSwap::from_pointee(resolver),
             audit,
+            asks: crate::ask::Asks::default(),
             revocation: Default::default(),
         }))
     }
@@ -156,6 +159,8 @@ pub struct Attachment {
     /// mounted the trust bundle): a denied TLS name is then answered with a minted
     /// certificate and a 403, and a client that still rejects the CA uses a store of its own.
     pub trusts_ca: std::sync::atomic::AtomicBool,
+    /// The sandbox's network namespace: where a `local` service marked `sandbox:` is dialed.
+    pub netns: Option<crate::netns::Netns>,
 }
 
 impl Attachment {

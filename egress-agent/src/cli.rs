@@ -104,6 +104,16 @@ pub enum Cmd {
     /// Gated parents (`[[gate]]` in daemon.toml): `list` the pinned gates, `remove` one.
     #[command(subcommand)]
     Gate(GateCmd),
+    /// Ask mode: the decisions waiting for an operator (JSON lines), or with --follow each
+    /// one as it comes and goes.
+    Pending {
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Ask mode: allow a pending decision (default --once).
+    Approve(ApproveArgs),
+    /// Ask mode: deny a pending decision (the normal denial, its reason naming you).
+    Deny { id: u64 },
     /// Explain the decision for HOST[:PORT] (with the daemon's policy unless --policy).
     Explain {
         host: String,
@@ -112,6 +122,33 @@ pub enum Cmd {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ApproveArgs {
+    pub id: u64,
+    /// Only what is held now (a DNS question and the connection that follows it).
+    #[arg(long, conflicts_with_all = ["session", "save"])]
+    pub once: bool,
+    /// The rule, for the rest of this agent's life, for that profile.
+    #[arg(long, conflicts_with = "save")]
+    pub session: bool,
+    /// Write the rule into the policy file (with a comment: who, when), re-validated and
+    /// reloaded; if the file would not validate, nothing changes (exit 2).
+    #[arg(long)]
+    pub save: bool,
+}
+
+impl ApproveArgs {
+    fn scope(&self) -> &'static str {
+        if self.save {
+            "save"
+        } else if self.session {
+            "session"
+        } else {
+            "once"
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +266,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Decisions { limit, cgroup_id } => decisions(&sock, limit, cgroup_id),
+        Cmd::Pending { follow } => pending(&sock, follow),
+        Cmd::Approve(a) => decide(&sock, a.id, "approve", Some(a.scope())),
+        Cmd::Deny { id } => decide(&sock, id, "deny", None),
         Cmd::Completions { shell } => completions(shell),
         Cmd::OciHook(args) => crate::oci::hook::run(&args, &sock),
         Cmd::Runtime(args) => crate::oci::wrapper::run(&args, cli.control.as_deref()),
@@ -239,7 +279,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Attach(args) if daemon() => attach_via_daemon(&sock, &args),
         Cmd::Exec(args) => runtime()?.block_on(crate::exec::run(args, cli.control.as_deref())),
-        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args)),
+        Cmd::Attach(args) => runtime()?.block_on(attach_foreground(args, &sock)),
         Cmd::Daemon { config, metrics } => {
             runtime()?.block_on(crate::service::run(&config, &sock, metrics))
         }
@@ -369,6 +409,51 @@ fn decisions(sock: &Path, limit: usize, cgroup_id: Option<u64>) -> Result<ExitCo
     let v: serde_json::Value = serde_json::from_str(&get(sock, &uri)?)?;
     for r in v.as_array().into_iter().flatten() {
         println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pending(sock: &Path, follow: bool) -> Result<ExitCode> {
+    require_daemon(sock, "pending")?;
+    if !follow {
+        let v: serde_json::Value = serde_json::from_str(&get(sock, "/v1/pending")?)?;
+        for p in v.as_array().into_iter().flatten() {
+            println!("{p}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    use std::io::Write;
+    runtime()?.block_on(crate::control::follow(
+        sock,
+        "/v1/pending?follow=1",
+        |line| {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+        },
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `approve ID [--once|--session|--save]` and `deny ID`, as the invoking user.
+fn decide(sock: &Path, id: u64, action: &str, scope: Option<&str>) -> Result<ExitCode> {
+    require_daemon(sock, action)?;
+    let by = crate::ask::operator();
+    let mut body = serde_json::json!({ "by": by });
+    if let Some(s) = scope {
+        body["scope"] = s.into();
+    }
+    let v = post_json(sock, &format!("/v1/pending/{id}/{action}"), body)?;
+    match scope {
+        Some(s) => println!(
+            "approved {id} ({s}): {} for profile {}{}",
+            v["rule"].as_str().unwrap_or("?"),
+            v["profile"].as_str().unwrap_or("?"),
+            v["policy"]
+                .as_str()
+                .map(|p| format!(", saved; policy {p}"))
+                .unwrap_or_default()
+        ),
+        None => println!("denied {id}: {}", v["denied"].as_str().unwrap_or("?")),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -557,7 +642,7 @@ fn status(json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
+async fn attach_foreground(args: AttachArgs, sock: &Path) -> Result<ExitCode> {
     let Some(policy) = &args.policy else {
         bail!("no daemon is running: give --policy FILE to enforce in the foreground (or start `egress-agent daemon`)");
     };
@@ -584,6 +669,7 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
         "enforcing cgroup id {} (adopted pins: {}) listeners tcp=127.0.0.1:{},[::1]:{} dns=127.0.0.1:{},[::1]:{}",
         running.attachment.cgroup.id, running.enforcement.adopted, c.tcp_port4, c.tcp_port6, c.dns_port4, c.dns_port6
     );
+    let _asking = ask_socket(&running, args.policy.clone(), sock);
     // SIGHUP reloads the policy file as the daemon does: an invalid file changes nothing,
     // a valid one is swapped in and the kernel deny set re-synced.
     let policy_path = args.policy.clone().unwrap_or_default();
@@ -607,3 +693,39 @@ async fn attach_foreground(args: AttachArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn _shared_is_send(_: Arc<Shared>) {}
+
+/// A foreground `attach` of a profile in ask mode serves the ask endpoints on the control
+/// socket path (no daemon answers there: that is why it runs in the foreground), so that
+/// `pending`, `approve` and `deny` work as with a daemon. Removed when dropped.
+fn ask_socket(running: &Running, policy: Option<PathBuf>, sock: &Path) -> Option<SocketFile> {
+    let shared = running.attachment.shared.clone();
+    let profile = running.attachment.profile.clone();
+    shared.policy.load().ask_timeout(&profile)?;
+    let listener = match crate::control::bind(sock) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "ask mode: no control socket to decide on; held connections will time out");
+            return None;
+        }
+    };
+    let file = crate::control::pending::StandaloneFile {
+        shared: shared.clone(),
+        path: policy,
+        profile,
+        keep_asking: false,
+    };
+    tokio::spawn(crate::control::serve_pending(
+        listener,
+        shared,
+        Arc::new(file),
+    ));
+    Some(SocketFile(sock.to_path_buf()))
+}
+
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

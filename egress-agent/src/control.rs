@@ -17,6 +17,9 @@
 //! | GET | `/v1/policy` | | the effective policy (text, `policy show`) |
 //! | GET | `/v1/explain` | `?host=H[:P]&profile=NAME` | the decision lines (text, `explain`) |
 //! | GET | `/metrics` | | Prometheus text |
+//! | GET | `/v1/pending` | `?follow=1` | ask mode's pending decisions (see [`pending`]) |
+//! | POST | `/v1/pending/ID/approve` | `{"scope", "by"}` | approve (`--once`, `--session`, `--save`) |
+//! | POST | `/v1/pending/ID/deny` | `{"by"}` | deny |
 //!
 //! Errors are `{"error": "<one line>"}` with a 4xx/5xx status; a request that
 //! fails never changes the running state.
@@ -28,12 +31,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::daemon::{AdoptRequest, AttachRequest, Daemon, DetachRequest};
+
+pub mod pending;
+pub use pending::PolicyFile;
 
 pub const DEFAULT_SOCKET: &str = "/run/egress-agent/control.sock";
 /// Request bodies are tiny; anything bigger is refused.
@@ -111,7 +117,71 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(route(req, &daemon).await) }
+                async move {
+                    if pending::owns(req.uri().path()) {
+                        let file = DaemonFile(&daemon);
+                        return Ok::<_, Infallible>(
+                            pending::route(req, &daemon.shared, &file).await,
+                        );
+                    }
+                    Ok(route(req, &daemon).await.map(Either::Left))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The daemon's policy file, reloaded as `reload` does (kernel deny sets re-synced).
+struct DaemonFile<'a>(&'a Daemon);
+
+impl PolicyFile for DaemonFile<'_> {
+    fn path(&self) -> Option<&Path> {
+        Some(&self.0.policy_path)
+    }
+
+    fn reload(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let v = self.0.reload().await.map_err(|e| e.to_string())?;
+            Ok(v["policy"].as_str().unwrap_or("").to_string())
+        })
+    }
+}
+
+/// A socket that serves only the ask endpoints (`exec --ask` without a terminal): the same
+/// root-only rule as the daemon's.
+pub async fn serve_pending(
+    listener: UnixListener,
+    shared: Arc<crate::attachment::Shared>,
+    file: Arc<dyn PolicyFile>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        if !matches!(stream.peer_cred(), Ok(c) if c.uid() == 0) {
+            continue;
+        }
+        let (shared, file) = (shared.clone(), file.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (shared, file) = (shared.clone(), file.clone());
+                async move {
+                    if !pending::owns(req.uri().path()) {
+                        let path = req.uri().path().to_string();
+                        return Ok::<_, Infallible>(
+                            error(404, format!("{path}: this socket (a standalone agent in ask mode) serves only /v1/pending"))
+                                .map(Either::Left),
+                        );
+                    }
+                    Ok(pending::route(req, &shared, file.as_ref()).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -121,6 +191,8 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 type Reply = Response<Full<Bytes>>;
+/// What the socket answers: a whole body, or an event stream (`/v1/pending?follow=1`).
+type Body = Either<Full<Bytes>, http_body_util::channel::Channel<Bytes>>;
 
 fn json(status: u16, v: &serde_json::Value) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
@@ -356,6 +428,59 @@ pub async fn call(
         .and_then(|v| v["error"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
     Err(ControlError::Refused(msg))
+}
+
+/// A streaming GET (`/v1/pending?follow=1`): `each` gets every line until the stream ends or
+/// `each` returns false.
+pub async fn follow(
+    path: &Path,
+    uri: &str,
+    mut each: impl FnMut(&str) -> bool,
+) -> Result<(), ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let http = |source| ControlError::Http {
+        path: path.to_owned(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .header(hyper::header::HOST, "egress-agent")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| ControlError::BadReply(path.to_owned(), e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(http)?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let b = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        return Err(ControlError::Refused(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&b).trim()
+        )));
+    }
+    let mut body = resp.into_body();
+    let mut partial = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(http)?.into_data() else {
+            continue;
+        };
+        partial.extend_from_slice(&data);
+        while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=nl).collect();
+            if !each(String::from_utf8_lossy(&line).trim_end()) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `call` from synchronous code (the CLI).

@@ -278,9 +278,10 @@ async fn answer(
     let q = req.queries.first()?.clone();
     let raw = q.name().to_ascii();
     let policy = att.shared.policy.load_full();
-    let (outcome, note) = decide(&q, &raw, att, &policy).await;
+    let (outcome, note, asked) = decide(&q, &raw, att, &policy).await;
     if let Some(rec) = record_of(att, &policy, &raw, asker, protocol, &outcome, note) {
         let mut rec = rec;
+        rec.ask = asked;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         att.shared.audit.record(rec);
     }
@@ -363,17 +364,65 @@ enum Note {
     Unrecorded,
 }
 
+/// The outcome, the record's note, and (ask mode) what became of the held question.
 async fn decide(
     q: &Query,
     raw: &str,
     att: &Attachment,
     policy: &crate::policy::Policy,
-) -> (Outcome, Note) {
+) -> (Outcome, Note, Option<String>) {
     let qtype = q.query_type();
     match judge(qtype, raw, att, policy) {
-        Judged::Now(outcome, note) => (outcome, note),
-        Judged::Resolve(name, note) => (resolve(&name, qtype, att, policy).await, note),
+        Judged::Now(outcome, Note::Denied(d)) => match policy.ask_timeout(&att.profile) {
+            Some(timeout) => Box::pin(asked(qtype, raw, att, policy, d, timeout)).await,
+            None => (outcome, Note::Denied(d), None),
+        },
+        Judged::Now(outcome, note) => (outcome, note, None),
+        Judged::Resolve(name, note) => (resolve(&name, qtype, att, policy).await, note, None),
     }
+}
+
+/// Ask mode: a name the policy denies waits for the same decision as the connection that
+/// follows it (one pending decision per profile and name); approved, it is resolved as an
+/// allowed name is, else refused as without ask mode, the reason saying why.
+async fn asked(
+    qtype: RecordType,
+    raw: &str,
+    att: &Attachment,
+    policy: &crate::policy::Policy,
+    mut d: crate::policy::Denied,
+    timeout: std::time::Duration,
+) -> (Outcome, Note, Option<String>) {
+    let Ok(name) = CanonicalName::parse(raw) else {
+        return (refused(&d, policy), Note::Denied(d), None);
+    };
+    let want = crate::ask::Want {
+        profile: att.profile.clone(),
+        name: name.clone(),
+        port: None,
+        protocol: None,
+        cgroup_id: att.cgroup.id,
+        comm: String::new(),
+        pid: 0,
+    };
+    let outcome = att
+        .shared
+        .asks
+        .hold(want, timeout, policy.ask_max_pending())
+        .await;
+    let label = Some(outcome.label());
+    if let Some(note) = outcome.denial_note() {
+        d.reason = format!("{}; {note}", d.reason);
+        return (refused(&d, policy), Note::Denied(d), label);
+    }
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        return (Outcome::NoData, Note::Decided, label);
+    }
+    (
+        resolve(&name, qtype, att, policy).await,
+        Note::Decided,
+        label,
+    )
 }
 
 /// What the policy says of a question, before any lookup.
@@ -411,6 +460,9 @@ fn judge(qtype: RecordType, raw: &str, att: &Attachment, policy: &crate::policy:
         };
         return Judged::Now(outcome, Note::Decided);
     }
+    if policy.is_local_name(&att.profile, &name) {
+        return Judged::Now(local_answer(&name, qtype, att), Note::Decided);
+    }
     let mut note = Note::Decided;
     if let Err(d) = answerable(&name, qtype, att, policy) {
         if policy.mode() != crate::policy::Mode::Monitor {
@@ -423,6 +475,17 @@ fn judge(qtype: RecordType, raw: &str, att: &Attachment, policy: &crate::policy:
         return Judged::Now(Outcome::NoData, note);
     }
     Judged::Resolve(name, note)
+}
+
+/// A `local` service's name: the agent's service address (A; NODATA otherwise), remembered so
+/// that a connection there on the service's port is known to mean it. Never forwarded.
+fn local_answer(name: &CanonicalName, qtype: RecordType, att: &Attachment) -> Outcome {
+    if qtype != RecordType::A {
+        return Outcome::NoData;
+    }
+    let addr = IpAddr::V4(crate::SERVICE_ADDR4);
+    att.dns.remember(name.as_str(), &[addr], MAX_TTL);
+    Outcome::Answer(vec![addr], MAX_TTL)
 }
 
 /// How a denied name is answered (`dns_deny`); never by asking anyone.

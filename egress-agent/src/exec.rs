@@ -53,9 +53,16 @@ pub struct ExecArgs {
     /// Do not print a line on stderr for each denial while CMD runs.
     #[arg(long)]
     pub quiet: bool,
+    /// Ask mode for the profile: what the policy denies is held while you decide, at the
+    /// prompt when stdin is a terminal, else with the `approve`/`deny` commands printed on
+    /// stderr (against a socket this exec serves).
+    #[arg(long)]
+    pub ask: bool,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
+
+mod ask;
 
 pub async fn run(args: ExecArgs, control: Option<&std::path::Path>) -> Result<ExitCode> {
     let policy = match &args.policy {
@@ -76,9 +83,26 @@ pub async fn run(args: ExecArgs, control: Option<&std::path::Path>) -> Result<Ex
     for line in target.notice().into_iter().chain(target.warnings()) {
         eprintln!("{line}");
     }
+    let policy = if args.ask {
+        policy.asking(&args.profile)
+    } else {
+        policy
+    };
     let audit = Audit::open(args.audit_log.as_deref())?;
     let shared = Shared::new(policy, audit)?;
     let _denials = crate::notify::to_stderr(&shared.audit, args.quiet);
+    let _asking = if args.ask {
+        Some(ask::start(std::sync::Arc::new(
+            crate::control::pending::StandaloneFile {
+                shared: shared.clone(),
+                path: args.policy.clone(),
+                profile: args.profile.clone(),
+                keep_asking: true,
+            },
+        ))?)
+    } else {
+        None
+    };
 
     let cg = Cgroup::create("egress-agent.exec", &format!("{}", std::process::id()))?;
     let result = run_in(&args, &target, shared, &cg, control).await;

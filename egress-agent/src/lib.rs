@@ -35,6 +35,7 @@ pub mod upstream;
 
 // What every room reads or uses.
 pub mod addr;
+pub mod ask;
 pub mod attachment;
 pub mod audit;
 pub mod copy;

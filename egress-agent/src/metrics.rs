@@ -73,7 +73,19 @@ struct ProfileCounters {
     bytes_down: AtomicU64,
     dns_answers: AtomicU64,
     dns_refusals: AtomicU64,
+    /// Ask mode outcomes, in [`ASK_OUTCOMES`] order.
+    ask: [AtomicU64; ASK_OUTCOMES.len()],
 }
+
+/// `outcome` label values of `egress_ask_decisions_total` (the record's `ask` field up to `#`).
+const ASK_OUTCOMES: [&str; 6] = [
+    "approved:once",
+    "approved:session",
+    "approved:save",
+    "denied",
+    "timeout",
+    "overflow",
+];
 
 /// Every counter of one agent process.
 #[derive(Default)]
@@ -138,6 +150,12 @@ impl Metrics {
         c.decisions[d][code].fetch_add(1, Ordering::Relaxed);
         c.bytes_up.fetch_add(rec.bytes_up, Ordering::Relaxed);
         c.bytes_down.fetch_add(rec.bytes_down, Ordering::Relaxed);
+        if let Some(ask) = rec.ask.as_deref() {
+            let kind = ask.split('#').next().unwrap_or(ask);
+            if let Some(i) = ASK_OUTCOMES.iter().position(|o| *o == kind) {
+                c.ask[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if rec.protocol.starts_with("dns") {
             if rec.decision == "deny" {
                 c.dns_refusals.fetch_add(1, Ordering::Relaxed);
@@ -206,6 +224,24 @@ impl Metrics {
                             code_label(code)
                         );
                     }
+                }
+            }
+        }
+        header(
+            &mut o,
+            "egress_ask_decisions_total",
+            "counter",
+            "Ask mode: connections and DNS questions held for an operator, by profile and outcome.",
+        );
+        for (name, c) in profiles.iter() {
+            for (i, outcome) in ASK_OUTCOMES.iter().enumerate() {
+                let n = c.ask[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        o,
+                        "egress_ask_decisions_total{{profile=\"{}\",outcome=\"{outcome}\"}} {n}",
+                        escape(name)
+                    );
                 }
             }
         }

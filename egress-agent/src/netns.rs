@@ -96,6 +96,19 @@ impl Netns {
         &self.path
     }
 
+    /// Another handle on the same namespace.
+    pub fn try_clone(&self) -> Result<Netns, NetnsError> {
+        Ok(Netns {
+            path: self.path.clone(),
+            file: self.file.try_clone().map_err(|source| NetnsError::Open {
+                path: self.path.clone(),
+                source,
+            })?,
+            dev: self.dev,
+            ino: self.ino,
+        })
+    }
+
     pub fn same_as(&self, other: &Netns) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }

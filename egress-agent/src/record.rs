@@ -57,6 +57,10 @@ pub struct Record {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
+    /// Ask mode: what became of the held decision (`approved:once#3`, `approved:session#3`,
+    /// `approved:save#3`, `denied#3`, `timeout#3`, `overflow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ask: Option<String>,
 }
 
 impl Record {

@@ -51,12 +51,32 @@ pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String
             ),
         };
     }
-    let _ = writeln!(
-        o,
-        "{}:{port} route: {}",
-        name.as_str(),
-        route_text(policy, &name, port)
-    );
+    let route = match policy.local_service(profile, &name, port) {
+        Some(l) => format!(
+            "local service {l} ({}): the agent's DNS answers {} with {}'s address {}, and the agent dials {} itself{} (not resolved, not screened by allow_ranges; no other port)",
+            l.rule,
+            l.name,
+            crate::SERVICE_NAME,
+            crate::SERVICE_ADDR4,
+            l.target,
+            if l.in_sandbox {
+                " inside the sandbox's own network namespace"
+            } else {
+                ""
+            }
+        ),
+        None => route_text(policy, &name, port),
+    };
+    let _ = writeln!(o, "{}:{port} route: {route}", name.as_str());
+    if let Some(t) = policy.ask_timeout(profile) {
+        let _ = writeln!(
+            o,
+            "{}:{port} ask: profile {profile} is in ask mode: what it denies above is held up to {} for `egress-agent approve ID` / `deny ID` (at most {} pending), then denied as shown",
+            name.as_str(),
+            humantime::format_duration(t),
+            policy.ask_max_pending()
+        );
+    }
     Ok(o)
 }
 

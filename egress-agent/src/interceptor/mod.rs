@@ -120,12 +120,140 @@ async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
     };
     let inspect = match s.decide(&policy, &wanted) {
         Ok(inspect) => inspect,
-        Err(r) => return Box::pin(s.refuse(&policy, r)).await,
+        Err(r) => match Box::pin(held(&mut s, &policy, &wanted, r)).await {
+            Ok(()) => false,
+            Err(r) => return Box::pin(s.refuse(&policy, r)).await,
+        },
     };
     Box::pin(hand_off(s, policy, peeked, wanted, inspect)).await;
 }
 
 const DNS_PORT: u16 = 53;
+
+/// Ask mode: a connection the policy denies by name, port or protocol waits for an
+/// operator's decision (see [`crate::ask`]). `Ok`: approved, served as passthrough. `Err`:
+/// the same refusal as without ask mode, its reason saying what became of the question.
+async fn held(
+    s: &mut Session,
+    policy: &Policy,
+    wanted: &Wanted,
+    r: Refusal,
+) -> Result<(), Refusal> {
+    use crate::deny::DenyCode;
+    let Some(timeout) = policy.ask_timeout(&s.att.profile) else {
+        return Err(r);
+    };
+    if !matches!(
+        r.code,
+        DenyCode::HostNotAllowed | DenyCode::PortNotAllowed | DenyCode::ProtocolNotAllowed
+    ) {
+        return Err(r);
+    }
+    let want = crate::ask::Want {
+        profile: s.att.profile.clone(),
+        name: wanted.name.clone(),
+        port: Some(wanted.port),
+        protocol: Some(wanted.protocol),
+        cgroup_id: s.att.cgroup.id,
+        comm: s.rec.comm.clone(),
+        pid: s.rec.pid,
+    };
+    let asks = &s.att.shared.asks;
+    let outcome = tokio::select! {
+        o = asks.hold(want, timeout, policy.ask_max_pending()) => o,
+        () = client_gone(&s.client) => {
+            // Not waiting for anyone any more: the pending decision loses this waiter.
+            s.rec.ask = Some("client_gone".into());
+            let mut r = r;
+            r.reason = format!("{}; the client went away while held for a decision", r.reason);
+            return Err(r);
+        }
+    };
+    s.rec.ask = Some(outcome.label());
+    match (outcome.denial_note(), outcome) {
+        (_, crate::ask::Outcome::Approved { rule, .. }) => {
+            s.rec.rule = Some(rule);
+            Ok(())
+        }
+        (Some(note), _) => {
+            let mut r = r;
+            r.reason = format!("{}; {note}", r.reason);
+            Err(r)
+        }
+        (None, _) => Err(r),
+    }
+}
+
+/// Resolves when the client closes (or resets) its connection. Bytes it sends meanwhile stay
+/// unread for whoever serves the connection; from then on it is not watched (no busy loop).
+async fn client_gone(client: &TcpStream) {
+    let mut b = [0u8; 1];
+    match client.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Step 5: the upstream, dialed by the agent: a `local` service's target, else the name
+/// resolved, screened and dialed (or tunnelled through the upstream proxy).
+async fn dial(
+    s: &Session,
+    policy: &Policy,
+    wanted: &Wanted,
+) -> Result<TcpStream, (crate::deny::DenyCode, String)> {
+    if let Some(l) = policy.local_service(&s.att.profile, &wanted.name, wanted.port) {
+        return dial_local(l, &s.att).await;
+    }
+    let resolver = s.att.shared.resolver.load_full();
+    crate::upstream::connect(&resolver, policy, &wanted.name, wanted.port).await
+}
+
+/// A `local` service's target, dialed by the agent as the entry says (never resolved or
+/// screened: the operator named the address), from the agent's network namespace or, for
+/// `sandbox:`, from the sandbox's own.
+async fn dial_local(
+    l: &crate::policy::LocalService,
+    att: &Arc<Attachment>,
+) -> Result<TcpStream, (crate::deny::DenyCode, String)> {
+    let unreachable = |why: String| {
+        (
+            crate::deny::DenyCode::UpstreamUnreachable,
+            format!("local service {l} ({}): {why}", l.rule),
+        )
+    };
+    let dialed = if l.in_sandbox {
+        dial_in_sandbox(att.clone(), l.target)
+            .await
+            .map_err(unreachable)?
+    } else {
+        match tokio::time::timeout(LOCAL_DIAL_TIMEOUT, TcpStream::connect(l.target)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("connect timed out".into())),
+        }
+    };
+    let _ = dialed.set_nodelay(true);
+    Ok(dialed)
+}
+
+/// Connects from a thread inside the sandbox's network namespace (the agent's own threads
+/// never change namespace); the socket keeps that namespace for its life.
+async fn dial_in_sandbox(att: Arc<Attachment>, target: SocketAddr) -> Result<TcpStream, String> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let ns = att
+            .netns
+            .as_ref()
+            .ok_or("the sandbox's network namespace is not known")?;
+        ns.run(move || std::net::TcpStream::connect_timeout(&target, LOCAL_DIAL_TIMEOUT))
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let std = joined.map_err(|e| e.to_string())??;
+    std.set_nonblocking(true).map_err(|e| e.to_string())?;
+    TcpStream::from_std(std).map_err(|e| e.to_string())
+}
+
+const LOCAL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection whose first bytes named nothing the policy can judge: the status page, a
 /// refusal, or (monitor mode) a pass to the address the client asked for.
@@ -160,15 +288,7 @@ async fn hand_off(
             return inspect_shared(s, policy, wanted, shared).await;
         }
     }
-    let resolver = s.att.shared.resolver.load_full();
-    let dialed = Box::pin(crate::upstream::connect(
-        &resolver,
-        &policy,
-        &wanted.name,
-        wanted.port,
-    ))
-    .await;
-    let upstream = match dialed {
+    let upstream = match Box::pin(dial(&s, &policy, &wanted)).await {
         Ok(u) => u,
         Err((code, reason)) => {
             let mut r = Refusal::new(

@@ -39,6 +39,11 @@ pub fn of(
     policy: &Policy,
 ) -> Result<Wanted, Unnamed> {
     let port = dst.port();
+    if service && matches!(peeked, Peeked::Opaque | Peeked::H2PriorKnowledge) {
+        if let Some(w) = local_by_address(dst, att, policy) {
+            return Ok(w);
+        }
+    }
     match peeked {
         Peeked::Tls(hello) => {
             let Some(sni) = hello.sni.as_deref() else {
@@ -99,6 +104,30 @@ pub fn opaque_could_be_allowed(dst: SocketAddr, att: &Attachment, policy: &Polic
                 Decision::Allow { .. }
             )
         })
+    })
+}
+
+/// Bytes that name nothing (opaque TCP, cleartext HTTP/2) to the agent's service address, from
+/// a container the agent's DNS gave a `local` service's name: that service when the port is
+/// its port; otherwise the name, for the entry's own refusal (`port_not_allowed`).
+fn local_by_address(dst: SocketAddr, att: &Attachment, policy: &Policy) -> Option<Wanted> {
+    let names: Vec<CanonicalName> = att
+        .dns
+        .names_of(dst.ip())
+        .iter()
+        .filter_map(|n| CanonicalName::parse(n).ok())
+        .filter(|n| policy.is_local_name(&att.profile, n))
+        .collect();
+    let name = names
+        .iter()
+        .find(|n| policy.local_service(&att.profile, n, dst.port()).is_some())
+        .or(names.first())?
+        .clone();
+    Some(Wanted {
+        name,
+        port: dst.port(),
+        protocol: Protocol::Opaque,
+        reply: Reply::Reset,
     })
 }
 

@@ -5,6 +5,7 @@
 //! [`Policy`] is immutable and indexed: [`Policy::decide`] and [`Policy::decide_request`]
 //! do not allocate on the allow path (hash lookups of the name and its label suffixes).
 
+pub mod local;
 pub mod name;
 mod parse;
 pub mod path;
@@ -16,10 +17,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::addr::AddrPolicy;
 use crate::deny::{Denial, DenyCode};
 
+pub use local::LocalService;
 pub use name::{split_host_port, CanonicalName, HostPattern, NameError, Pattern, DEFAULT_PORTS};
 pub use path::{PathGlob, Reading, Readings, Unjudgeable};
 pub use proxy::{ProxyHost, Route, UpstreamProxy};
@@ -427,12 +430,20 @@ impl Index {
     }
 }
 
+/// `ask_timeout` when a profile sets none.
+pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// `ask_max_pending` when the policy sets none.
+pub const DEFAULT_ASK_MAX_PENDING: usize = 1024;
+
 #[derive(Debug, Clone)]
 struct Profile {
     rules: Vec<Rule>,
     index: Index,
     http: Vec<HttpRule>,
     http_index: Index,
+    /// `mode = "ask"`: how long a connection the policy denies is held for a decision.
+    ask: Option<Duration>,
+    local: Vec<LocalService>,
     /// `allow_revocation` (see `crate::revocation`).
     allow_revocation: bool,
 }
@@ -452,8 +463,14 @@ impl Profile {
             index,
             http,
             http_index,
+            ask: None,
+            local: Vec::new(),
             allow_revocation: false,
         }
+    }
+
+    fn local_named(&self, name: &CanonicalName) -> Option<&LocalService> {
+        self.local.iter().find(|l| &l.name == name)
     }
 
     fn patterns(&self, kind: RuleKind) -> impl Iterator<Item = &Pattern> {
@@ -476,6 +493,8 @@ pub struct Policy {
     addr: AddrPolicy,
     upstream_ca: Option<PathBuf>,
     upstream_proxy: Option<UpstreamProxy>,
+    /// `ask_max_pending`, when the file sets it.
+    ask_max_pending: Option<usize>,
     profiles: BTreeMap<String, Profile>,
 }
 
@@ -594,6 +613,55 @@ impl Policy {
         v
     }
 
+    /// `mode = "ask"` profiles: how long a denied connection (or DNS question) is held
+    /// for an operator's decision. `None`: the profile denies at once.
+    pub fn ask_timeout(&self, profile: &str) -> Option<Duration> {
+        if self.mode == Mode::Monitor {
+            return None;
+        }
+        self.profiles.get(profile).and_then(|p| p.ask)
+    }
+
+    /// This policy with `profile` in ask mode (`exec --ask`), keeping its `ask_timeout` if
+    /// it has one. Monitor mode stays monitor mode (nothing is denied to ask about).
+    pub fn asking(mut self, profile: &str) -> Policy {
+        if let Some(p) = self.profiles.get_mut(profile) {
+            p.ask.get_or_insert(DEFAULT_ASK_TIMEOUT);
+        }
+        self
+    }
+
+    /// How many decisions may be pending at once (agent-wide); past it a connection that
+    /// would be held is denied at once.
+    pub fn ask_max_pending(&self) -> usize {
+        self.ask_max_pending.unwrap_or(DEFAULT_ASK_MAX_PENDING)
+    }
+
+    /// The `local` entry for `name:port` of `profile`.
+    pub fn local_service(
+        &self,
+        profile: &str,
+        name: &CanonicalName,
+        port: u16,
+    ) -> Option<&LocalService> {
+        self.profiles
+            .get(profile)?
+            .local_named(name)
+            .filter(|l| l.port == port)
+    }
+
+    /// Whether `name` is a local service's name in `profile` (on whatever port).
+    pub fn is_local_name(&self, profile: &str, name: &CanonicalName) -> bool {
+        self.profiles
+            .get(profile)
+            .is_some_and(|p| p.local_named(name).is_some())
+    }
+
+    /// The `local` entries of `profile`, in file order.
+    pub fn local_services(&self, profile: &str) -> &[LocalService] {
+        self.profiles.get(profile).map_or(&[], |p| &p.local)
+    }
+
     /// Profile names, sorted.
     pub fn profile_names(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)
@@ -627,6 +695,9 @@ impl Policy {
         let Some(p) = self.profiles.get(profile) else {
             return Decision::Deny(self.unknown_profile(profile));
         };
+        if let Some(l) = p.local_named(name) {
+            return local_decision(l, profile, port);
+        }
         let mut first: Option<usize> = None;
         let mut port_ok: Option<usize> = None;
         let (mut allow, mut inspect, mut pass) = (None, None, None);
@@ -765,6 +836,29 @@ impl Policy {
     pub fn show(&self) -> String {
         parse::show(self)
     }
+}
+
+/// A local service's name is decided by its entry alone: its port, any protocol (the bytes
+/// go to the one service the operator named).
+fn local_decision(l: &LocalService, profile: &str, port: u16) -> Decision {
+    if l.port == port {
+        return Decision::Allow {
+            rule: l.rule.clone(),
+            inspect: false,
+        };
+    }
+    Decision::Deny(Denied {
+        code: DenyCode::PortNotAllowed,
+        reason: format!(
+            "{} is a local service on port {} only ({}), not on port {port}",
+            l.name, l.port, l.rule
+        ),
+        rule: Some(l.rule.clone()),
+        hint: format!(
+            "add \"{}:{port} -> ADDRESS:PORT\" to [profile.{profile}] local",
+            l.name
+        ),
+    })
 }
 
 /// `path_not_allowed` for a path `rule` (the first of the host's rules) refused: naming the

@@ -10,8 +10,13 @@
 //! upstream_proxy = "http://proxy.corp:3128"                 # optional; see `proxy.rs`
 //! upstream_proxy_auth = { file = "/etc/egress-agent/proxy" } # `user:password`
 //! no_upstream_proxy = ["*.internal.corp"]                   # dialed directly
+//! ask_max_pending = 1024            # decisions pending at once (ask mode), agent-wide
 //!
 //! [profile.default]
+//! mode = "ask"                      # or "enforce" (default): hold what is denied for a decision
+//! ask_timeout = "30s"               # how long (1s to 10m); then the normal denial
+//! local = ["otel-collector:4317 -> 127.0.0.1:4317"]  # a name for one service on the host
+//!                                   # (`-> sandbox:ADDR:PORT`: in the sandbox's own netns)
 //! allow = ["example.com", "*.example.org", "db.example.net:5432"]  # no port = 80 and 443
 //! inspect = ["api.example.com"]          # TLS-inspect (implies allow)
 //! passthrough = ["pinned.example.com"]   # allowed, never intercepted, even if inspect matches
@@ -59,6 +64,7 @@ struct RawPolicy {
     upstream_proxy_auth: Option<Spanned<super::proxy::RawProxyAuth>>,
     #[serde(default)]
     no_upstream_proxy: Vec<Spanned<String>>,
+    ask_max_pending: Option<Spanned<i64>>,
     #[serde(default)]
     profile: BTreeMap<String, Spanned<RawProfile>>,
 }
@@ -66,6 +72,10 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
+    mode: Option<Spanned<String>>,
+    ask_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    local: Vec<Spanned<String>>,
     #[serde(default)]
     allow: Vec<Spanned<String>>,
     #[serde(default)]
@@ -339,8 +349,12 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
                 "profile names are 1 to 64 letters, digits, `_` or `-`",
             ));
         }
-        profiles.insert(name.clone(), build_profile(ctx, name, prof.get_ref())?);
+        let mut built = build_profile(ctx, name, prof.get_ref())?;
+        built.ask = ask_of(ctx, name, prof.get_ref(), mode)?;
+        built.local = locals_of(ctx, name, prof.get_ref(), &built.rules)?;
+        profiles.insert(name.clone(), built);
     }
+    let ask_max_pending = ask_max_pending(ctx, raw.ask_max_pending.as_ref())?;
     Ok(Policy {
         origin: ctx.origin.to_string(),
         version,
@@ -351,8 +365,109 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         addr,
         upstream_ca,
         upstream_proxy,
+        ask_max_pending,
         profiles,
     })
+}
+
+/// `mode` and `ask_timeout` of a profile: `Some(timeout)` for `mode = "ask"`.
+fn ask_of(
+    ctx: &Ctx<'_>,
+    name: &str,
+    raw: &RawProfile,
+    global: Mode,
+) -> Result<Option<std::time::Duration>, PolicyError> {
+    let key = |k: &str| format!("profile.{name}.{k}");
+    let asks = match &raw.mode {
+        None => false,
+        Some(m) => match m.get_ref().as_str() {
+            "enforce" => false,
+            "ask" if global == Mode::Monitor => {
+                return Err(ctx.err(
+                    m.span(),
+                    &key("mode"),
+                    "\"ask\" has no effect under the top-level mode = \"monitor\" (nothing is denied there)",
+                ))
+            }
+            "ask" => true,
+            other => {
+                return Err(ctx.err(
+                    m.span(),
+                    &key("mode"),
+                    format!("unknown profile mode {other:?}: expected \"enforce\" or \"ask\""),
+                ))
+            }
+        },
+    };
+    let timeout = match &raw.ask_timeout {
+        None => super::DEFAULT_ASK_TIMEOUT,
+        Some(t) if !asks => {
+            return Err(ctx.err(
+                t.span(),
+                &key("ask_timeout"),
+                "ask_timeout applies only with mode = \"ask\" in this profile",
+            ))
+        }
+        Some(t) => {
+            parse_ask_timeout(t.get_ref()).map_err(|e| ctx.err(t.span(), &key("ask_timeout"), e))?
+        }
+    };
+    Ok(asks.then_some(timeout))
+}
+
+fn parse_ask_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as \"30s\" or \"2m\": {e}"))?;
+    let range = std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600);
+    if !range.contains(&d) {
+        return Err(format!("{s:?}: expected 1s to 10m"));
+    }
+    Ok(d)
+}
+
+fn ask_max_pending(
+    ctx: &Ctx<'_>,
+    raw: Option<&Spanned<i64>>,
+) -> Result<Option<usize>, PolicyError> {
+    let Some(n) = raw else { return Ok(None) };
+    match usize::try_from(*n.get_ref()) {
+        Ok(v) if (1..=65_536).contains(&v) => Ok(Some(v)),
+        _ => Err(ctx.err(
+            n.span(),
+            "ask_max_pending",
+            format!("{} is out of range: expected 1 to 65536", n.get_ref()),
+        )),
+    }
+}
+
+/// The profile's `local` entries, each checked on its own and against the profile's rules.
+fn locals_of(
+    ctx: &Ctx<'_>,
+    name: &str,
+    raw: &RawProfile,
+    rules: &[Rule],
+) -> Result<Vec<super::LocalService>, PolicyError> {
+    let mut out: Vec<super::LocalService> = Vec::new();
+    for (i, s) in raw.local.iter().enumerate() {
+        let key = format!("profile.{name}.local[{i}]");
+        let svc = super::local::parse(s.get_ref(), RuleRef::new(key.clone()))
+            .map_err(|e| ctx.err(s.span(), &key, e))?;
+        if let Some(why) = super::local::conflict(&svc, rules.iter().map(|r| (&r.pattern, &r.id))) {
+            return Err(ctx.err(s.span(), &key, why));
+        }
+        if let Some(prev) = out.iter().find(|o| o.name == svc.name) {
+            return Err(ctx.err(
+                s.span(),
+                &key,
+                format!(
+                    "\"{}\" is already a local service (`{}`): one name, one service",
+                    svc.name, prev.rule
+                ),
+            ));
+        }
+        out.push(svc);
+    }
+    Ok(out)
 }
 
 fn parse_resolver(s: &str) -> Option<SocketAddr> {
@@ -641,6 +756,9 @@ pub(super) fn from_allow_list(patterns: &[String]) -> Result<Policy, PolicyError
         Spanned::new(
             0..0,
             RawProfile {
+                mode: None,
+                ask_timeout: None,
+                local: Vec::new(),
                 allow,
                 inspect: Vec::new(),
                 passthrough: Vec::new(),
@@ -701,8 +819,27 @@ pub(super) fn show(p: &Policy) -> String {
     if let Some(proxy) = &p.upstream_proxy {
         super::proxy::show(&mut o, proxy);
     }
+    if p.profiles.values().any(|pr| pr.ask.is_some()) || p.ask_max_pending.is_some() {
+        let _ = writeln!(o, "ask_max_pending = {}", p.ask_max_pending());
+    }
     for (name, prof) in &p.profiles {
         let _ = writeln!(o, "\n[profile.{name}]");
+        if let Some(t) = prof.ask {
+            let _ = writeln!(o, "mode = \"ask\"");
+            let _ = writeln!(
+                o,
+                "ask_timeout = {}",
+                q(&humantime::format_duration(t).to_string())
+            );
+        }
+        if !prof.local.is_empty() {
+            let _ = writeln!(
+                o,
+                "# local services: the agent's DNS answers each name with {}; the agent dials the target",
+                crate::SERVICE_NAME
+            );
+            let _ = writeln!(o, "local = {}", list(prof.local.iter()));
+        }
         for kind in [RuleKind::Allow, RuleKind::Inspect, RuleKind::Passthrough] {
             if prof.patterns(kind).next().is_some() {
                 let _ = writeln!(o, "{} = {}", kind.key(), list(prof.patterns(kind)));

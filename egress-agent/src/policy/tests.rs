@@ -980,3 +980,92 @@ fn indexed_matcher_agrees_with_naive_scan() {
         }
     }
 }
+
+#[test]
+fn ask_mode_keys_and_their_rendering() {
+    let src = "version = \"v\"\nask_max_pending = 7\n[profile.a]\nmode = \"ask\"\nask_timeout = \"2m\"\nallow = [\"x.test\"]\n[profile.b]\nmode = \"ask\"\n[profile.c]\nmode = \"enforce\"\n";
+    let p = Policy::parse(src, "ask.toml").unwrap();
+    assert_eq!(
+        p.ask_timeout("a"),
+        Some(std::time::Duration::from_secs(120))
+    );
+    assert_eq!(p.ask_timeout("b"), Some(super::DEFAULT_ASK_TIMEOUT));
+    assert_eq!(p.ask_timeout("c"), None);
+    assert_eq!(p.ask_max_pending(), 7);
+    let shown = p.show();
+    assert!(shown.contains("ask_max_pending = 7"), "{shown}");
+    assert!(
+        shown.contains("[profile.a]\nmode = \"ask\"\nask_timeout = \"2m\""),
+        "{shown}"
+    );
+    let q = Policy::parse(&shown, "shown").unwrap();
+    assert_eq!(q.ask_timeout("a"), p.ask_timeout("a"));
+    assert_eq!(q.show(), shown.replace("ask.toml", "shown"));
+    // `exec --ask` forces it; monitor mode never asks.
+    let e = Policy::parse("[profile.d]\nallow = []\n", "e")
+        .unwrap()
+        .asking("d");
+    assert_eq!(e.ask_timeout("d"), Some(super::DEFAULT_ASK_TIMEOUT));
+    let m = Policy::parse("mode = \"monitor\"\n[profile.d]\n", "m")
+        .unwrap()
+        .asking("d");
+    assert_eq!(m.ask_timeout("d"), None);
+    assert_eq!(
+        Policy::parse("[profile.d]\n", "d")
+            .unwrap()
+            .ask_max_pending(),
+        1024
+    );
+}
+
+#[test]
+fn local_services_decide_by_their_entry_only() {
+    let src = "[profile.p]\nallow = [\"x.test\"]\nlocal = [\"otel-collector:4317 -> 127.0.0.1:4317\", \"db.internal:5432 -> [::1]:5433\"]\n";
+    let p = Policy::parse(src, "local.toml").unwrap();
+    let otel = CanonicalName::parse("otel-collector").unwrap();
+    for proto in [Protocol::Tls, Protocol::Http, Protocol::Opaque] {
+        match p.decide("p", &otel, 4317, proto) {
+            Decision::Allow { rule, inspect } => {
+                assert_eq!(rule.as_str(), "profile.p.local[0]");
+                assert!(!inspect);
+            }
+            d => panic!("{d:?}"),
+        }
+        match p.decide("p", &otel, 4318, proto) {
+            Decision::Deny(d) => {
+                assert_eq!(d.code, DenyCode::PortNotAllowed);
+                assert!(
+                    d.reason.contains("local service on port 4317 only"),
+                    "{}",
+                    d.reason
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+    let l = p.local_service("p", &otel, 4317).unwrap();
+    assert_eq!(l.target, "127.0.0.1:4317".parse().unwrap());
+    assert!(p.local_service("p", &otel, 4318).is_none());
+    assert!(p.is_local_name("p", &otel));
+    assert!(!p.is_local_name("q", &otel));
+    assert_eq!(p.local_services("p").len(), 2);
+    let shown = p.show();
+    assert!(
+        shown.contains("local = [\"otel-collector:4317 -> 127.0.0.1:4317\", \"db.internal:5432 -> [::1]:5433\"]"),
+        "{shown}"
+    );
+    let q = Policy::parse(&shown, "shown").unwrap();
+    assert_eq!(q.local_services("p"), p.local_services("p"));
+    // A name is a local service or an internet host, never both.
+    let e = Policy::parse(
+        "[profile.p]\nallow = [\"*.internal\"]\nlocal = [\"db.internal:5432 -> 127.0.0.1:5432\"]\n",
+        "c.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("c.toml:3:10: key `profile.p.local[0]`: ")
+            && e.contains("profile.p.allow[0]"),
+        "{e}"
+    );
+}

@@ -31,17 +31,36 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_config SEC(".maps");
 
-/* Pinned like the others although nothing outside reads it: a link re-attached
- * after a detach (bpf::reattach, possibly by a restarted agent) is a program of
- * a new load, and must share the socket state of the links that stayed, or
- * connect4's record would be invisible to sockops and getpeername. */
+/* The state of every socket connect4/6 or sendmsg4/6 redirected or held,
+ * keyed by socket cookie. Preallocated: an update on the connect path takes a
+ * ready element from a per-CPU free list (bpf_sk_storage_get with F_CREATE
+ * allocated per socket: 75 % of the cgroup programs' cost per redirected
+ * connect()). Every such socket was made by socket(2), so its entry is deleted
+ * by sock_release when it is closed; one container that fills it has its own
+ * connects refused (REASON_NO_AGENT), nobody else's. Pinned like the others: a
+ * link re-attached after a detach (bpf::reattach, possibly by a restarted
+ * agent) is a program of a new load, and must share this state with the links
+ * that stayed, or connect4's record would be invisible to sockops and
+ * getpeername. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCK_STATE_MAX);
+	__type(key, __u64);
+	__type(value, struct sock_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_sock_state SEC(".maps");
+
+/* Sockets the container accepted itself (its own servers), whose replies may
+ * leave. Not on the connect path; in the socket's storage because such a child
+ * can die unreleased (its listener closed before accept), which no map entry
+ * would survive cleanly. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct sock_state);
+	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} eg_sock SEC(".maps");
+} eg_passive SEC(".maps");
 
 /* Sized for the 9,000-idle-connection target with room for churn; LRU so a
  * client that never completes its handshake cannot fill it. */
@@ -148,21 +167,11 @@ static __always_inline void report(__u8 hook, __u32 reason, __u16 family, const 
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* Remember where the client wanted to go, in the socket's own storage (freed
- * with the socket). Returns 0 when storage cannot be had: the caller refuses,
- * since a connection the agent cannot attribute would be refused anyway. */
-static __always_inline int remember(struct bpf_sock_addr *ctx, const __u8 *orig, __u16 port,
-				    __u16 family, __u32 flag)
+static __always_inline void fill_orig(struct sock_state *st, const __u8 *orig, __u16 port,
+				      __u16 family, __u64 netns_cookie)
 {
-	struct sock_state *st;
-	__u64 pid_tgid;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
-	if (!ctx->sk)
-		return 0;
-	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
 	__builtin_memcpy(st->orig.addr, orig, 16);
 	st->orig.port = port;
 	st->orig.family = family;
@@ -170,9 +179,28 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, const __u8 *orig,
 	st->orig.tgid = pid_tgid >> 32;
 	st->orig.cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(st->orig.comm, sizeof(st->orig.comm));
-	st->netns_cookie = bpf_get_netns_cookie(ctx);
-	st->flags |= flag;
-	return 1;
+	st->netns_cookie = netns_cookie;
+}
+
+/* Remember where the client wanted to go (eg_sock_state, by socket cookie).
+ * Returns 0 when the table is full: the caller refuses, since a connection the
+ * agent cannot attribute would be refused anyway. */
+static __always_inline int remember(struct bpf_sock_addr *ctx, const __u8 *orig, __u16 port,
+				    __u16 family, __u32 flag)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sock_state *st, fresh = {};
+
+	/* A DNS socket sends again and again: its entry is rewritten in place. */
+	st = bpf_map_lookup_elem(&eg_sock_state, &cookie);
+	if (st) {
+		fill_orig(st, orig, port, family, bpf_get_netns_cookie(ctx));
+		st->flags |= flag;
+		return 1;
+	}
+	fill_orig(&fresh, orig, port, family, bpf_get_netns_cookie(ctx));
+	fresh.flags = flag;
+	return bpf_map_update_elem(&eg_sock_state, &cookie, &fresh, BPF_ANY) == 0;
 }
 
 /* A UDP connect() to a port other than 53 sends nothing: gRPC and others connect
@@ -395,9 +423,9 @@ static __always_inline struct sock_state *dns_state(struct bpf_sock_addr *ctx)
 {
 	struct sock_state *st;
 
-	if (!ctx->sk)
-		return 0;
-	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, 0);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	st = bpf_map_lookup_elem(&eg_sock_state, &cookie);
 	if (!st || !(st->flags & SOCK_F_DNS))
 		return 0;
 	return st;
@@ -443,16 +471,24 @@ int egress_recvmsg6(struct bpf_sock_addr *ctx)
 
 /* ---- getpeername4 / getpeername6: the redirect is invisible --------------- */
 
+static __always_inline struct sock_state *redirected_state(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sock_state *st = bpf_map_lookup_elem(&eg_sock_state, &cookie);
+
+	if (!st || !(st->flags & SOCK_F_REDIRECTED))
+		return 0;
+	return st;
+}
+
 SEC("cgroup/getpeername4")
 int egress_getpeername4(struct bpf_sock_addr *ctx)
 {
 	struct sock_state *st;
 	__be32 orig;
 
-	if (!ctx->sk)
-		return SYS_PROCEED;
-	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, 0);
-	if (!st || !(st->flags & SOCK_F_REDIRECTED))
+	st = redirected_state(ctx);
+	if (!st)
 		return SYS_PROCEED;
 	__builtin_memcpy(&orig, st->orig.addr + 12, 4);
 	ctx->user_ip4 = orig;
@@ -465,10 +501,8 @@ int egress_getpeername6(struct bpf_sock_addr *ctx)
 {
 	struct sock_state *st;
 
-	if (!ctx->sk)
-		return SYS_PROCEED;
-	st = bpf_sk_storage_get(&eg_sock, ctx->sk, 0, 0);
-	if (!st || !(st->flags & SOCK_F_REDIRECTED))
+	st = redirected_state(ctx);
+	if (!st)
 		return SYS_PROCEED;
 	write_user_ip6(ctx, st->orig.addr);
 	ctx->user_port = bpf_htons(st->orig.port);
@@ -480,12 +514,9 @@ int egress_getpeername6(struct bpf_sock_addr *ctx)
 static __always_inline void rekey(struct bpf_sock_ops *skops)
 {
 	struct orig_dst_key key = {};
-	struct sock_state *st;
-	struct bpf_sock *sk = skops->sk;
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct sock_state *st = bpf_map_lookup_elem(&eg_sock_state, &cookie);
 
-	if (!sk)
-		return;
-	st = bpf_sk_storage_get(&eg_sock, sk, 0, 0);
 	if (!st || !(st->flags & SOCK_F_REDIRECTED))
 		return;
 	key.netns_cookie = st->netns_cookie;
@@ -502,14 +533,14 @@ static __always_inline void rekey(struct bpf_sock_ops *skops)
 
 static __always_inline void mark_passive(struct bpf_sock_ops *skops)
 {
-	struct sock_state *st;
 	struct bpf_sock *sk = skops->sk;
+	__u32 *st;
 
 	if (!sk)
 		return;
-	st = bpf_sk_storage_get(&eg_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	st = bpf_sk_storage_get(&eg_passive, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (st)
-		st->flags |= SOCK_F_PASSIVE;
+		*st = 1;
 }
 
 SEC("sockops")
@@ -523,6 +554,17 @@ int egress_sockops(struct bpf_sock_ops *skops)
 		mark_passive(skops);
 		break;
 	}
+	return SYS_PROCEED;
+}
+
+/* ---- sock_release: the socket's state goes with it ------------------------ */
+
+SEC("cgroup/sock_release")
+int egress_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+
+	bpf_map_delete_elem(&eg_sock_state, &cookie);
 	return SYS_PROCEED;
 }
 
@@ -678,6 +720,14 @@ static __always_inline void report_held_udp(const struct sock_state *st)
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* The state of the (full) socket that sent skb, if connect4/6 or sendmsg4/6 kept one. */
+static __always_inline struct sock_state *skb_state(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+
+	return bpf_map_lookup_elem(&eg_sock_state, &cookie);
+}
+
 /*
  * Drop any packet that is not to the agent's listeners, whatever path put it
  * here (source routes, a future kernel path around the socket hooks). Replies on
@@ -693,21 +743,26 @@ int egress_skb(struct __sk_buff *skb)
 
 	if (sk)
 		sk = bpf_sk_fullsock(sk);
-	if (sk) {
-		if (sk->state == BPF_TCP_LISTEN)
-			return SYS_PROCEED; /* SYN-ACK of the container's own server */
-		st = bpf_sk_storage_get(&eg_sock, sk, 0, 0);
-		if (st && (st->flags & SOCK_F_PASSIVE))
-			return SYS_PROCEED;
-	}
+	if (sk && sk->state == BPF_TCP_LISTEN)
+		return SYS_PROCEED; /* SYN-ACK of the container's own server */
 	if (cfg && skb_to_agent(skb, cfg)) {
-		if (st && (st->flags & SOCK_F_DNS))
-			note_dns_sender(skb, st);
+		/* Every packet of a redirected connection: only a DNS datagram needs
+		 * its socket's state (who sent it), so TCP looks nothing up. */
+		if (sk && sk->protocol == IPPROTO_UDP) {
+			st = skb_state(skb);
+			if (st && (st->flags & SOCK_F_DNS))
+				note_dns_sender(skb, st);
+		}
 		return SYS_PROCEED;
 	}
-	if (st && (st->flags & SOCK_F_UDP_HELD)) {
-		report_held_udp(st);
-		return SYS_REJECT;
+	if (sk) {
+		if (bpf_sk_storage_get(&eg_passive, sk, 0, 0))
+			return SYS_PROCEED;
+		st = skb_state(skb);
+		if (st && (st->flags & SOCK_F_UDP_HELD)) {
+			report_held_udp(st);
+			return SYS_REJECT;
+		}
 	}
 
 	count(HOOK_SKB_EGRESS, REASON_SKB_DROP);

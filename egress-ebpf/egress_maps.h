@@ -91,8 +91,9 @@ struct egress_config {
 };
 
 /* ---- Original destination ------------------------------------------------
- * connect4/6 write the client's original destination into the socket's local
- * storage (sock_state); the sockops program, at TCP_CONNECT_CB (after the
+ * connect4/6 write the client's original destination into eg_sock_state (a
+ * preallocated hash keyed by socket cookie, entry deleted at sock_release);
+ * the sockops program, at TCP_CONNECT_CB (after the
  * source port is chosen, before the SYN leaves), copies it into orig_dst keyed
  * by what the agent sees as the peer of the accepted socket.
  */
@@ -116,7 +117,7 @@ struct orig_dst_value {
 
 #define SOCK_F_REDIRECTED 1 /* connect() was rewritten to the agent: getpeername restores orig */
 #define SOCK_F_DNS        2 /* the last UDP datagram went to the agent's DNS listener */
-#define SOCK_F_PASSIVE    4 /* accepted by the container (its own server): replies may leave */
+/* 4 was SOCK_F_PASSIVE: accepted sockets are marked in eg_passive instead. */
 #define SOCK_F_UDP_HELD   8 /* UDP connect() to a port other than 53, left unredirected: the
 			     * connect only picks a source address; a datagram sent is refused */
 
@@ -129,6 +130,10 @@ struct orig_dst_value {
  * agent reads it (without deleting: one socket sends A and AAAA at once) for
  * each question.
  */
+
+/* Sockets eg_sock_state holds at once per container: twice the agent's
+ * per-container connection cap (16,384), leaving room for DNS and UDP sockets. */
+#define SOCK_STATE_MAX 32768
 
 struct sock_state {
 	struct orig_dst_value orig;

@@ -8,7 +8,7 @@ fn main() -> anyhow::Result<()> {
     let cg = Cgroup::open(std::path::Path::new(&path))?;
     let mut enf = bpf::Enforcement::attach(&cg)?;
     println!("attached adopted={} id={}", enf.adopted, cg.id);
-    let l = Listeners::create(&Netns::current()?)?;
+    let l = Listeners::create(&Netns::current()?, 1)?;
     enf.configure(l.config())?;
     enf.sync_deny_set(
         [(
@@ -22,8 +22,8 @@ fn main() -> anyhow::Result<()> {
     )?;
     println!("{:?}", l.config());
     let t = enf.take_orig_dst()?;
-    l.tcp4.set_nonblocking(false)?;
-    let (s, peer) = l.tcp4.accept()?;
+    l.tcp4[0].set_nonblocking(false)?;
+    let (s, peer) = l.tcp4[0].accept()?;
     let c = egress_agent::sys::netns_cookie(std::os::fd::AsRawFd::as_raw_fd(&s))?;
     let v = t.take(c, peer)?;
     println!(

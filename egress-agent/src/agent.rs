@@ -55,7 +55,7 @@ impl Running {
         }
         let mut enforcement = Enforcement::attach(&cg)?;
         sync_deny_set(&mut enforcement, &policy)?;
-        let listeners = Listeners::create(&netns)?;
+        let listeners = Listeners::create(&netns, crate::interceptor::connection_cap())?;
         let config = listeners.config();
         enforcement.configure(config)?;
         let orig = enforcement.take_orig_dst()?;
@@ -80,7 +80,7 @@ impl Running {
             dns4,
             dns6,
         } = listeners;
-        for l in std::iter::once(tcp4).chain(tcp6) {
+        for l in tcp4.into_iter().chain(tcp6) {
             let l = tokio::net::TcpListener::from_std(l)?;
             tasks.spawn(crate::interceptor::serve(l, attachment.clone()));
         }

@@ -8,7 +8,7 @@
 use std::io;
 
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::tcp::{ReadHalf, WriteHalf},
     net::TcpStream,
 };
@@ -86,7 +86,7 @@ fn reset(s: TcpStream) {
 
 /// One direction. A read error is the reading side's reset; a write error is
 /// the writing side's — both count as "this direction failed".
-async fn one_way(from: ReadHalf<'_>, mut to: WriteHalf<'_>, total: &mut u64) -> io::Result<()> {
+async fn one_way(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, total: &mut u64) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     let mut full_reads = 0u32;
     loop {
@@ -94,23 +94,24 @@ async fn one_way(from: ReadHalf<'_>, mut to: WriteHalf<'_>, total: &mut u64) -> 
         if buf.is_empty() {
             buf.resize(INITIAL, 0);
         }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Drained: a connection that has gone quiet gives its small buffer back, so
-                // thousands of idle keep-alive connections hold no buffers at all. A grown
-                // (bulk) buffer is kept: reallocating it on every drain would cost more.
-                if buf.len() <= INITIAL {
-                    buf = Vec::new();
-                }
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        // read(), not try_read(): a short read tells tokio the socket is drained, so the next
+        // readable() waits in epoll instead of costing a read() that fails with EAGAIN.
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
         to.write_all(&buf[..n]).await?;
         *total += n as u64;
-        if n == buf.len() && buf.len() < LARGE {
+        if n < buf.len() {
+            // Drained: a connection that has gone quiet gives its small buffer back, so
+            // thousands of idle keep-alive connections hold no buffers at all. A grown
+            // (bulk) buffer is kept: reallocating it on every drain would cost more.
+            if buf.len() <= INITIAL {
+                buf = Vec::new();
+            }
+            continue;
+        }
+        if buf.len() < LARGE {
             full_reads += 1;
             if full_reads >= FULL_READS_TO_GROW {
                 let next = if buf.len() < MEDIUM { MEDIUM } else { LARGE };
@@ -127,7 +128,6 @@ async fn one_way(from: ReadHalf<'_>, mut to: WriteHalf<'_>, total: &mut u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {

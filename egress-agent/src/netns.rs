@@ -145,24 +145,38 @@ impl Netns {
     }
 }
 
-/// The listeners of one enforced cgroup, created in its namespace.
+/// The listeners of one enforced cgroup, created in its namespace. Each TCP address is a
+/// SO_REUSEPORT group on one port (the kernel spreads new connections over its members) deep
+/// enough that a burst of as many connects as the container may hold fits in the accept
+/// queues: one listener's queue is capped by the namespace's `net.core.somaxconn` (4096 by
+/// default), and an overflowing queue drops handshake ACKs; under a long enough overflow the
+/// kernel expires those half-open requests early and answers the client's data with a reset.
+/// A root process in the same container (same uid, no user namespace) could join the group
+/// and be handed a share of that container's own connections; it gains no egress by it.
 #[derive(Debug)]
 pub struct Listeners {
-    pub tcp4: TcpListener,
-    /// None when IPv6 is disabled in the namespace: IPv6 connections are then refused.
-    pub tcp6: Option<TcpListener>,
+    /// Never empty.
+    pub tcp4: Vec<TcpListener>,
+    /// Empty when IPv6 is disabled in the namespace: IPv6 connections are then refused.
+    pub tcp6: Vec<TcpListener>,
     pub dns4: UdpSocket,
     pub dns6: Option<UdpSocket>,
 }
 
+/// At most this many listeners per group, however small somaxconn is.
+const MAX_GROUP: usize = 16;
+
 impl Listeners {
-    /// Bring `lo` up and bind ephemeral ports on 127.0.0.1 and [::1].
-    pub fn create(ns: &Netns) -> Result<Self, NetnsError> {
-        ns.run(|| {
+    /// Bring `lo` up and bind ephemeral ports on 127.0.0.1 and [::1]; each TCP group's
+    /// accept queues together hold at least `depth` connections (when MAX_GROUP allows).
+    pub fn create(ns: &Netns, depth: usize) -> Result<Self, NetnsError> {
+        ns.run(move || {
             crate::sys::loopback_up()?;
-            let tcp4 = tcp_listener("127.0.0.1:0".parse().unwrap())?;
+            let per_listener = depth.min(somaxconn()).max(1);
+            let n = depth.div_ceil(per_listener).clamp(1, MAX_GROUP);
+            let tcp4 = tcp_group("127.0.0.1:0".parse().unwrap(), n, per_listener)?;
             let dns4 = UdpSocket::bind("127.0.0.1:0")?;
-            let tcp6 = tcp_listener("[::1]:0".parse().unwrap()).ok();
+            let tcp6 = tcp_group("[::1]:0".parse().unwrap(), n, per_listener).unwrap_or_default();
             let dns6 = UdpSocket::bind("[::1]:0").ok();
             for s in [&dns4].into_iter().chain(dns6.as_ref()) {
                 s.set_nonblocking(true)?;
@@ -177,28 +191,53 @@ impl Listeners {
     }
 
     pub fn config(&self) -> crate::bpf::maps::EgressConfig {
-        let port = |a: io::Result<SocketAddr>| a.map(|a| a.port()).unwrap_or(0);
+        let port = |g: &[TcpListener]| {
+            g.first()
+                .and_then(|l| l.local_addr().ok())
+                .map_or(0, |a| a.port())
+        };
+        let udp = |a: io::Result<SocketAddr>| a.map(|a| a.port()).unwrap_or(0);
         crate::bpf::maps::EgressConfig {
-            tcp_port4: port(self.tcp4.local_addr()),
-            tcp_port6: self.tcp6.as_ref().map_or(0, |l| port(l.local_addr())),
-            dns_port4: port(self.dns4.local_addr()),
-            dns_port6: self.dns6.as_ref().map_or(0, |s| port(s.local_addr())),
+            tcp_port4: port(&self.tcp4),
+            tcp_port6: port(&self.tcp6),
+            dns_port4: udp(self.dns4.local_addr()),
+            dns_port6: self.dns6.as_ref().map_or(0, |s| udp(s.local_addr())),
             flags: crate::bpf::maps::CFG_F_CONFIGURED,
             svc_addr4: crate::SERVICE_ADDR4.octets(),
         }
     }
 }
 
-fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// The calling thread's namespace's cap on a listen backlog (/proc/sys/net follows the
+/// reader's namespace); 128, the smallest any kernel has used, if unreadable.
+fn somaxconn() -> usize {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(128)
+}
+
+/// `n` listeners on one port of `addr` (the first picks an ephemeral port, the rest join it).
+fn tcp_group(addr: SocketAddr, n: usize, backlog: usize) -> io::Result<Vec<TcpListener>> {
+    let first = tcp_listener(addr, backlog)?;
+    let bound = first.local_addr()?;
+    let mut group = vec![first];
+    for _ in 1..n {
+        group.push(tcp_listener(bound, backlog)?);
+    }
+    Ok(group)
+}
+
+fn tcp_listener(addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
-    // A deep backlog: bursts of thousands of connects must not see SYN drops.
-    s.listen(4096)?;
+    s.listen(backlog.min(i32::MAX as usize) as i32)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
 }

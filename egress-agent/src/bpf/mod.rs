@@ -39,6 +39,7 @@ pub const PROGRAMS: &[&str] = &[
     "egress_getpeername4",
     "egress_getpeername6",
     "egress_sockops",
+    "egress_sock_release",
     "egress_sock_create",
     "egress_setsockopt",
     "egress_skb",

@@ -346,6 +346,23 @@ impl Agent {
         }
     }
 
+    /// The audit log, parsed, once a record that `wanted` accepts is in it (or after 10 s):
+    /// records are written by a thread of their own, in the order they were made, so waiting
+    /// for a count can return before the one a test is about.
+    pub fn audit_records_until(
+        &self,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs = read_jsonl(&self.audit);
+            if recs.iter().any(&wanted) || std::time::Instant::now() > deadline {
+                return recs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The audit log, parsed (waits briefly for `min` records to be written).
     pub fn audit_records(&self, min: usize) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

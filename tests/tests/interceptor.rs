@@ -474,7 +474,10 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
         web2_before,
         "reached other.test"
     );
-    let recs = agent.audit_records(10);
+    // The DNS question was the last denial made, so its record is the last one written.
+    let dns_denial =
+        |r: &Value| r["decision"] == "deny" && r["protocol"] == "dns" && r["name"] == "other.test";
+    let recs = agent.audit_records_until(dns_denial);
     let denials: Vec<&Value> = recs.iter().filter(|r| r["decision"] == "deny").collect();
     for code in ["host_not_allowed", "protocol_not_allowed"] {
         assert!(
@@ -482,9 +485,7 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
             "no {code} record: {denials:#?}"
         );
     }
-    assert!(denials
-        .iter()
-        .any(|r| r["protocol"] == "dns" && r["name"] == "other.test"));
+    assert!(recs.iter().any(dns_denial), "no DNS denial record: {denials:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -597,6 +597,15 @@ fn detach_all_from_outside(links: &Path) -> usize {
     n
 }
 
+/// Sets the flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn metric(agent: &Agent, name: &str) -> u64 {
     let out = agent.cli().arg("metrics").output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -636,6 +645,9 @@ fn links_detached_from_outside_are_repaired_and_nothing_gets_out() {
     let seen_before = fake
         .connections_to(egress_tests::addrs::METADATA.into())
         .len();
+    // Every program of the attachment has its pinned link (one per hook).
+    let pinned = std::fs::read_dir(&links).unwrap().count();
+    assert!(pinned >= 12, "{pinned} links pinned");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let outcomes = std::thread::scope(|s| {
         let h = s.spawn(|| {
@@ -645,8 +657,11 @@ fn links_detached_from_outside_are_repaired_and_nothing_gets_out() {
             }
             v
         });
+        // The traffic loop stops however this ends (a failed assertion would otherwise leave
+        // the scope waiting for it forever).
+        let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(detach_all_from_outside(&links), 12);
+        assert_eq!(detach_all_from_outside(&links), pinned);
         let noticed = agent.wait_log("links detached by someone else", Duration::from_secs(3));
         let repaired = agent.wait_log("links re-attached", Duration::from_secs(3));
         std::thread::sleep(Duration::from_millis(500));
@@ -679,7 +694,7 @@ fn links_detached_from_outside_are_repaired_and_nothing_gets_out() {
         "{ok}"
     );
     assert!(metric(&agent, "egress_tamper_repairs_total") >= 1);
-    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 12);
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), pinned);
     podman.remove(&a);
     remove_cgroup(&a.cgroup);
     wait_attachments(&agent, 0);

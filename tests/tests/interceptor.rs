@@ -485,7 +485,10 @@ fn denied_names_get_the_deny_contract_on_every_protocol() {
             "no {code} record: {denials:#?}"
         );
     }
-    assert!(recs.iter().any(dns_denial), "no DNS denial record: {denials:#?}");
+    assert!(
+        recs.iter().any(dns_denial),
+        "no DNS denial record: {denials:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -162,11 +162,7 @@ impl Ca {
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(CA_VALIDITY_DAYS);
         let cert = params.self_signed(&key)?;
-        let tmp = state_dir.join(format!(
-            "ca.tmp-{}-{}",
-            std::process::id(),
-            now.unix_timestamp_nanos()
-        ));
+        let tmp = state_dir.join(format!("ca.tmp-{}", unique_suffix()));
         fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         let result = (|| {
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io_err(&tmp))?;
@@ -346,9 +342,17 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     f.sync_all().map_err(io_err(path))
 }
 
+/// A name part no other writer uses at the same time: this process's id and a counter (two
+/// threads of one process read the same clock tick often enough to collide on a timestamp).
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// Write to a temporary file and rename over `path`: readers never see half a bundle.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CaError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
     let _ = fs::remove_file(&tmp);
     write_file(&tmp, data, 0o644)?;
     fs::rename(&tmp, path).map_err(io_err(path))

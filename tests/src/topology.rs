@@ -194,7 +194,12 @@ fn remove_cgroup(cg: &Path) {
 /// Removes everything of topology `id` (idempotent, never panics).
 fn teardown(id: &str) {
     if let Some(root) = cgroup2_root() {
-        remove_cgroup(&root.join(CGROUP_PARENT).join(id));
+        let cgroup = root.join(CGROUP_PARENT).join(id);
+        let ids = cgroup_ids(&cgroup);
+        remove_cgroup(&cgroup);
+        // An agent killed or stopped without `detach` (on purpose, or by a failing test)
+        // leaves its pins; their cgroups are gone now, so are they.
+        remove_pins(&ids);
     }
     for p in NS_PREFIXES {
         let name = format!("{p}{id}");
@@ -209,6 +214,49 @@ fn teardown(id: &str) {
     }
     let _ = fs::remove_dir_all(workdir_for(id));
     let _ = fs::remove_file(Path::new(STATE_DIR).join(id));
+}
+
+/// The ids (inode numbers) of a cgroup and every cgroup below it.
+pub(crate) fn cgroup_ids(cgroup: &Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut todo = vec![cgroup.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        ids.push(meta.ino());
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    ids
+}
+
+/// Removes the agent's pins (`<bpffs>/egress-agent/<id>`) of these cgroup ids.
+pub(crate) fn remove_pins(ids: &[u64]) {
+    let Some(bpffs) = bpffs_root() else {
+        return;
+    };
+    for id in ids {
+        let dir = bpffs.join("egress-agent").join(id.to_string());
+        if dir.exists() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Where bpffs is mounted (from /proc/self/mountinfo).
+fn bpffs_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "bpf" {
+            return None;
+        }
+        Some(PathBuf::from(left.split_whitespace().nth(4)?))
+    })
 }
 
 fn workdir_for(id: &str) -> PathBuf {

@@ -856,7 +856,13 @@ fn a_thousand_containers_through_the_hook_leave_nothing_behind() {
         rss1.saturating_sub(rss_half),
         CHURN / 2
     );
-    let _ = std::fs::remove_dir_all(&parent);
+    // cgroups go with rmdir, children first (remove_dir_all would try their files).
+    for w in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+        if w.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir(w.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&parent);
 }
 
 /// A wrapper that also asks for the agent's CA in the container's system store.

@@ -446,7 +446,9 @@ fn scratch_dir(id: &str, kind: &str) -> PathBuf {
 /// cgroup subtree, unmounts and removes the scratch directory, removes the cgroups everywhere.
 fn teardown(id: &str, kind: &str) {
     let rel = format!("{CGROUP_TOP}/{id}/{kind}");
+    let mut ids = Vec::new();
     if let Some(root) = cgroup2_root() {
+        ids = crate::topology::cgroup_ids(&root.join(&rel));
         kill_cgroup(&root.join(&rel));
     }
     let dir = scratch_dir(id, kind);
@@ -473,6 +475,8 @@ fn teardown(id: &str, kind: &str) {
         let _ = fs::remove_dir(m.join(format!("{CGROUP_TOP}/{id}")));
         let _ = fs::remove_dir(m.join(CGROUP_TOP));
     }
+    // Pins of containers whose daemon stopped before it saw them exit.
+    crate::topology::remove_pins(&ids);
     for d in host_dirs.lines().filter(|l| !l.is_empty()) {
         let _ = fs::remove_dir(d);
     }

@@ -383,6 +383,26 @@ pub fn daemon_running(path: &Path) -> bool {
     }
 }
 
+/// An HTTP/1.1 connection to the control socket at `path`.
+async fn connect(
+    path: &Path,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ControlError::Http {
+            path: path.to_owned(),
+            source,
+        })?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// One request to the daemon. A 4xx/5xx answer becomes `Refused` with the
 /// daemon's one-line reason.
 pub async fn call(
@@ -391,20 +411,11 @@ pub async fn call(
     uri: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Bytes, ControlError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ControlError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
     let http = |source| ControlError::Http {
         path: path.to_owned(),
         source,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http)?;
-    tokio::spawn(conn);
+    let mut sender = connect(path).await?;
     let mut b = Request::builder()
         .method(method)
         .uri(uri)
@@ -437,20 +448,11 @@ pub async fn follow(
     uri: &str,
     mut each: impl FnMut(&str) -> bool,
 ) -> Result<(), ControlError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ControlError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
     let http = |source| ControlError::Http {
         path: path.to_owned(),
         source,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http)?;
-    tokio::spawn(conn);
+    let mut sender = connect(path).await?;
     let req = Request::builder()
         .method(Method::GET)
         .uri(uri)

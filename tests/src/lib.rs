@@ -172,6 +172,15 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Waits for a server the test spawned (stdout piped) to print its first line, `READY`.
+pub fn wait_ready(child: &mut std::process::Child, what: &str) {
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(line.trim(), "READY", "{what} did not start");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

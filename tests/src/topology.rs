@@ -451,6 +451,17 @@ impl Topology {
         );
     }
 
+    /// Puts `ip` on up-*'s loopback: an address of the fake internet for a server the test runs.
+    pub fn add_up_address(&self, ip: std::net::Ipv4Addr) {
+        let ok = Command::new("ip")
+            .args(["-n", &self.up_netns(), "addr", "add"])
+            .arg(format!("{ip}/32"))
+            .args(["dev", "lo"])
+            .status()
+            .expect("ip addr add");
+        assert!(ok.success(), "ip -n {} addr add {ip}/32", self.up_netns());
+    }
+
     /// Every address the fake internet serves on (held on up-*'s loopback).
     pub fn server_addrs(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = WEB_V4.iter().map(|a| (*a).into()).collect();

@@ -50,18 +50,7 @@ fn install_hook(hooks_dir: &Path, control: &Path) {
 /// symlink covers the default one).
 fn wrapper_script(dir: &Path, control: &Path, profile: &str) -> PathBuf {
     let script = dir.join(format!("egress-runc-{profile}"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec '{}' --control '{}' runtime --profile '{profile}' -- \"$@\"\n",
-            bin_path("egress-agent").display(),
-            control.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
+    egress_tests::runtimes::write_wrapper(&script, control, &format!("--profile '{profile}'"))
 }
 
 /// The denied host's answer is the agent's deny contract, not the server's page.
@@ -868,18 +857,7 @@ fn a_thousand_containers_through_the_hook_leave_nothing_behind() {
 /// A wrapper that also asks for the agent's CA in the container's system store.
 fn trusting_wrapper_script(dir: &Path, control: &Path) -> PathBuf {
     let script = dir.join("egress-runc-trust");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec '{}' --control '{}' runtime --profile default --trust-ca -- \"$@\"\n",
-            bin_path("egress-agent").display(),
-            control.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
+    egress_tests::runtimes::write_wrapper(&script, control, "--profile default --trust-ca")
 }
 
 #[test]

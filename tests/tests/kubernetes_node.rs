@@ -50,20 +50,9 @@ fn wrapper_script(dir: &Path, control: &Path, profile: Option<&str>) -> PathBuf 
         profile.map(|p| format!(".{p}")).unwrap_or_default()
     ));
     let flag = profile
-        .map(|p| format!("--profile {p} "))
+        .map(|p| format!("--profile {p}"))
         .unwrap_or_default();
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec '{}' --control '{}' runtime {flag}-- \"$@\"\n",
-            bin_path("egress-agent").display(),
-            control.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
+    egress_tests::runtimes::write_wrapper(&script, control, &flag)
 }
 
 /// containerd with the handlers `egress` (the wrapper, talking to `<workdir>/control.sock`) and

@@ -81,10 +81,7 @@ impl Servers {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        let out = c.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
-        assert_eq!(line.trim(), "READY");
+        egress_tests::wait_ready(&mut c, "the local services");
         Servers(c)
     }
 }

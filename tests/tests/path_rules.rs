@@ -138,13 +138,7 @@ impl Lenient {
         let dir = topo.workdir();
         let (cert, key, log) = (dir.join("t.pem"), dir.join("t.key"), dir.join("t.log"));
         issue_leaf(ca_key, &["tomcat.test"], &cert, &key);
-        let ok = Command::new("ip")
-            .args(["-n", &topo.up_netns(), "addr", "add"])
-            .arg(format!("{SERVER_IP}/32"))
-            .args(["dev", "lo"])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        topo.add_up_address(SERVER_IP);
         let mut child = topo
             .up_command(PYTHON)
             .args(["-c", LENIENT_PY])
@@ -158,10 +152,7 @@ impl Lenient {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        assert_eq!(line.trim(), "READY", "the lenient server did not start");
+        egress_tests::wait_ready(&mut child, "the lenient server");
         Lenient { child, log }
     }
 

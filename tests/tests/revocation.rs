@@ -94,15 +94,8 @@ impl Servers {
                 uris: vec![CRL.into()],
             }];
         });
-        for ip in [TLS_IP, PKI_IP] {
-            let ok = Command::new("ip")
-                .args(["-n", &topo.up_netns(), "addr", "add"])
-                .arg(format!("{ip}/32"))
-                .args(["dev", "lo"])
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
+        topo.add_up_address(TLS_IP);
+        topo.add_up_address(PKI_IP);
         let mut child = topo
             .up_command(PYTHON)
             .args(["-c", SERVERS_PY])
@@ -116,10 +109,7 @@ impl Servers {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        assert_eq!(line.trim(), "READY", "the servers did not start");
+        egress_tests::wait_ready(&mut child, "the servers");
         Servers { child, log }
     }
 

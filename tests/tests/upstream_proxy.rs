@@ -84,13 +84,7 @@ impl Squid {
             .status()
             .unwrap();
         assert!(ok.success());
-        let ok = Command::new("ip")
-            .args(["-n", &topo.up_netns(), "addr", "add"])
-            .arg(format!("{PROXY_IP}/32"))
-            .args(["dev", "lo"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "address for the proxy");
+        topo.add_up_address(PROXY_IP);
         let child = topo
             .up_command(bin)
             .args(["-N", "-f"])

@@ -770,6 +770,24 @@ pub fn output_text(o: &std::process::Output) -> String {
     s
 }
 
+/// Writes `path`: a runtime wrapper script, what an operator writes for a daemon on a
+/// non-default control socket: `egress-agent --control CONTROL runtime ARGS -- "$@"`.
+pub fn write_wrapper(path: &Path, control: &Path, args: &str) -> PathBuf {
+    fs::write(
+        path,
+        format!(
+            "#!/bin/sh\nexec '{}' --control '{}' runtime {args} -- \"$@\"\n",
+            crate::bin_path("egress-agent").display(),
+            control.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    path.to_path_buf()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -639,6 +639,8 @@ impl Runtime for Containerd<'_> {
 
 impl Drop for Containerd<'_> {
     fn drop(&mut self) {
+        // The pods' cgroups go below; a daemon already stopped would leave their pins.
+        let ids = crate::topology::cgroup_ids(&self.scratch.cgroup_parent_path());
         match self.cri.list_pod_sandbox() {
             Ok(pods) => {
                 for p in pods {
@@ -648,5 +650,6 @@ impl Drop for Containerd<'_> {
             Err(e) => eprintln!("egress-tests: ListPodSandbox at teardown: {e}"),
         }
         self.stop_daemon();
+        crate::topology::remove_pins(&ids);
     }
 }

@@ -72,6 +72,7 @@ impl Running {
             dns_senders,
             trusts_ca: Default::default(),
             netns: netns.try_clone().ok(),
+            budgets: Default::default(),
         });
         let mut tasks = JoinSet::new();
         let Listeners {

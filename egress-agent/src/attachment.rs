@@ -1,6 +1,6 @@
 //! Below every room: what every stage of the data path reads: the agent-wide [`Shared`] state (policy in
 //! force, resolver, audit log) and one [`Attachment`] per enforced cgroup (its identity,
-//! profile, original-destination table, DNS memory and connection budget). Below every
+//! profile, original-destination table, DNS memory, connection cap and budgets). Below every
 //! stage; it knows none of them.
 
 use std::{
@@ -77,7 +77,8 @@ impl Shared {
                     self.resolver.store(Arc::new(res));
                 }
                 self.policy.store(Arc::new(p));
-                tracing::info!(policy = %version, "policy reloaded");
+                let released = self.asks.release_allowed(&self.policy.load());
+                tracing::info!(policy = %version, released, "policy reloaded");
                 Ok(version)
             }
             Err(e) => {
@@ -149,7 +150,7 @@ pub struct Attachment {
     pub orig: OrigDstTable,
     pub dns: DnsMemory,
     pub shared: Arc<Shared>,
-    /// The container's connection budget, shared by its v4 and v6 listeners.
+    /// The container's connection cap, shared by its v4 and v6 listeners.
     pub conn_permits: Arc<tokio::sync::Semaphore>,
     /// Upstream HTTP/2 connections its inspected connections share.
     pub upstreams: crate::pool::SharedUpstreams,
@@ -161,6 +162,8 @@ pub struct Attachment {
     pub trusts_ca: std::sync::atomic::AtomicBool,
     /// The sandbox's network namespace: where a `local` service marked `sandbox:` is dialed.
     pub netns: Option<crate::netns::Netns>,
+    /// What this container has used of its profile's budgets (kept across reloads).
+    pub budgets: crate::budget::Budgets,
 }
 
 impl Attachment {

@@ -560,7 +560,25 @@ fn print_daemon_status(v: &serde_json::Value) {
             a["listeners"]["tcp"],
             a["listeners"]["dns"],
         );
+        for b in a["budgets"].as_array().into_iter().flatten() {
+            println!("  {}", budget_line(b));
+        }
     }
+}
+
+/// One budget of `status`: its limits and what the container has used of them.
+fn budget_line(b: &serde_json::Value) -> String {
+    format!(
+        "budget {} ({}): {}; used {} B up, {} B down this window (resets in {}s); {} open; exceeded {} times",
+        b["rule"].as_str().unwrap_or("?"),
+        b["host"].as_str().unwrap_or("every host"),
+        b["limits"].as_str().unwrap_or("?"),
+        b["used_bytes_up"],
+        b["used_bytes_down"],
+        b["window_resets_in_s"],
+        b["open_connections"],
+        b["exceeded"],
+    )
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -20,6 +20,8 @@ pub enum DenyCode {
     DnsError,
     UpstreamUnreachable,
     ProtocolNotAllowed,
+    /// Over one of the profile's budgets (bytes, connections, requests).
+    BudgetExceeded,
 }
 
 impl DenyCode {
@@ -34,6 +36,7 @@ impl DenyCode {
         DenyCode::DnsError,
         DenyCode::UpstreamUnreachable,
         DenyCode::ProtocolNotAllowed,
+        DenyCode::BudgetExceeded,
     ];
 
     /// The contract's snake_case code (JSON `error`, metrics label).
@@ -48,14 +51,15 @@ impl DenyCode {
             DenyCode::DnsError => "dns_error",
             DenyCode::UpstreamUnreachable => "upstream_unreachable",
             DenyCode::ProtocolNotAllowed => "protocol_not_allowed",
+            DenyCode::BudgetExceeded => "budget_exceeded",
         }
     }
 
     /// The RFC 9209 §2.3 proxy error type for `Proxy-Status: …; error=<type>`.
     ///
     /// Mapping, most precise type first:
-    /// - policy refusals of the request itself (host, port, method, path, protocol, and a
-    ///   Host/:authority that differs from the inspected connection's name) are
+    /// - policy refusals of the request itself (host, port, method, path, protocol, a budget
+    ///   used up, and a Host/:authority that differs from the inspected connection's name) are
     ///   `http_request_denied` ("rejected … based on its configuration and/or policy");
     /// - a destination whose every address is in the deny set is `destination_ip_prohibited`;
     /// - a failed lookup is `dns_error`;
@@ -68,7 +72,8 @@ impl DenyCode {
             | DenyCode::HostMismatch
             | DenyCode::MethodNotAllowed
             | DenyCode::PathNotAllowed
-            | DenyCode::ProtocolNotAllowed => "http_request_denied",
+            | DenyCode::ProtocolNotAllowed
+            | DenyCode::BudgetExceeded => "http_request_denied",
             DenyCode::DestinationIpProhibited => "destination_ip_prohibited",
             DenyCode::DnsError => "dns_error",
             DenyCode::UpstreamUnreachable => "destination_unavailable",
@@ -85,10 +90,12 @@ impl fmt::Display for DenyCode {
 /// The HTTP status for a denial: 403 for everything (DESIGN.md §6), except `host_mismatch`,
 /// which is 421 Misdirected Request (RFC 9110 §15.5.20): the request is not refused as
 /// such, it was sent on a connection for another name, and a well-behaved client (HTTP/2
-/// coalescing) retries it on a new connection.
+/// coalescing) retries it on a new connection; and `budget_exceeded`, 429 Too Many Requests
+/// (RFC 6585 §4): allowed, but not this much or this fast.
 pub fn status_for(code: DenyCode) -> u16 {
     match code {
         DenyCode::HostMismatch => 421,
+        DenyCode::BudgetExceeded => 429,
         _ => 403,
     }
 }
@@ -301,6 +308,7 @@ mod tests {
             ("dns_error", "dns_error", 403),
             ("upstream_unreachable", "destination_unavailable", 403),
             ("protocol_not_allowed", "http_request_denied", 403),
+            ("budget_exceeded", "http_request_denied", 429),
         ];
         assert_eq!(DenyCode::ALL.len(), want.len());
         for (code, (s, ps, st)) in DenyCode::ALL.iter().zip(want) {

@@ -38,6 +38,7 @@ pub mod addr;
 pub mod ask;
 pub mod attachment;
 pub mod audit;
+pub mod budget;
 pub mod copy;
 pub mod deny;
 pub mod metrics;

@@ -201,9 +201,14 @@ impl Metrics {
     }
 
     /// The exposition text. `kernel` holds the live attachments' counters
-    /// (hook label, reason, count); `extra` is appended as is (gauges the
-    /// caller owns).
-    pub fn render(&self, kernel: &[(&'static str, u32, u64)], audit_lost: u64) -> String {
+    /// (hook label, reason, count); `audit_lost` and `ask_pending` are the
+    /// caller's (the audit log's loss count, ask mode's pending decisions).
+    pub fn render(
+        &self,
+        kernel: &[(&'static str, u32, u64)],
+        audit_lost: u64,
+        ask_pending: usize,
+    ) -> String {
         let mut o = String::with_capacity(4096);
         let profiles = self.profiles.load_full();
         header(
@@ -369,6 +374,13 @@ impl Metrics {
             "Audit records dropped (channel full or log unwritable); enforcement never waits on the log.",
         );
         let _ = writeln!(o, "egress_audit_records_lost_total {audit_lost}");
+        header(
+            &mut o,
+            "egress_ask_pending",
+            "gauge",
+            "Decisions held for an operator now (ask mode), agent-wide.",
+        );
+        let _ = writeln!(o, "egress_ask_pending {ask_pending}");
         o
     }
 }
@@ -466,9 +478,12 @@ mod tests {
         m.reloaded(false);
         {
             let _g = m.connection();
-            assert!(m.render(&[], 0).contains("egress_active_connections 1\n"));
+            assert!(m
+                .render(&[], 0, 0)
+                .contains("egress_active_connections 1\n"));
         }
-        let t = m.render(&[("connect4", 3, 2)], 7);
+        let t = m.render(&[("connect4", 3, 2)], 7, 2);
+        assert!(t.contains("egress_ask_pending 2\n"), "{t}");
         for line in [
             "egress_decisions_total{profile=\"default\",decision=\"allow\",code=\"none\"} 1",
             "egress_decisions_total{profile=\"default\",decision=\"deny\",code=\"host_not_allowed\"} 1",

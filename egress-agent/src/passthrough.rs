@@ -2,9 +2,14 @@
 //! peeking are replayed to the upstream the agent dialed, then both directions are copied
 //! ([`crate::copy`]) until both are done or either side resets.
 
+use std::sync::Arc;
+
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::copy::{self, Disconnect, Transferred};
+use crate::{
+    budget::{Dir, Meter},
+    copy::{self, Disconnect, Transferred},
+};
 
 /// How a spliced connection ended.
 pub struct Outcome {
@@ -13,18 +18,49 @@ pub struct Outcome {
     pub ended_by: Option<Disconnect>,
 }
 
-/// Replays `peeked`, then copies both ways. The caller's set-up state should be gone by now:
-/// a spliced connection may stay open for hours and its task should hold little more than
-/// the two sockets.
-pub async fn splice(client: TcpStream, peeked: Vec<u8>, mut upstream: TcpStream) -> Outcome {
-    if !peeked.is_empty() && upstream.write_all(&peeked).await.is_err() {
-        return Outcome {
-            transferred: Transferred::default(),
-            ended_by: None,
+/// Replays `peeked`, then copies both ways, charging every byte to `meter` (the budgets: a
+/// copy over one stops at its limit). The caller's set-up state should be gone by now: a
+/// spliced connection may stay open for hours and its task should hold little more than the
+/// two sockets.
+pub async fn splice(
+    client: TcpStream,
+    peeked: Vec<u8>,
+    mut upstream: TcpStream,
+    meter: Option<Arc<Meter>>,
+) -> Outcome {
+    if !peeked.is_empty() {
+        let fits = match meter
+            .as_deref()
+            .map(|m| m.charge(Dir::Up, peeked.len() as u64))
+        {
+            Some(Err(x)) => Err(x),
+            _ => Ok(()),
         };
+        let sent = match &fits {
+            Ok(()) => &peeked[..],
+            Err(x) => &peeked[..x.allowed as usize],
+        };
+        if upstream.write_all(sent).await.is_err() {
+            return Outcome {
+                transferred: Transferred::default(),
+                ended_by: None,
+            };
+        }
+        if let Err(x) = fits {
+            copy::cut(client, upstream, Dir::Up).await;
+            return Outcome {
+                transferred: Transferred {
+                    up: sent.len() as u64,
+                    down: 0,
+                },
+                ended_by: Some(Disconnect::OverBudget(x)),
+            };
+        }
     }
+    let replayed = peeked.len() as u64;
     drop(peeked);
-    let (transferred, ended_by) = copy::bidirectional(client, upstream).await;
+    let (mut transferred, ended_by) = copy::bidirectional(client, upstream, meter.as_deref()).await;
+    transferred.up += replayed;
     Outcome {
         transferred,
         ended_by,

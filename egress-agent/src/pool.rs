@@ -16,11 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::body::Incoming;
-
 use crate::policy::Policy;
 
-pub type H2 = hyper::client::conn::http2::SendRequest<Incoming>;
+pub type H2 = hyper::client::conn::http2::SendRequest<crate::requests::UpBody>;
 
 /// An unused shared connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(60);

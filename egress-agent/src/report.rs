@@ -68,6 +68,15 @@ pub fn explain_text(policy: &Policy, host: &str, profile: &str) -> Result<String
         None => route_text(policy, &name, port),
     };
     let _ = writeln!(o, "{}:{port} route: {route}", name.as_str());
+    for b in policy.budgets_for(profile, &name) {
+        let _ = writeln!(
+            o,
+            "{}:{port} budget: {} ({}): {b}; counted per container; over it a connection or request is refused or cut with budget_exceeded (HTTP 429, TLS access_denied or a 429 inside TLS, a reset for opaque TCP)",
+            name.as_str(),
+            b.id,
+            b.host.as_ref().map_or_else(|| "every host".to_string(), |h| format!("host \"{h}\"")),
+        );
+    }
     if let Some(t) = policy.ask_timeout(profile) {
         let _ = writeln!(
             o,

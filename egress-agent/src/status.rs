@@ -26,6 +26,7 @@ pub fn page(att: &Attachment, policy: &Policy) -> String {
         "mode": if policy.mode() == crate::policy::Mode::Monitor { "monitor" } else { "enforce" },
         "trusts_ca": att.trusts_ca(),
         "recent_denials": recent,
+        "budgets": att.budgets.describe(policy, &att.profile),
         "proxy": format!("http://{}:3128 (HTTPS_PROXY, optional: all traffic is intercepted anyway)", crate::SERVICE_NAME),
     })
     .to_string()

@@ -1,6 +1,6 @@
 //! Host layer: the only module with `unsafe`: thin wrappers over Linux syscalls that neither
 //! std nor a well-kept crate exposes (bpf map lookup-and-delete, setns,
-//! SO_NETNS_COOKIE, bringing `lo` up, mounting bpffs, capabilities).
+//! SO_NETNS_COOKIE, SIOCOUTQ, bringing `lo` up, mounting bpffs, capabilities).
 
 use std::{
     ffi::CString,
@@ -16,6 +16,14 @@ fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
+}
+
+/// `SIOCOUTQ` on a TCP socket: bytes written but not yet acknowledged by the peer.
+pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int to the pointer it is given.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) } as libc::c_long)?;
+    Ok(n.max(0) as usize)
 }
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps since 5.14): takes an entry

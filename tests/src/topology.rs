@@ -239,10 +239,15 @@ pub(crate) fn remove_pins(ids: &[u64]) {
     let Some(bpffs) = bpffs_root() else {
         return;
     };
+    // An enforced cgroup's pins are `egress-agent/ID`; a gated parent's `egress-agent/gate/ID`.
     for id in ids {
-        let dir = bpffs.join("egress-agent").join(id.to_string());
-        if dir.exists() {
-            let _ = fs::remove_dir_all(&dir);
+        for dir in [
+            bpffs.join("egress-agent").join(id.to_string()),
+            bpffs.join("egress-agent/gate").join(id.to_string()),
+        ] {
+            if dir.exists() {
+                let _ = fs::remove_dir_all(&dir);
+            }
         }
     }
 }

@@ -307,6 +307,46 @@ fn approve_save_writes_a_valid_rule_that_survives_a_restart() {
 }
 
 #[test]
+fn a_reload_that_allows_a_held_name_releases_it() {
+    require_root!();
+    let topo = Topology::new("ask_reload");
+    let _net = topo.start_fakenet();
+    let agent = Agent::daemon(&[&topo], &ask_policy("60s", ""));
+    let metric = |agent: &Agent| {
+        let m = String::from_utf8_lossy(&cli(agent, &["metrics"]).stdout).into_owned();
+        m.lines()
+            .find_map(|l| l.strip_prefix("egress_ask_pending ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no egress_ask_pending: {m}"))
+    };
+    let args = ["--max-time", "40", "--resolve", R80, "http://other.test/"];
+    let started = Instant::now();
+    let (c, ()) = held_curl(&topo, &args, || {
+        wait_pending(&agent, "other.test", &[], 1);
+        assert_eq!(metric(&agent), "1");
+        let allowed = ask_policy("60s", "")
+            .replace("ask-1", "ask-2")
+            .replace("[\"allowed.test\"]", "[\"allowed.test\", \"other.test\"]");
+        std::fs::write(&agent.policy, allowed).unwrap();
+        let out = cli(&agent, &["reload"]);
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert_eq!(c.status, 200, "released by the reload: {c:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "released at once, not at the timeout"
+    );
+    assert!(pending(&agent).is_empty());
+    assert_eq!(metric(&agent), "0");
+    let released = audit_with_ask(&agent, "approved:once");
+    assert!(
+        released.iter().any(|r| r["rule"]
+            .as_str()
+            .is_some_and(|s| s.contains("by policy reload (ask-2)"))),
+        "{released:?}"
+    );
+}
+
+#[test]
 fn approve_session_lasts_for_the_agent_and_is_not_written() {
     require_root!();
     let topo = Topology::new("ask_session");

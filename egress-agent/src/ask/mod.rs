@@ -23,7 +23,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
-use crate::policy::{CanonicalName, Pattern, Protocol, DEFAULT_PORTS};
+use crate::policy::{CanonicalName, Pattern, Policy, Protocol, DEFAULT_PORTS};
 
 /// How far an approval reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -216,6 +216,9 @@ struct State {
     /// Decisions only DNS questions waited for: the connection that follows (within
     /// [`TICKET_LIFE`]) is the one the operator decided on.
     tickets: HashMap<Key, (Ticket, Instant)>,
+    /// Decisions whose rule `--save` is writing: the reload that follows must not release
+    /// them (the operator's own approval does).
+    saving: std::collections::HashSet<u64>,
 }
 
 /// A decision left for the connection that follows an answered DNS question.
@@ -229,6 +232,28 @@ enum Ticket {
 
 /// Tickets live this long after the approval that left them.
 const TICKET_LIFE: Duration = Duration::from_secs(60);
+/// A decision being saved (see [`Asks::saving`]).
+pub struct Saving<'a> {
+    asks: &'a Asks,
+    id: u64,
+}
+
+impl Drop for Saving<'_> {
+    fn drop(&mut self) {
+        self.asks.state().saving.remove(&self.id);
+    }
+}
+
+/// Whether `policy` allows what `want` waits for (a DNS question: the name on 443).
+fn allowed_now(policy: &Policy, want: &Want) -> bool {
+    let port = want.port.unwrap_or(443);
+    let protocol = want.protocol.unwrap_or(Protocol::Tls);
+    matches!(
+        policy.decide(&want.profile, &want.name, port, protocol),
+        crate::policy::Decision::Allow { .. }
+    )
+}
+
 /// Events buffered per follower; a slower follower misses events (and is told so).
 const EVENT_BUFFER: usize = 256;
 
@@ -419,6 +444,36 @@ impl Asks {
         let _ = e.tx.send(Some(verdict));
         let _ = self.events.send(event);
         Ok(e.shown)
+    }
+
+    /// After a reload: every pending decision the new policy allows is approved (once, by the
+    /// reload), so its held connections go on at once instead of waiting out `ask_timeout`.
+    /// Returns how many were released.
+    pub fn release_allowed(&self, policy: &Policy) -> usize {
+        let ids: Vec<u64> = {
+            let st = self.state();
+            st.pending
+                .values()
+                .filter(|e| !st.saving.contains(&e.shown.id) && allowed_now(policy, &e.want))
+                .map(|e| e.shown.id)
+                .collect()
+        };
+        let by = format!("policy reload ({})", policy.version());
+        ids.into_iter()
+            .filter(|id| {
+                let verdict = Verdict::Approved {
+                    scope: Scope::Once,
+                    by: by.clone(),
+                };
+                self.decide(*id, verdict).is_ok()
+            })
+            .count()
+    }
+
+    /// Keeps `id` out of [`Asks::release_allowed`] while `--save` writes and reloads its rule.
+    pub fn saving(&self, id: u64) -> Saving<'_> {
+        self.state().saving.insert(id);
+        Saving { asks: self, id }
     }
 
     /// The pending decision `id` (for `--save`, which needs its rule before deciding).

@@ -141,3 +141,46 @@ async fn session_grants_last_and_overflow_is_denied_at_once() {
         .decide(999, Verdict::Denied { by: "x".into() })
         .is_err());
 }
+
+#[tokio::test]
+async fn a_reload_that_allows_a_held_name_releases_it_unless_it_is_being_saved() {
+    let asks = Arc::new(Asks::default());
+    let held = |name: &'static str| {
+        let asks = asks.clone();
+        tokio::spawn(async move { asks.hold(want(name, Some(443)), LONG, 8).await })
+    };
+    let (a, b, c) = (held("a.test"), held("b.test"), held("c.test"));
+    let shown = pending(&asks, 3).await;
+    let saved = shown.iter().find(|s| s.name == "c.test").unwrap().id;
+    let policy = Policy::parse(
+        "version = \"v2\"\n[profile.default]\nallow = [\"a.test\", \"c.test\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    let saving = asks.saving(saved);
+    assert_eq!(asks.release_allowed(&policy), 1, "a.test only");
+    let got = a.await.unwrap();
+    assert!(
+        matches!(&got, Outcome::Approved { scope: Scope::Once, rule, .. } if rule.contains("by policy reload (v2)")),
+        "{got:?}"
+    );
+    // b.test is still not allowed; c.test waits for its own (saving) approval.
+    assert_eq!(asks.pending_count(), 2);
+    asks.decide(
+        saved,
+        Verdict::Approved {
+            scope: Scope::Save,
+            by: "root".into(),
+        },
+    )
+    .unwrap();
+    drop(saving);
+    assert!(matches!(
+        c.await.unwrap(),
+        Outcome::Approved {
+            scope: Scope::Save,
+            ..
+        }
+    ));
+    b.abort();
+}

@@ -171,6 +171,7 @@ pub async fn approve_as(
         return Err((404, crate::ask::DecideError::Unknown(id).to_string()));
     };
     let mut policy = None;
+    let _saving = (scope == Scope::Save).then(|| asks.saving(id));
     if scope == Scope::Save {
         policy = Some(save_rule(file, &shown, &by).await.map_err(|e| (422, e))?);
     }

@@ -588,10 +588,11 @@ impl Daemon {
         let map = self.attachments.lock().await;
         let kernel: Vec<_> = map.values().flat_map(kernel_counters).collect();
         drop(map);
-        self.shared
-            .audit
-            .metrics()
-            .render(&kernel, self.shared.audit.lost())
+        self.shared.audit.metrics().render(
+            &kernel,
+            self.shared.audit.lost(),
+            self.shared.asks.pending_count(),
+        )
     }
 
     /// Stop serving everything; the pins stay (fail closed).
@@ -624,6 +625,7 @@ fn describe(r: &Running) -> serde_json::Value {
             "tcp": [format!("127.0.0.1:{}", c.tcp_port4), format!("[::1]:{}", c.tcp_port6)],
             "dns": [format!("127.0.0.1:{}", c.dns_port4), format!("[::1]:{}", c.dns_port6)],
         },
+        "budgets": a.budgets.describe(&a.shared.policy.load(), &a.profile),
     })
 }
 

@@ -2,7 +2,7 @@
 //! connection the kernel redirected arrives here and goes through the steps of §5, one
 //! function each: [`Session::attribute`] (original destination, workload), [`Session::peek`]
 //! (ClientHello, HTTP head, CONNECT, or nothing), [`wanted::of`] (the canonical name),
-//! [`Session::decide`] (the policy), then [`hand_off`]: the upstream dialed by
+//! [`Session::decide`] (the policy), [`Session::admit`] (the budgets), then [`hand_off`]: the upstream dialed by
 //! [`crate::upstream`] and the connection served by [`crate::passthrough`],
 //! [`crate::inspect`] or [`crate::requests`]. DNS over TCP goes to [`crate::dns`].
 
@@ -282,10 +282,14 @@ async fn hand_off(
     wanted: Wanted,
     inspect: bool,
 ) {
+    let meter = match s.admit(&policy, &wanted) {
+        Ok(m) => m,
+        Err(r) => return s.refuse(&policy, r).await,
+    };
     if inspect {
         note_ech(&mut s, &peeked);
         if let Some(shared) = shared_upstream(&s, &policy, &peeked, &wanted) {
-            return inspect_shared(s, policy, wanted, shared).await;
+            return inspect_shared(s, policy, wanted, shared, meter).await;
         }
     }
     let upstream = match Box::pin(dial(&s, &policy, &wanted)).await {
@@ -314,11 +318,11 @@ async fn hand_off(
         peeked
     };
     match first {
-        Peeked::Tls(_) if inspect => serve_requests(s, policy, wanted, upstream, true).await,
-        Peeked::Http(_) => serve_requests(s, policy, wanted, upstream, false).await,
+        Peeked::Tls(_) if inspect => serve_requests(s, policy, wanted, upstream, true, meter).await,
+        Peeked::Http(_) => serve_requests(s, policy, wanted, upstream, false, meter).await,
         _ => {
             drop((first, wanted, policy));
-            s.splice(upstream).await
+            s.splice(upstream, meter).await
         }
     }
 }
@@ -356,10 +360,13 @@ async fn inspect_shared(
     policy: Arc<Policy>,
     wanted: Wanted,
     (h2, peer): (H2, Option<SocketAddr>),
+    meter: Option<Arc<crate::budget::Meter>>,
 ) {
     s.rec.upstream = peer.map(|a| a.to_string());
     s.rec.protocol = "http";
-    let conn = Conn::new(s.att, policy, wanted.name, wanted.port, s.rec, None).with_shared_h2(h2);
+    let conn = Conn::new(s.att, policy, wanted.name, wanted.port, s.rec, None)
+        .with_shared_h2(h2)
+        .with_budget(meter);
     Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
 }
 
@@ -371,6 +378,7 @@ async fn serve_requests(
     wanted: Wanted,
     upstream: TcpStream,
     tls: bool,
+    meter: Option<Arc<crate::budget::Meter>>,
 ) {
     s.rec.protocol = "http";
     let conn = Conn::new(
@@ -380,7 +388,8 @@ async fn serve_requests(
         wanted.port,
         s.rec,
         Some(upstream),
-    );
+    )
+    .with_budget(meter);
     if tls {
         Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
     } else {

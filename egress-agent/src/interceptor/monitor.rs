@@ -14,7 +14,7 @@ use crate::{deny::DenyCode, policy::Policy};
 /// session's record is already marked `would_deny`.
 pub(super) async fn pass_nameless(s: Session, policy: &Policy) {
     match dial_as_asked(s.dst, policy).await {
-        Ok(upstream) => s.splice(upstream).await,
+        Ok(upstream) => s.splice(upstream, None).await,
         Err((code, reason)) => s.reset(code.as_str(), reason),
     }
 }

@@ -167,6 +167,32 @@ impl Session {
         }
     }
 
+    /// Step 4½: the profile's budgets admit the allowed connection (or refuse it, in its own
+    /// protocol, as `budget_exceeded`). The meter it gets counts its bytes and requests. In
+    /// monitor mode a connection over budget passes, recorded as `would_deny`, unmetered.
+    pub fn admit(
+        &mut self,
+        policy: &Policy,
+        wanted: &Wanted,
+    ) -> Result<Option<Arc<crate::budget::Meter>>, Refusal> {
+        let x = match self
+            .att
+            .budgets
+            .admit(policy, &self.att.profile, &wanted.name)
+        {
+            Ok(m) => return Ok(m),
+            Err(x) => x,
+        };
+        let r = budget_refusal(wanted.reply, wanted.name.as_str(), wanted.port, x);
+        if policy.mode() != Mode::Monitor {
+            return Err(r);
+        }
+        self.rec.decision = "would_deny";
+        self.rec.code = Some(r.code.as_str().into());
+        self.rec.reason = Some(r.reason);
+        Ok(None)
+    }
+
     /// Ends a connection that stopped before it could be named.
     pub async fn stop(self, policy: &Policy, stop: Stop) {
         match stop {
@@ -233,7 +259,7 @@ impl Session {
 
     /// Hands the connection to passthrough: replay what was peeked, copy both ways. The
     /// record says why it ended early, unless it already explains a monitor-mode pass.
-    pub async fn splice(self, upstream: TcpStream) {
+    pub async fn splice(self, upstream: TcpStream, meter: Option<Arc<crate::budget::Meter>>) {
         let Session {
             client,
             buf,
@@ -243,14 +269,25 @@ impl Session {
             ..
         } = self;
         rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
-        let out = Box::pin(crate::passthrough::splice(client, buf, upstream)).await;
+        let out = Box::pin(crate::passthrough::splice(client, buf, upstream, meter)).await;
         rec.bytes_up = out.transferred.up;
         rec.bytes_down = out.transferred.down;
-        if let Some(e) = out.ended_by {
-            if let crate::copy::Disconnect::UpstreamReset(_) = e {
-                tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");
+        match out.ended_by {
+            Some(crate::copy::Disconnect::OverBudget(x)) => {
+                // Allowed, then cut: the record says by which budget, like a refusal.
+                rec.decision = "deny";
+                rec.code = Some(crate::deny::DenyCode::BudgetExceeded.as_str().into());
+                rec.rule = Some(x.rule.to_string());
+                rec.reason = Some(x.reason);
+                rec.hint = Some(x.hint);
             }
-            rec.reason.get_or_insert_with(|| e.to_string());
+            Some(e) => {
+                if let crate::copy::Disconnect::UpstreamReset(_) = e {
+                    tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");
+                }
+                rec.reason.get_or_insert_with(|| e.to_string());
+            }
+            None => {}
         }
         att.finish(rec, started);
     }
@@ -258,6 +295,15 @@ impl Session {
     /// Ends a connection that was served (or went away) with its record as it stands.
     pub fn finish(self) {
         self.att.finish(self.rec, self.started);
+    }
+}
+
+/// The refusal of a connection over budget, said as its protocol expects.
+pub fn budget_refusal(reply: Reply, host: &str, port: u16, x: crate::budget::Exceeded) -> Refusal {
+    Refusal {
+        rule: Some(x.rule.to_string()),
+        hint: x.hint,
+        ..Refusal::new(reply, DenyCode::BudgetExceeded, host, port, x.reason)
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`Policy`] is immutable and indexed: [`Policy::decide`] and [`Policy::decide_request`]
 //! do not allocate on the allow path (hash lookups of the name and its label suffixes).
 
+pub mod budget;
 pub mod local;
 pub mod name;
 mod parse;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use crate::addr::AddrPolicy;
 use crate::deny::{Denial, DenyCode};
 
+pub use budget::Budget;
 pub use local::LocalService;
 pub use name::{split_host_port, CanonicalName, HostPattern, NameError, Pattern, DEFAULT_PORTS};
 pub use path::{PathGlob, Reading, Readings, Unjudgeable};
@@ -446,6 +448,8 @@ struct Profile {
     local: Vec<LocalService>,
     /// `allow_revocation` (see `crate::revocation`).
     allow_revocation: bool,
+    /// `[[profile.X.budget]]`, in file order (see `budget.rs`).
+    budgets: Vec<Arc<Budget>>,
 }
 
 impl Profile {
@@ -466,6 +470,7 @@ impl Profile {
             ask: None,
             local: Vec::new(),
             allow_revocation: false,
+            budgets: Vec::new(),
         }
     }
 
@@ -672,6 +677,24 @@ impl Policy {
         self.profiles
             .get(profile)
             .is_some_and(|p| p.allow_revocation)
+    }
+
+    /// The budgets of `profile` that cover connections to `name`, in file order.
+    pub fn budgets_for<'a>(
+        &'a self,
+        profile: &str,
+        name: &'a CanonicalName,
+    ) -> impl Iterator<Item = &'a Arc<Budget>> + 'a {
+        self.profiles
+            .get(profile)
+            .map_or(&[][..], |p| &p.budgets[..])
+            .iter()
+            .filter(move |b| b.applies_to(name))
+    }
+
+    /// Every budget of `profile`.
+    pub fn budgets(&self, profile: &str) -> &[Arc<Budget>] {
+        self.profiles.get(profile).map_or(&[], |p| &p.budgets)
     }
 
     pub fn has_profile(&self, profile: &str) -> bool {

@@ -86,6 +86,9 @@ struct RawProfile {
     http: Vec<Spanned<RawHttp>>,
     /// See `crate::revocation`.
     allow_revocation: Option<Spanned<bool>>,
+    /// See `budget.rs`.
+    #[serde(default)]
+    budget: Vec<Spanned<super::budget::RawBudget>>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +355,7 @@ fn build(ctx: &Ctx<'_>, raw: RawPolicy, default_version: String) -> Result<Polic
         let mut built = build_profile(ctx, name, prof.get_ref())?;
         built.ask = ask_of(ctx, name, prof.get_ref(), mode)?;
         built.local = locals_of(ctx, name, prof.get_ref(), &built.rules)?;
+        built.budgets = budgets_of(ctx, name, prof.get_ref(), &built)?;
         profiles.insert(name.clone(), built);
     }
     let ask_max_pending = ask_max_pending(ctx, raw.ask_max_pending.as_ref())?;
@@ -466,6 +470,39 @@ fn locals_of(
             ));
         }
         out.push(svc);
+    }
+    Ok(out)
+}
+
+/// The profile's budgets, each checked on its own; one per host pattern.
+fn budgets_of(
+    ctx: &Ctx<'_>,
+    name: &str,
+    raw: &RawProfile,
+    prof: &Profile,
+) -> Result<Vec<std::sync::Arc<super::budget::Budget>>, PolicyError> {
+    let reachable = |h: &HostPattern| {
+        prof.rules
+            .iter()
+            .any(|r| h.covered_by(&r.pattern.host) || r.pattern.host.covered_by(h))
+            || prof.local.iter().any(|l| h.matches(&l.name))
+    };
+    let mut out: Vec<std::sync::Arc<super::budget::Budget>> = Vec::new();
+    for (i, b) in raw.budget.iter().enumerate() {
+        let built = super::budget::build(name, i, b, reachable)
+            .map_err(|e| ctx.err(e.span, &e.key, e.message))?;
+        if let Some(prev) = out.iter().find(|o| o.key() == built.key()) {
+            return Err(ctx.err(
+                b.span(),
+                built.id.as_str(),
+                format!(
+                    "{} already has a budget for \"{}\": one budget per host pattern, merge them",
+                    prev.id,
+                    built.key()
+                ),
+            ));
+        }
+        out.push(std::sync::Arc::new(built));
     }
     Ok(out)
 }
@@ -764,6 +801,7 @@ pub(super) fn from_allow_list(patterns: &[String]) -> Result<Policy, PolicyError
                 passthrough: Vec::new(),
                 http: Vec::new(),
                 allow_revocation: None,
+                budget: Vec::new(),
             },
         ),
     );
@@ -867,6 +905,9 @@ pub(super) fn show(p: &Policy) -> String {
                 };
                 let _ = writeln!(o, "inject = {{ header = {}, {src} }}", q(&i.header));
             }
+        }
+        for b in &prof.budgets {
+            super::budget::show(&mut o, name, b);
         }
     }
     o

@@ -1069,3 +1069,124 @@ fn local_services_decide_by_their_entry_only() {
         "{e}"
     );
 }
+
+#[test]
+fn budgets_are_checked_key_by_key() {
+    let base =
+        "[profile.default]\nallow = [\"a.test\", \"db.test:5432\"]\n[[profile.default.budget]]\n";
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "bytes_up = \"lots\"",
+            "profile.default.budget[0].bytes_up",
+            "is not a size",
+        ),
+        (
+            "bytes_up = 0",
+            "profile.default.budget[0].bytes_up",
+            "allows nothing",
+        ),
+        (
+            "bytes_up = -5",
+            "profile.default.budget[0].bytes_up",
+            "is negative",
+        ),
+        (
+            "bytes_down = true",
+            "profile.default.budget[0].bytes_down",
+            "did not match any variant",
+        ),
+        (
+            "bytes_up = 10\nwindow = \"forever\"",
+            "profile.default.budget[0].window",
+            "is not a duration",
+        ),
+        (
+            "bytes_up = 10\nwindow = \"100d\"",
+            "profile.default.budget[0].window",
+            "expected 1s to 31 days",
+        ),
+        (
+            "concurrent_connections = 2\nwindow = \"1h\"",
+            "profile.default.budget[0].window",
+            "sets neither",
+        ),
+        (
+            "connections_per_second = 0",
+            "profile.default.budget[0].connections_per_second",
+            "expected 1 to 1000000",
+        ),
+        (
+            "concurrent_connections = 70000",
+            "profile.default.budget[0].concurrent_connections",
+            "expected 1 to 65536",
+        ),
+        (
+            "requests_per_second = \"5\"",
+            "profile.default.budget[0].requests_per_second",
+            "invalid type",
+        ),
+        (
+            "host = \"other.test\"\nbytes_up = 10",
+            "profile.default.budget[0].host",
+            "would never apply",
+        ),
+        (
+            "host = \"a.test:443\"\nbytes_up = 10",
+            "profile.default.budget[0].host",
+            "remove the port",
+        ),
+        (
+            "host = \"*\"\nbytes_up = 10",
+            "profile.default.budget[0].host",
+            "",
+        ),
+        (
+            "host = \"a.test\"",
+            "profile.default.budget[0]",
+            "without a limit",
+        ),
+        (
+            "byte_up = 10",
+            "profile.default.budget[0].byte_up",
+            "unknown field `byte_up`",
+        ),
+        (
+            "bytes_up = 10\n[[profile.default.budget]]\nbytes_down = 10",
+            "profile.default.budget[1]",
+            "one budget per host pattern",
+        ),
+    ];
+    for (body, key, says) in cases {
+        let src = format!("{base}{body}\n");
+        let e = Policy::parse(&src, "p.toml").expect_err(body).to_string();
+        assert!(e.starts_with("p.toml:"), "{body}: {e}");
+        assert!(e.contains(&format!("key `{key}`")), "{body}: {e}");
+        assert!(e.contains(says), "{body}: {e}");
+        assert_eq!(e.lines().count(), 1, "{body}: {e}");
+    }
+}
+
+#[test]
+fn budgets_are_shown_as_they_parse() {
+    let src = "[profile.default]\nallow = [\"a.test\", \"*.b.test\"]\n[[profile.default.budget]]\nbytes_up = \"1 MiB\"\nwindow = \"10m\"\nconnections_per_second = 5\n[[profile.default.budget]]\nhost = \"*.b.test\"\nconnection_bytes_down = \"64KiB\"\nrequests_per_second = 7\n";
+    let p = Policy::parse(src, "p.toml").unwrap();
+    let shown = p.show();
+    assert!(shown.contains("[[profile.default.budget]]  # profile.default.budget[0]: bytes_up 1 MiB per 10m, connections_per_second 5"), "{shown}");
+    assert!(
+        shown.contains(
+            "host = \"*.b.test\"\nconnection_bytes_down = 65536\nrequests_per_second = 7"
+        ),
+        "{shown}"
+    );
+    let again = Policy::parse(&shown, "shown.toml").unwrap();
+    assert_eq!(again.budgets("default"), p.budgets("default"));
+    let x = CanonicalName::parse("x.b.test").unwrap();
+    let ids: Vec<&str> = p
+        .budgets_for("default", &x)
+        .map(|b| b.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["profile.default.budget[0]", "profile.default.budget[1]"]
+    );
+}

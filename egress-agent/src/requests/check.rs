@@ -27,6 +27,16 @@ impl Refusal {
             hint: String::new(),
         }
     }
+
+    /// A request over one of the connection's budgets.
+    pub fn over_budget(x: crate::budget::Exceeded) -> Self {
+        Self {
+            code: DenyCode::BudgetExceeded,
+            reason: x.reason,
+            rule: Some(x.rule.to_string()),
+            hint: x.hint,
+        }
+    }
 }
 
 impl Conn {

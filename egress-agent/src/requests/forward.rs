@@ -12,24 +12,35 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{response::strip_hop_by_hop, Conn};
+use super::{metered::UpBody, response::strip_hop_by_hop, Conn};
 pub use crate::pool::H2;
 
 /// Idle upstream HTTP/1.1 connections kept per client connection (an h2 client multiplexing
 /// over an h1-only upstream needs several).
 const H1_IDLE_MAX: usize = 8;
 
-/// After an allowed WebSocket upgrade both sides are spliced as they are.
-pub fn splice_upgrade(client: OnUpgrade, upstream: OnUpgrade) {
+/// After an allowed WebSocket upgrade both sides are spliced as they are (charged to the
+/// connection's budgets when it has any).
+pub fn splice_upgrade(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    meter: Option<std::sync::Arc<crate::budget::Meter>>,
+) {
     tokio::spawn(async move {
         let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
             return;
         };
-        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+        match meter {
+            Some(m) => crate::copy::metered_streams(c, u, &m).await,
+            None => {
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+        }
     });
 }
 
-type H1 = hyper::client::conn::http1::SendRequest<Incoming>;
+type H1 = hyper::client::conn::http1::SendRequest<UpBody>;
 
 enum Sender {
     H1(H1),
@@ -61,7 +72,7 @@ impl Pool {
     pub async fn send(
         &self,
         conn: &Conn,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
         websocket: bool,
     ) -> Result<Response<Incoming>, String> {
         // A pooled connection first; a request it did not take (closed meanwhile) goes on a
@@ -212,9 +223,9 @@ fn authority(conn: &Conn) -> String {
 async fn h1_send(
     h1: &mut H1,
     conn: &Conn,
-    mut req: Request<Incoming>,
+    mut req: Request<UpBody>,
     websocket: bool,
-) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+) -> Result<Response<Incoming>, TrySendError<Request<UpBody>>> {
     let pq = req
         .uri()
         .path_and_query()
@@ -235,8 +246,8 @@ async fn h1_send(
 async fn h2_send(
     h2: &H2,
     conn: &Conn,
-    mut req: Request<Incoming>,
-) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+    mut req: Request<UpBody>,
+) -> Result<Response<Incoming>, TrySendError<Request<UpBody>>> {
     let pq = req
         .uri()
         .path_and_query()

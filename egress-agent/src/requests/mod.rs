@@ -21,6 +21,7 @@
 mod check;
 mod forward;
 mod inject;
+mod metered;
 mod response;
 
 use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
@@ -41,6 +42,7 @@ use crate::{
 };
 use check::Refusal;
 pub use forward::H2;
+pub use metered::UpBody;
 pub use response::{denial_response, is_grpc, Body};
 
 /// Longest time a client may take to send a request head.
@@ -60,6 +62,8 @@ pub struct Conn {
     /// The connection record (identity, name, rule), cloned per request.
     pub base: Record,
     upstream: forward::Pool,
+    /// The connection's share of its budgets (every request and byte is charged to it).
+    budget: Option<Arc<crate::budget::Meter>>,
 }
 
 impl Conn {
@@ -80,7 +84,14 @@ impl Conn {
             tls: None,
             base,
             upstream: forward::Pool::new(seed),
+            budget: None,
         }
+    }
+
+    /// Charges the connection's requests and bytes to `meter` (see [`crate::budget`]).
+    pub fn with_budget(mut self, meter: Option<Arc<crate::budget::Meter>>) -> Self {
+        self.budget = meter;
+        self
     }
 
     /// Starts with a shared upstream HTTP/2 connection ([`crate::pool`]) instead of dialing one.
@@ -152,24 +163,36 @@ impl Conn {
             }
         }
         let request_length = req.headers().get(header::CONTENT_LENGTH).cloned();
+        if let Some(Err(x)) = self
+            .budget
+            .as_ref()
+            .map(|m| m.request(response::content_length(&request_length)))
+        {
+            return self.refuse(rec, Refusal::over_budget(x), started, grpc);
+        }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let cut = metered::Cut::default();
+        let req = req.map(|b| UpBody::new(b, self.budget.clone(), cut.clone()));
         let mut resp = match self.upstream.send(self, req, websocket).await {
             Ok(r) => r,
             Err(reason) => {
-                let r = Refusal::new(DenyCode::UpstreamUnreachable, reason);
+                let r = match cut.get() {
+                    Some(x) => Refusal::over_budget(x.clone()),
+                    None => Refusal::new(DenyCode::UpstreamUnreachable, reason),
+                };
                 return self.refuse(rec, r, started, grpc);
             }
         };
         match client_upgrade {
             Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                forward::splice_upgrade(client, hyper::upgrade::on(&mut resp));
+                forward::splice_upgrade(client, hyper::upgrade::on(&mut resp), self.budget.clone());
             }
             Some(_) => {}
             None => response::strip_hop_by_hop(resp.headers_mut(), false),
         }
         rec.status = Some(resp.status().as_u16());
         rec.bytes_up = response::content_length(&request_length);
-        response::audited(resp, self.att.clone(), rec, started)
+        response::audited(resp, self.att.clone(), rec, started, self.budget.clone())
     }
 
     /// The connection's record, stamped now, with this request's method and path.

@@ -8,22 +8,31 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::{attachment::Attachment, deny::Denial, record::Record};
+use super::metered::{BoxError, OverBudget};
+use crate::{
+    attachment::Attachment,
+    budget::{Dir, Exceeded, Meter},
+    deny::{Denial, DenyCode},
+    record::Record,
+};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// The upstream's response, whose body writes the request's record when it ends (or the
-/// client goes away), with the bytes actually relayed.
+/// client goes away), with the bytes actually relayed, each charged to `meter`.
 pub fn audited(
     resp: Response<Incoming>,
     att: Arc<Attachment>,
     rec: Record,
     started: Instant,
+    meter: Option<Arc<Meter>>,
 ) -> Response<Body> {
     resp.map(|inner| {
         Audited {
             inner,
             done: Some((att, rec, started)),
+            meter,
+            failing: None,
         }
         .boxed()
     })
@@ -53,31 +62,73 @@ pub fn content_length(v: &Option<HeaderValue>) -> u64 {
 }
 
 /// A response body that counts what it relays and writes the request's audit record when it
-/// is done or dropped.
+/// is done or dropped. Over a budget it relays the bytes that fit, then fails (the client
+/// sees the response cut, never a shorter one that looks complete).
 pub struct Audited {
     inner: Incoming,
     done: Option<(Arc<Attachment>, Record, Instant)>,
+    meter: Option<Arc<Meter>>,
+    /// The error to end with after the last bytes that fitted.
+    failing: Option<Exceeded>,
+}
+
+impl Audited {
+    /// The bytes of `frame` that fit the budget; notes a cut in the record.
+    fn charge(
+        &mut self,
+        frame: hyper::body::Frame<Bytes>,
+    ) -> Result<hyper::body::Frame<Bytes>, Exceeded> {
+        let (Some(m), Some(d)) = (&self.meter, frame.data_ref()) else {
+            return Ok(frame);
+        };
+        let Err(x) = m.charge(Dir::Down, d.len() as u64) else {
+            return Ok(frame);
+        };
+        let fits = d.slice(..x.allowed as usize);
+        if let Some((_, rec, _)) = self.done.as_mut() {
+            rec.decision = "deny";
+            rec.code = Some(DenyCode::BudgetExceeded.as_str().into());
+            rec.rule = Some(x.rule.to_string());
+            rec.reason = Some(x.reason.clone());
+            rec.hint = Some(x.hint.clone());
+        }
+        if fits.is_empty() {
+            return Err(x);
+        }
+        self.failing = Some(x);
+        Ok(hyper::body::Frame::data(fits))
+    }
 }
 
 impl hyper::body::Body for Audited {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let p = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(f))) = &p {
-            if let (Some(d), Some((_, rec, _))) = (f.data_ref(), self.done.as_mut()) {
-                rec.bytes_down += d.len() as u64;
-            }
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        if let Some(x) = self.failing.take() {
+            return Poll::Ready(Some(Err(Box::new(OverBudget(x)))));
         }
-        p
+        let frame = match std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+            None => return Poll::Ready(None),
+        };
+        let frame = match self.charge(frame) {
+            Ok(f) => f,
+            Err(x) => return Poll::Ready(Some(Err(Box::new(OverBudget(x))))),
+        };
+        if let (Some(d), Some((_, rec, _))) = (frame.data_ref(), self.done.as_mut()) {
+            rec.bytes_down += d.len() as u64;
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failing.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -136,8 +187,8 @@ pub fn is_grpc(h: &HeaderMap) -> bool {
 }
 
 /// gRPC's form of a denial, which gRPC clients print (for a 403 they show only "status 403"):
-/// trailers-only, HTTP 200, `grpc-status` 7 PERMISSION_DENIED with the code and reason as
-/// `grpc-message`, no messages.
+/// trailers-only, HTTP 200, `grpc-status` 7 PERMISSION_DENIED (8 RESOURCE_EXHAUSTED for a
+/// budget) with the code and reason as `grpc-message`, no messages.
 fn as_grpc_status(resp: &mut Response<Body>, d: &Denial) {
     *resp.status_mut() = StatusCode::OK;
     *resp.body_mut() = Body::default();
@@ -146,7 +197,11 @@ fn as_grpc_status(resp: &mut Response<Body>, d: &Denial) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from_static("7"));
+    let status = match d.code {
+        crate::deny::DenyCode::BudgetExceeded => "8",
+        _ => "7",
+    };
+    h.insert("grpc-status", HeaderValue::from_static(status));
     let message = grpc_message(&format!("egress-agent: {}: {}", d.code.as_str(), d.reason));
     if let Ok(v) = HeaderValue::from_str(&message) {
         h.insert("grpc-message", v);

@@ -480,3 +480,178 @@ fn bad_budget_keys_are_refused_in_one_line_and_change_nothing() {
         assert_eq!(now, shown, "{bad}: the running policy changed");
     }
 }
+
+/// The agent's CA (made before the agent starts, in `state`) as `ca env` exports it.
+fn trust_vars(state: &Path) -> Vec<(String, String)> {
+    let out = std::process::Command::new(bin_path("egress-agent"))
+        .args(["ca", "env"])
+        .env("EGRESS_STATE_DIR", state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ca env: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter(|l| !l.starts_with("JAVA_TOOL_OPTIONS"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// curl in the container: each response's body, then its status on a line of its own.
+fn curl_each(topo: &Topology, env: &[(String, String)], args: &[&str]) -> (String, i32) {
+    let out = topo
+        .ctr_command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--noproxy",
+            "*",
+            "-w",
+            "\n%{http_code}\n",
+        ])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+fn statuses(out: &str) -> Vec<u16> {
+    out.lines()
+        .filter(|l| l.len() == 3)
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[test]
+fn inspected_requests_and_downloads_are_held_to_their_budgets() {
+    require_root!();
+    let topo = Topology::new("budget_inspect");
+    let net = topo.start_fakenet();
+    let state = topo.workdir().join("state");
+    let trust = trust_vars(&state);
+    let fakenet_ca = net.ca_pem.display().to_string();
+    let six: Vec<&str> = std::iter::repeat_n("https://api.allowed.test/", 6).collect();
+
+    // Without the agent: six requests on one connection, and the whole download.
+    let mut direct = vec!["--cacert", fakenet_ca.as_str()];
+    direct.extend_from_slice(&six);
+    let (out, _) = curl_each(&topo, &[], &direct);
+    assert_eq!(statuses(&out), [200; 6], "{out}");
+    let download = [
+        "--cacert",
+        fakenet_ca.as_str(),
+        "-o",
+        "/dev/null",
+        "https://www.allowed.test/bytes/1048576",
+    ];
+    let (out, exit) = curl_each(&topo, &[], &download);
+    assert_eq!((exit, statuses(&out)), (0, vec![200]), "{out}");
+
+    let policy = format!(
+        r#"version = "budget-inspect"
+resolver = "203.0.113.53:53"
+allow_ranges = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8:100::/48"]
+upstream_ca = "{fakenet_ca}"
+[profile.default]
+allow = ["allowed.test"]
+inspect = ["api.allowed.test", "www.allowed.test"]
+[[profile.default.budget]]
+host = "api.allowed.test"
+requests_per_second = 1
+[[profile.default.budget]]
+host = "www.allowed.test"
+bytes_down = "256 KiB"
+"#
+    );
+    let state_arg = state.display().to_string();
+    let agent = Agent::attach_with_env(&topo, &policy, &[("EGRESS_STATE_DIR", &state_arg)]);
+
+    // One request a second: of six sent at once, the first goes through, the rest get 429.
+    let started = std::time::Instant::now();
+    let (out, _) = curl_each(&topo, &trust, &six);
+    let elapsed = started.elapsed().as_secs_f64();
+    let got = statuses(&out);
+    let served = got.iter().filter(|s| **s == 200).count();
+    let held = got.len() == 6
+        && got.iter().all(|s| *s == 200 || *s == 429)
+        && (1..=1 + elapsed.ceil() as usize).contains(&served);
+    threat(
+        "E",
+        "budget: requests_per_second holds on one inspected connection",
+        held,
+    );
+    assert!(held, "{served} of 6 in {elapsed:.2} s: {out}");
+    assert!(
+        out.contains("\"error\":\"budget_exceeded\"")
+            && out.contains("\"rule\":\"profile.default.budget[0]\"")
+            && out.contains("allows 1 requests per second"),
+        "{out}"
+    );
+
+    // A download past bytes_down is relayed up to the limit, then fails (HTTP/1.1: a chunked
+    // body that never ends; HTTP/2: the stream is reset). The client may get less than the
+    // limit: what the connection still buffered when it failed is not sent.
+    let size_of = |version: &str| {
+        let (out, exit) = curl_each(
+            &topo,
+            &trust,
+            &[
+                version,
+                "-w",
+                "%{size_download}\n",
+                "-o",
+                "/dev/null",
+                "https://www.allowed.test/bytes/1048576",
+            ],
+        );
+        let size: u64 = out
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .find(|n: &u64| *n > 999)
+            .unwrap_or(0);
+        (exit, size, out)
+    };
+    let (exit, size, out) = size_of("--http1.1");
+    let cut = exit != 0 && size > 0 && size <= LIMIT;
+    threat(
+        "E",
+        "budget: an inspected download past bytes_down is cut at the limit",
+        cut,
+    );
+    assert!(cut, "curl exit {exit}, {size} bytes: {out}");
+    let recs = agent
+        .audit_records_until(|r| r["code"] == "budget_exceeded" && r["name"] == "www.allowed.test");
+    let rec = recs
+        .iter()
+        .find(|r| r["code"] == "budget_exceeded" && r["name"] == "www.allowed.test")
+        .unwrap_or_else(|| panic!("no record of the cut download: {recs:?}"));
+    assert_eq!(rec["path"], "/bytes/1048576", "{rec}");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("cut after 262144 bytes down")),
+        "{rec}"
+    );
+    // The window is used up: the next connection is refused before anything is dialed, with
+    // the TLS alert (this sandbox is not known to trust the agent's CA: no `exec --trust-ca`).
+    let (out, exit) = curl_each(&topo, &trust, &["https://www.allowed.test/"]);
+    assert_eq!((exit, statuses(&out)), (35, vec![0]), "{out}");
+    let recs =
+        agent.audit_records_until(|r| r["code"] == "budget_exceeded" && r["protocol"] == "tls");
+    assert!(
+        recs.iter().any(|r| r["code"] == "budget_exceeded"
+            && r["protocol"] == "tls"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("is used up"))),
+        "{recs:?}"
+    );
+}

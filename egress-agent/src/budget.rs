@@ -321,29 +321,53 @@ fn refuses_connection(name: &str, p: &Part, s: &State, now: Instant) -> Option<E
             ));
         }
     }
-    if let Some(rate) = b.connections_per_second {
-        if s.connections.available(rate, now) < 1.0 {
-            let wait = s.connections.wait(rate, now).as_millis().max(1);
-            return Some(exceeded(
-                p,
-                "connections_per_second",
-                format!(
-                    "{name}: {} allows {rate} new connections per second; the next one in {wait} ms",
-                    b.id
-                ),
-                format!("wait {wait} ms"),
-            ));
-        }
+    let rate = b.connections_per_second.map(|r| (r, &s.connections));
+    rate_refusal(
+        name,
+        p,
+        rate,
+        "connections_per_second",
+        "new connections",
+        now,
+    )
+    .or_else(|| window_refusal(name, p, s, now))
+}
+
+/// A rate limit (`rate` tokens a second in `bucket`) with no token left now.
+fn rate_refusal(
+    name: &str,
+    p: &Part,
+    rate: Option<(u32, &Bucket)>,
+    limit: &'static str,
+    what: &str,
+    now: Instant,
+) -> Option<Exceeded> {
+    let (rate, bucket) = rate?;
+    if bucket.available(rate, now) >= 1.0 {
+        return None;
     }
-    for (dir, limit, used) in [
+    let wait = bucket.wait(rate, now).as_millis().max(1);
+    Some(exceeded(
+        p,
+        limit,
+        format!(
+            "{name}: {} allows {rate} {what} per second; the next one in {wait} ms",
+            p.budget.id
+        ),
+        format!("wait {wait} ms"),
+    ))
+}
+
+/// A bytes window already used up, either way.
+fn window_refusal(name: &str, p: &Part, s: &State, now: Instant) -> Option<Exceeded> {
+    let b = &p.budget;
+    [
         (Dir::Up, b.bytes_up, s.up),
         (Dir::Down, b.bytes_down, s.down),
-    ] {
-        if limit.is_some_and(|l| used >= l) {
-            return Some(window_used_up(name, p, s, dir, now));
-        }
-    }
-    None
+    ]
+    .into_iter()
+    .find(|(_, limit, used)| limit.is_some_and(|l| *used >= l))
+    .map(|(dir, _, _)| window_used_up(name, p, s, dir, now))
 }
 
 /// Whether budget `p` refuses one more request with a body of `body` bytes on a connection
@@ -357,27 +381,11 @@ fn refuses_request(
     now: Instant,
 ) -> Option<Exceeded> {
     let b = &p.budget;
-    if let Some(rate) = b.requests_per_second {
-        if s.requests.available(rate, now) < 1.0 {
-            let wait = s.requests.wait(rate, now).as_millis().max(1);
-            return Some(exceeded(
-                p,
-                "requests_per_second",
-                format!(
-                    "{name}: {} allows {rate} requests per second; the next one in {wait} ms",
-                    b.id
-                ),
-                format!("wait {wait} ms"),
-            ));
-        }
-    }
-    for (dir, limit, used) in [
-        (Dir::Up, b.bytes_up, s.up),
-        (Dir::Down, b.bytes_down, s.down),
-    ] {
-        if limit.is_some_and(|l| used >= l) {
-            return Some(window_used_up(name, p, s, dir, now));
-        }
+    let rate = b.requests_per_second.map(|r| (r, &s.requests));
+    if let Some(x) = rate_refusal(name, p, rate, "requests_per_second", "requests", now)
+        .or_else(|| window_refusal(name, p, s, now))
+    {
+        return Some(x);
     }
     if let Some(l) = b.connection_bytes_up {
         if so_far >= l {

@@ -430,3 +430,22 @@ pub fn client_hello_with(sni: Option<&[u8]>, record_max: usize, extra: &[u8]) ->
 
 /// The fields of the deny contract's JSON body (DESIGN.md §6), in order.
 pub const DENY_FIELDS: [&str; 7] = ["error", "host", "port", "reason", "rule", "policy", "hint"];
+
+/// The agent's inspection CA in `state` (made now if missing, as the agent will load it), as
+/// `egress-agent ca env` exports it for clients: (variable, value) pairs, without
+/// JAVA_TOOL_OPTIONS.
+pub fn agent_ca_env(state: &std::path::Path) -> Vec<(String, String)> {
+    let out = Command::new(crate::bin_path("egress-agent"))
+        .args(["ca", "env"])
+        .env("EGRESS_STATE_DIR", state)
+        .output()
+        .expect("egress-agent ca env");
+    assert!(out.status.success(), "ca env: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter(|l| !l.starts_with("JAVA_TOOL_OPTIONS"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}

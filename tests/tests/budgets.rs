@@ -358,6 +358,15 @@ fn an_upload_past_its_byte_budget_is_cut_at_the_limit_and_another_container_is_n
     assert_eq!(cut_rec["rule"], "profile.default.budget[0]", "{cut_rec}");
     assert_eq!(cut_rec["bytes_up"].as_u64(), Some(received), "{cut_rec}");
 
+    let m =
+        String::from_utf8_lossy(&agent.cli().arg("metrics").output().unwrap().stdout).into_owned();
+    assert!(
+        m.lines().any(|l| l.starts_with(
+            "egress_decisions_total{profile=\"default\",decision=\"deny\",code=\"budget_exceeded\"} "
+        )),
+        "{m}"
+    );
+
     // `status` reports it; a reload that raises the budget keeps the count.
     let st = status_of(&agent, a.ctr_cgroup_path());
     assert_eq!(st["budgets"][0]["used_bytes_up"], received, "{st}");
@@ -481,24 +490,6 @@ fn bad_budget_keys_are_refused_in_one_line_and_change_nothing() {
     }
 }
 
-/// The agent's CA (made before the agent starts, in `state`) as `ca env` exports it.
-fn trust_vars(state: &Path) -> Vec<(String, String)> {
-    let out = std::process::Command::new(bin_path("egress-agent"))
-        .args(["ca", "env"])
-        .env("EGRESS_STATE_DIR", state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ca env: {out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter(|l| !l.starts_with("JAVA_TOOL_OPTIONS"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
 /// curl in the container: each response's body, then its status on a line of its own.
 fn curl_each(topo: &Topology, env: &[(String, String)], args: &[&str]) -> (String, i32) {
     let out = topo
@@ -536,7 +527,7 @@ fn inspected_requests_and_downloads_are_held_to_their_budgets() {
     let topo = Topology::new("budget_inspect");
     let net = topo.start_fakenet();
     let state = topo.workdir().join("state");
-    let trust = trust_vars(&state);
+    let trust = egress_tests::clients::agent_ca_env(&state);
     let fakenet_ca = net.ca_pem.display().to_string();
     let six: Vec<&str> = std::iter::repeat_n("https://api.allowed.test/", 6).collect();
 

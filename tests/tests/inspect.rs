@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, process::Output};
 
-use egress_tests::{agent::Agent, bin_path, require_root, topology::Topology, FakeNet};
+use egress_tests::{agent::Agent, require_root, topology::Topology, FakeNet};
 use serde_json::Value;
 
 const SECRET: &str = "s3cr3t-inj3cted-t0ken-4242";
@@ -24,20 +24,7 @@ fn setup(name: &str) -> Setup {
     let net = topo.start_fakenet();
     let state = topo.workdir().join("state");
     // The CA and trust files exist before the agent starts; the agent loads the same CA.
-    let out = std::process::Command::new(bin_path("egress-agent"))
-        .args(["ca", "env"])
-        .env("EGRESS_STATE_DIR", &state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ca env: {out:?}");
-    let trust = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter(|l| !l.starts_with("JAVA_TOOL_OPTIONS"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect::<Vec<_>>();
+    let trust = egress_tests::clients::agent_ca_env(&state);
     assert!(trust.iter().any(|(k, _)| k == "SSL_CERT_FILE"), "{trust:?}");
     Setup {
         topo,

@@ -160,6 +160,11 @@ async fn run_in(
         state_dir: &state_dir,
         control_socket: &control,
     })?;
+    // The handlers exist before the command does: a signal sent once it runs is never lost
+    // (nor, inherited ignored, dropped; nor, default, fatal to exec before it can forward).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut sb = sandbox::launch::launch(
         &spec,
         procs.as_raw_fd(),
@@ -167,10 +172,6 @@ async fn run_in(
     )?;
     drop(procs);
     let pid = sb.pid().unwrap_or(0);
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     // The init forwards what it receives to the command.
     let status = loop {
         tokio::select! {

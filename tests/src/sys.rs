@@ -87,21 +87,6 @@ pub fn pre_exec_enter(cmd: &mut Command, netns: OwnedFd, cgroup_procs: Option<Ow
 }
 
 /// Sends `sig` to `pid`. ESRCH (already gone) counts as success.
-/// Starts `cmd` with SIGINT and SIGQUIT at their default action whatever this process
-/// inherited: a shell's background job ignores both, and `exec` hands ignored signals on to
-/// its command (as every Unix launcher does), which would then outlive a forwarded Ctrl-C.
-pub fn default_interrupts(cmd: &mut Command) -> &mut Command {
-    // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    cmd
-}
-
 pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall.
     match cvt(unsafe { libc::kill(pid, sig) }) {

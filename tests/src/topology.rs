@@ -133,6 +133,9 @@ fn ns_id(path: &Path) -> Option<(u64, u64)> {
 fn kill_netns_processes(netns: &Path) {
     let Some(target) = ns_id(netns) else { return };
     let me = std::process::id() as i32;
+    // An `egress-agent exec` killed here cannot clean up after itself: its cgroup
+    // (`egress-agent.exec/PID`) and that cgroup's pins are removed below.
+    let mut exec_cgroups = Vec::new();
     for _ in 0..50 {
         let mut found = false;
         for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -149,12 +152,23 @@ fn kill_netns_processes(netns: &Path) {
             if ns_id(&entry.path().join("ns/net")) == Some(target) {
                 found = true;
                 let _ = sys::kill(pid, libc::SIGKILL);
+                if let Some(cg) = cgroup2_root()
+                    .map(|r| r.join("egress-agent.exec").join(pid.to_string()))
+                    .filter(|cg| cg.exists())
+                {
+                    exec_cgroups.push(cg);
+                }
             }
         }
         if !found {
-            return;
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    for cg in exec_cgroups {
+        let ids = cgroup_ids(&cg);
+        remove_cgroup(&cg);
+        remove_pins(&ids);
     }
 }
 

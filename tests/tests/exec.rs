@@ -17,7 +17,6 @@ fn exec_cmd(topo: &Topology, args: &[&str]) -> Command {
         .arg("exec")
         .args(args)
         .stdin(Stdio::null());
-    egress_tests::sys::default_interrupts(&mut c);
     c
 }
 

@@ -37,7 +37,6 @@ fn exec(topo: &Topology, args: &[&str]) -> Command {
         .env_remove("SUDO_UID")
         .env_remove("SUDO_GID")
         .stdin(Stdio::null());
-    egress_tests::sys::default_interrupts(&mut c);
     c
 }
 

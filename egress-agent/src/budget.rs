@@ -21,10 +21,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::policy::{
-    budget::{duration_text, size_text},
-    Budget, CanonicalName, Policy, RuleRef,
+use smallvec::SmallVec;
+
+use crate::{
+    policy::{
+        budget::{duration_text, size_text},
+        Budget, CanonicalName, HostPattern, Policy, RuleRef,
+    },
+    record::Record,
 };
+
+/// The budgets one connection is charged to, locked together (almost always one or two).
+type Locked<'a> = SmallVec<[MutexGuard<'a, State>; 2]>;
 
 /// Which way bytes go: from the sandbox (up) or to it (down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +54,23 @@ pub struct Exceeded {
     pub allowed: u64,
 }
 
+impl Exceeded {
+    /// Marks `rec` (a connection or request that was allowed, then cut) as this budget's
+    /// denial.
+    pub fn record_cut(&self, rec: &mut Record) {
+        rec.decision = "deny";
+        rec.code = Some(crate::deny::DenyCode::BudgetExceeded.as_str().into());
+        rec.rule = Some(self.rule.to_string());
+        rec.reason = Some(self.reason.clone());
+        rec.hint = Some(self.hint.clone());
+    }
+}
+
 /// One container's budgets.
 #[derive(Default)]
 pub struct Budgets {
-    accounts: Mutex<HashMap<String, Arc<Account>>>,
+    /// By the budget's `host` (`None`: the profile-wide budget).
+    accounts: Mutex<HashMap<Option<HostPattern>, Arc<Account>>>,
 }
 
 #[derive(Default)]
@@ -131,7 +152,7 @@ impl Budgets {
             .budgets_for(profile, name)
             .map(|b| Part {
                 budget: b.clone(),
-                account: self.account(&b.key()),
+                account: self.account(&b.host),
             })
             .collect();
         if parts.is_empty() {
@@ -142,7 +163,7 @@ impl Budgets {
         let name = name.as_str().to_string();
         {
             let now = Instant::now();
-            let mut states: Vec<_> = parts.iter().map(|p| lock(&p.account.state)).collect();
+            let mut states: Locked<'_> = parts.iter().map(|p| lock(&p.account.state)).collect();
             for (p, s) in parts.iter().zip(states.iter_mut()) {
                 s.roll(p.budget.window, now);
                 if let Some(x) = refuses_connection(&name, p, s, now) {
@@ -166,9 +187,13 @@ impl Budgets {
         })))
     }
 
-    fn account(&self, key: &str) -> Arc<Account> {
+    /// The account of the budget for `host`; made on first use (a lookup allocates nothing).
+    fn account(&self, host: &Option<HostPattern>) -> Arc<Account> {
         let mut m = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(key.to_string()).or_default().clone()
+        if let Some(a) = m.get(host) {
+            return a.clone();
+        }
+        m.entry(host.clone()).or_default().clone()
     }
 
     /// Every budget of `profile` with what this container has used of it (`status`).
@@ -178,7 +203,7 @@ impl Budgets {
             .budgets(profile)
             .iter()
             .map(|b| {
-                let account = self.account(&b.key());
+                let account = self.account(&b.host);
                 let mut s = lock(&account.state);
                 s.roll(b.window, now);
                 serde_json::json!({
@@ -215,7 +240,7 @@ pub struct Meter {
 }
 
 impl Meter {
-    fn lock(&self) -> Vec<MutexGuard<'_, State>> {
+    fn lock(&self) -> Locked<'_> {
         self.parts.iter().map(|p| lock(&p.account.state)).collect()
     }
 

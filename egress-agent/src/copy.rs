@@ -42,7 +42,7 @@ pub enum Disconnect {
 }
 
 /// Why one direction stopped early.
-enum Stop {
+pub enum Stop {
     Io(io::Error),
     Budget(Exceeded),
 }
@@ -154,13 +154,12 @@ async fn one_way(
         if n == 0 {
             break;
         }
-        if let Some(Err(x)) = meter.map(|(m, dir)| m.charge(dir, n as u64)) {
-            let fits = x.allowed as usize;
-            to.write_all(&buf[..fits]).await.map_err(Stop::Io)?;
-            *total += fits as u64;
-            return Err(Stop::Budget(x));
+        if let Err(e) = write_charged(&mut to, &buf[..n], meter).await {
+            if let Stop::Budget(x) = &e {
+                *total += x.allowed;
+            }
+            return Err(e);
         }
-        to.write_all(&buf[..n]).await.map_err(Stop::Io)?;
         *total += n as u64;
         if n < buf.len() {
             // Drained: a connection that has gone quiet gives its small buffer back, so
@@ -218,15 +217,30 @@ where
             let _ = to.shutdown().await;
             return Ok(());
         }
-        if let Err(x) = meter.charge(dir, n as u64) {
-            to.write_all(&buf[..x.allowed as usize])
-                .await
-                .map_err(Stop::Io)?;
+        if let Err(e) = write_charged(to, &buf[..n], Some((meter, dir))).await {
             let _ = to.flush().await;
-            return Err(Stop::Budget(x));
+            return Err(e);
         }
-        to.write_all(&buf[..n]).await.map_err(Stop::Io)?;
     }
+}
+
+/// Writes `bytes` to `to`, charged to the meter first: over a budget only the bytes that fit
+/// are written, and the budget is the error.
+pub async fn write_charged<W>(
+    to: &mut W,
+    bytes: &[u8],
+    meter: Option<(&Meter, Dir)>,
+) -> Result<(), Stop>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let over = match meter.map(|(m, dir)| m.charge(dir, bytes.len() as u64)) {
+        Some(Err(x)) => Some(x),
+        _ => None,
+    };
+    let fits = over.as_ref().map_or(bytes.len(), |x| x.allowed as usize);
+    to.write_all(&bytes[..fits]).await.map_err(Stop::Io)?;
+    over.map_or(Ok(()), |x| Err(Stop::Budget(x)))
 }
 
 #[cfg(test)]

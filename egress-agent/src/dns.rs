@@ -310,9 +310,7 @@ fn record_of(
         Note::Decided => {}
         // Monitor mode: answered, but recorded as what enforce mode would do.
         Note::WouldDeny(d) => {
-            rec.decision = "would_deny";
-            rec.code = Some(d.code.as_str().into());
-            rec.reason = Some(d.reason);
+            rec.would_deny(d.code, d.reason);
             rec.hint = Some(d.hint);
         }
         Note::Denied(d) => {

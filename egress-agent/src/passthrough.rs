@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::net::TcpStream;
 
 use crate::{
     budget::{Dir, Meter},
-    copy::{self, Disconnect, Transferred},
+    copy::{self, Disconnect, Stop, Transferred},
 };
 
 /// How a spliced connection ended.
@@ -28,33 +28,24 @@ pub async fn splice(
     mut upstream: TcpStream,
     meter: Option<Arc<Meter>>,
 ) -> Outcome {
-    if !peeked.is_empty() {
-        let fits = match meter
-            .as_deref()
-            .map(|m| m.charge(Dir::Up, peeked.len() as u64))
-        {
-            Some(Err(x)) => Err(x),
-            _ => Ok(()),
-        };
-        let sent = match &fits {
-            Ok(()) => &peeked[..],
-            Err(x) => &peeked[..x.allowed as usize],
-        };
-        if upstream.write_all(sent).await.is_err() {
-            return Outcome {
-                transferred: Transferred::default(),
-                ended_by: None,
-            };
-        }
-        if let Err(x) = fits {
+    let meter_up = meter.as_deref().map(|m| (m, Dir::Up));
+    match copy::write_charged(&mut upstream, &peeked, meter_up).await {
+        Ok(()) => {}
+        Err(Stop::Budget(x)) => {
             copy::cut(client, upstream, Dir::Up).await;
             return Outcome {
                 transferred: Transferred {
-                    up: sent.len() as u64,
+                    up: x.allowed,
                     down: 0,
                 },
                 ended_by: Some(Disconnect::OverBudget(x)),
             };
+        }
+        Err(Stop::Io(_)) => {
+            return Outcome {
+                transferred: Transferred::default(),
+                ended_by: None,
+            }
         }
     }
     let replayed = peeked.len() as u64;

@@ -70,4 +70,11 @@ impl Record {
     pub fn is_denial(&self) -> bool {
         self.decision != "allow"
     }
+
+    /// Monitor mode let through what `code` would have refused, for `reason`.
+    pub fn would_deny(&mut self, code: crate::deny::DenyCode, reason: String) {
+        self.decision = "would_deny";
+        self.code = Some(code.as_str().into());
+        self.reason = Some(reason);
+    }
 }

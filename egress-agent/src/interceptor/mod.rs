@@ -265,9 +265,7 @@ async fn unnamed_connection(mut s: Session, policy: &Policy, unnamed: Unnamed) {
     s.rec.protocol = r.reply.label();
     s.rec.name = (!r.host.is_empty()).then(|| r.host.clone());
     if policy.mode() == Mode::Monitor && !s.service {
-        s.rec.decision = "would_deny";
-        s.rec.code = Some(r.code.as_str().into());
-        s.rec.reason = Some(r.reason);
+        s.rec.would_deny(r.code, r.reason);
         return monitor::pass_nameless(s, policy).await;
     }
     s.refuse(policy, r).await

@@ -159,9 +159,7 @@ impl Session {
                 if policy.mode() != Mode::Monitor {
                     return Err(r);
                 }
-                self.rec.decision = "would_deny";
-                self.rec.code = Some(r.code.as_str().into());
-                self.rec.reason = Some(r.reason);
+                self.rec.would_deny(r.code, r.reason);
                 Ok(false)
             }
         }
@@ -187,9 +185,7 @@ impl Session {
         if policy.mode() != Mode::Monitor {
             return Err(r);
         }
-        self.rec.decision = "would_deny";
-        self.rec.code = Some(r.code.as_str().into());
-        self.rec.reason = Some(r.reason);
+        self.rec.would_deny(r.code, r.reason);
         Ok(None)
     }
 
@@ -273,14 +269,8 @@ impl Session {
         rec.bytes_up = out.transferred.up;
         rec.bytes_down = out.transferred.down;
         match out.ended_by {
-            Some(crate::copy::Disconnect::OverBudget(x)) => {
-                // Allowed, then cut: the record says by which budget, like a refusal.
-                rec.decision = "deny";
-                rec.code = Some(crate::deny::DenyCode::BudgetExceeded.as_str().into());
-                rec.rule = Some(x.rule.to_string());
-                rec.reason = Some(x.reason);
-                rec.hint = Some(x.hint);
-            }
+            // Allowed, then cut: the record says by which budget, like a refusal.
+            Some(crate::copy::Disconnect::OverBudget(x)) => x.record_cut(&mut rec),
             Some(e) => {
                 if let crate::copy::Disconnect::UpstreamReset(_) = e {
                     tracing::info!(dst = %rec.orig_dst, upstream = rec.upstream.as_deref().unwrap_or(""), error = %e, "upstream reset; client reset too");

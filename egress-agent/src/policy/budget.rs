@@ -75,8 +75,8 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// What its counters are kept under in a container: its host pattern, so that a reload
-    /// that reorders or edits budgets keeps each one's counts.
+    /// Its host pattern as written (`*` for the profile-wide budget). Its counters are kept
+    /// by the pattern, so a reload that reorders or edits budgets keeps each one's counts.
     pub fn key(&self) -> String {
         self.host
             .as_ref()

@@ -491,7 +491,7 @@ fn budgets_of(
     for (i, b) in raw.budget.iter().enumerate() {
         let built = super::budget::build(name, i, b, reachable)
             .map_err(|e| ctx.err(e.span, &e.key, e.message))?;
-        if let Some(prev) = out.iter().find(|o| o.key() == built.key()) {
+        if let Some(prev) = out.iter().find(|o| o.host == built.host) {
             return Err(ctx.err(
                 b.span(),
                 built.id.as_str(),

@@ -1,6 +1,7 @@
-//! Request bodies charged to the connection's budgets on their way upstream: a body that goes
-//! over one is sent up to the limit and then fails, which aborts the upstream request; the
-//! request is then answered with the budget's denial ([`Cut`] says which).
+//! Bodies charged to the connection's budgets: a request body on its way upstream, a response
+//! body on its way to the client. One that goes over a budget relays the bytes that fit, then
+//! fails — which aborts the upstream request, or cuts the response — and says which budget
+//! ([`Charged::cut`]; for a request body, also the shared [`Cut`] its handler answers from).
 
 use std::{
     pin::Pin,
@@ -24,26 +25,54 @@ pub type Cut = Arc<OnceLock<Exceeded>>;
 pub struct OverBudget(pub Exceeded);
 
 /// A client's request body on its way upstream.
-pub struct UpBody {
-    inner: Incoming,
-    meter: Option<Arc<Meter>>,
-    cut: Cut,
+pub type UpBody = Charged<Incoming>;
+
+/// A body whose data frames are charged to a meter (without one it is passed as it is).
+pub struct Charged<B> {
+    inner: B,
+    meter: Option<(Arc<Meter>, Dir, Cut)>,
     /// The error to end with after the last bytes that fitted.
     failing: Option<Exceeded>,
 }
 
-impl UpBody {
-    pub fn new(inner: Incoming, meter: Option<Arc<Meter>>, cut: Cut) -> Self {
+impl<B> Charged<B> {
+    /// `cut` is set, when the body is cut, to the budget it went over.
+    pub fn new(inner: B, meter: Option<(Arc<Meter>, Dir, Cut)>) -> Self {
         Self {
             inner,
             meter,
-            cut,
             failing: None,
         }
     }
+
+    /// The budget this body went over, once it was cut.
+    pub fn cut(&self) -> Option<&Exceeded> {
+        self.meter.as_ref().and_then(|(_, _, cut)| cut.get())
+    }
+
+    /// The bytes of `frame` that fit; a cut leaves the error for the next poll.
+    fn charge(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, Exceeded> {
+        let (Some((m, dir, cut)), Some(data)) = (&self.meter, frame.data_ref()) else {
+            return Ok(frame);
+        };
+        let Err(x) = m.charge(*dir, data.len() as u64) else {
+            return Ok(frame);
+        };
+        let fits = data.slice(..x.allowed as usize);
+        let _ = cut.set(x.clone());
+        if fits.is_empty() {
+            return Err(x);
+        }
+        self.failing = Some(x);
+        Ok(Frame::data(fits))
+    }
 }
 
-impl Body for UpBody {
+impl<B> Body for Charged<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -57,22 +86,13 @@ impl Body for UpBody {
         }
         let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(f)) => f,
-            Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
             None => return Poll::Ready(None),
         };
-        let (Some(m), Some(data)) = (&this.meter, frame.data_ref()) else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        let Err(x) = m.charge(Dir::Up, data.len() as u64) else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        let fits = data.slice(..x.allowed as usize);
-        let _ = this.cut.set(x.clone());
-        if fits.is_empty() {
-            return Poll::Ready(Some(Err(Box::new(OverBudget(x)))));
-        }
-        this.failing = Some(x);
-        Poll::Ready(Some(Ok(Frame::data(fits))))
+        Poll::Ready(Some(
+            this.charge(frame)
+                .map_err(|x| Box::new(OverBudget(x)) as BoxError),
+        ))
     }
 
     fn is_end_stream(&self) -> bool {

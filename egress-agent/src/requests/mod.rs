@@ -146,9 +146,7 @@ impl Conn {
         let (rule, websocket) = match self.check(&req) {
             Ok(x) => x,
             Err(r) if self.policy.mode() == Mode::Monitor && check::monitorable(r.code) => {
-                rec.decision = "would_deny";
-                rec.code = Some(r.code.as_str().into());
-                rec.reason = Some(r.reason);
+                rec.would_deny(r.code, r.reason);
                 (None, false)
             }
             Err(r) => return self.refuse(rec, r, started, grpc),
@@ -171,12 +169,17 @@ impl Conn {
             return self.refuse(rec, Refusal::over_budget(x), started, grpc);
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let cut = metered::Cut::default();
-        let req = req.map(|b| UpBody::new(b, self.budget.clone(), cut.clone()));
+        let cut = self.budget.as_ref().map(|_| metered::Cut::default());
+        let meter = self
+            .budget
+            .clone()
+            .zip(cut.clone())
+            .map(|(m, cut)| (m, crate::budget::Dir::Up, cut));
+        let req = req.map(|b| UpBody::new(b, meter));
         let mut resp = match self.upstream.send(self, req, websocket).await {
             Ok(r) => r,
             Err(reason) => {
-                let r = match cut.get() {
+                let r = match cut.as_ref().and_then(|c| c.get()) {
                     Some(x) => Refusal::over_budget(x.clone()),
                     None => Refusal::new(DenyCode::UpstreamUnreachable, reason),
                 };

@@ -8,11 +8,11 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::metered::{BoxError, OverBudget};
+use super::metered::{BoxError, Charged, Cut};
 use crate::{
     attachment::Attachment,
-    budget::{Dir, Exceeded, Meter},
-    deny::{Denial, DenyCode},
+    budget::{Dir, Meter},
+    deny::Denial,
     record::Record,
 };
 
@@ -27,12 +27,11 @@ pub fn audited(
     started: Instant,
     meter: Option<Arc<Meter>>,
 ) -> Response<Body> {
+    let meter = meter.map(|m| (m, Dir::Down, Cut::default()));
     resp.map(|inner| {
         Audited {
-            inner,
+            body: Charged::new(inner, meter),
             done: Some((att, rec, started)),
-            meter,
-            failing: None,
         }
         .boxed()
     })
@@ -65,39 +64,8 @@ pub fn content_length(v: &Option<HeaderValue>) -> u64 {
 /// is done or dropped. Over a budget it relays the bytes that fit, then fails (the client
 /// sees the response cut, never a shorter one that looks complete).
 pub struct Audited {
-    inner: Incoming,
+    body: Charged<Incoming>,
     done: Option<(Arc<Attachment>, Record, Instant)>,
-    meter: Option<Arc<Meter>>,
-    /// The error to end with after the last bytes that fitted.
-    failing: Option<Exceeded>,
-}
-
-impl Audited {
-    /// The bytes of `frame` that fit the budget; notes a cut in the record.
-    fn charge(
-        &mut self,
-        frame: hyper::body::Frame<Bytes>,
-    ) -> Result<hyper::body::Frame<Bytes>, Exceeded> {
-        let (Some(m), Some(d)) = (&self.meter, frame.data_ref()) else {
-            return Ok(frame);
-        };
-        let Err(x) = m.charge(Dir::Down, d.len() as u64) else {
-            return Ok(frame);
-        };
-        let fits = d.slice(..x.allowed as usize);
-        if let Some((_, rec, _)) = self.done.as_mut() {
-            rec.decision = "deny";
-            rec.code = Some(DenyCode::BudgetExceeded.as_str().into());
-            rec.rule = Some(x.rule.to_string());
-            rec.reason = Some(x.reason.clone());
-            rec.hint = Some(x.hint.clone());
-        }
-        if fits.is_empty() {
-            return Err(x);
-        }
-        self.failing = Some(x);
-        Ok(hyper::body::Frame::data(fits))
-    }
 }
 
 impl hyper::body::Body for Audited {
@@ -108,37 +76,30 @@ impl hyper::body::Body for Audited {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        use std::task::Poll;
-        if let Some(x) = self.failing.take() {
-            return Poll::Ready(Some(Err(Box::new(OverBudget(x)))));
+        let p = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &p {
+            if let (Some(d), Some((_, rec, _))) = (f.data_ref(), self.done.as_mut()) {
+                rec.bytes_down += d.len() as u64;
+            }
         }
-        let frame = match std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
-            None => return Poll::Ready(None),
-        };
-        let frame = match self.charge(frame) {
-            Ok(f) => f,
-            Err(x) => return Poll::Ready(Some(Err(Box::new(OverBudget(x))))),
-        };
-        if let (Some(d), Some((_, rec, _))) = (frame.data_ref(), self.done.as_mut()) {
-            rec.bytes_down += d.len() as u64;
-        }
-        Poll::Ready(Some(Ok(frame)))
+        p
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failing.is_none() && self.inner.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        self.body.size_hint()
     }
 }
 
 impl Drop for Audited {
     fn drop(&mut self) {
         if let Some((att, mut rec, started)) = self.done.take() {
+            if let Some(x) = self.body.cut() {
+                x.record_cut(&mut rec);
+            }
             rec.duration_ms = started.elapsed().as_millis() as u64;
             att.shared.audit.record(rec);
         }

@@ -593,6 +593,28 @@ impl Topology {
         run_probe(self.up_command(bin_path("probe")).args(args))
     }
 
+    /// Runs a python3 `script` with `args` in up-* (a server the test needs in the fake
+    /// internet) and waits for the `READY` it prints; it is killed when the handle drops.
+    pub fn start_up_script<S: AsRef<OsStr>>(
+        &self,
+        script: &str,
+        args: impl IntoIterator<Item = S>,
+        what: &str,
+    ) -> UpScript {
+        let mut child = self
+            .up_command(crate::clients::PYTHON)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        crate::wait_ready(&mut child, what);
+        UpScript(child)
+    }
+
     /// Starts `fakenet` in up-* and waits for `READY`.
     pub fn start_fakenet(&self) -> FakeNet {
         self.start_fakenet_with(&[])
@@ -756,5 +778,15 @@ impl FakeNet {
 impl Drop for FakeNet {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A script started by [`Topology::start_up_script`], killed on drop.
+pub struct UpScript(Child);
+
+impl Drop for UpScript {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -8,7 +8,7 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -178,7 +178,7 @@ connections_per_second = 5
 
 /// The sink in up-*, killed on drop.
 struct Sink {
-    child: Child,
+    _script: egress_tests::topology::UpScript,
     log: PathBuf,
 }
 
@@ -186,18 +186,9 @@ impl Sink {
     fn start(topo: &Topology) -> Sink {
         let log = topo.workdir().join("sink.jsonl");
         topo.add_up_address(SINK_IP);
-        let mut child = topo
-            .up_command(PYTHON)
-            .args(["-c", SINK_PY])
-            .arg(SINK_IP.to_string())
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
-        egress_tests::wait_ready(&mut child, "the sink");
-        Sink { child, log }
+        let args = [SINK_IP.to_string().into(), log.clone().into_os_string()];
+        let _script = topo.start_up_script(SINK_PY, args, "the sink");
+        Sink { _script, log }
     }
 
     /// What `service` (`sink` or `http`) received so far, a line per connection.
@@ -226,13 +217,6 @@ impl Sink {
             .iter()
             .filter(|l| l["line"] != "")
             .count()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -12,7 +12,7 @@
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -129,7 +129,7 @@ const LEGITIMATE: &[&str] = &[
 
 /// The lenient server in up-*, killed on drop.
 struct Lenient {
-    child: Child,
+    _script: egress_tests::topology::UpScript,
     log: PathBuf,
 }
 
@@ -139,21 +139,15 @@ impl Lenient {
         let (cert, key, log) = (dir.join("t.pem"), dir.join("t.key"), dir.join("t.log"));
         issue_leaf(ca_key, &["tomcat.test"], &cert, &key);
         topo.add_up_address(SERVER_IP);
-        let mut child = topo
-            .up_command(PYTHON)
-            .args(["-c", LENIENT_PY])
-            .arg(&cert)
-            .arg(&key)
-            .arg(SERVER_IP.to_string())
-            .arg("443")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
-        egress_tests::wait_ready(&mut child, "the lenient server");
-        Lenient { child, log }
+        let args = [
+            cert.into_os_string(),
+            key.into_os_string(),
+            SERVER_IP.to_string().into(),
+            "443".into(),
+            log.clone().into_os_string(),
+        ];
+        let _script = topo.start_up_script(LENIENT_PY, args, "the lenient server");
+        Lenient { _script, log }
     }
 
     /// Every raw path it received so far.
@@ -163,13 +157,6 @@ impl Lenient {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
-}
-
-impl Drop for Lenient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -11,7 +11,7 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -77,7 +77,7 @@ fn aia(ocsp: &str, issuers: &str) -> Vec<u8> {
 }
 
 struct Servers {
-    child: Child,
+    _script: egress_tests::topology::UpScript,
     log: PathBuf,
 }
 
@@ -96,21 +96,15 @@ impl Servers {
         });
         topo.add_up_address(TLS_IP);
         topo.add_up_address(PKI_IP);
-        let mut child = topo
-            .up_command(PYTHON)
-            .args(["-c", SERVERS_PY])
-            .arg(&cert)
-            .arg(&key)
-            .arg(TLS_IP.to_string())
-            .arg(PKI_IP.to_string())
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
-        egress_tests::wait_ready(&mut child, "the servers");
-        Servers { child, log }
+        let args = [
+            cert.into_os_string(),
+            key.into_os_string(),
+            TLS_IP.to_string().into(),
+            PKI_IP.to_string().into(),
+            log.clone().into_os_string(),
+        ];
+        let _script = topo.start_up_script(SERVERS_PY, args, "the servers");
+        Servers { _script, log }
     }
 
     /// Every request the plain HTTP servers (not `pki.test`) received so far, as
@@ -123,13 +117,6 @@ impl Servers {
             .filter(|v| v["host"] != "pki.test")
             .map(|v| format!("{} {} {}", v["method"], v["host"], v["path"]).replace('"', ""))
             .collect()
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -487,6 +487,8 @@ fn proxy_credentials_and_a_proxy_that_never_answers() {
     let c = s.curl(&["http://allowed.test/"]);
     let v = denial(&c, "upstream_unreachable");
     assert!(v["reason"].as_str().unwrap_or("").contains("407"), "{v}");
+    // The denial's record is in the log before the log is searched.
+    agent.audit_records_until(|r| r["reason"].as_str().is_some_and(|x| x.contains("407")));
     let said = format!("{c:?}{}", agent.log_lines().join("\n"))
         + &std::fs::read_to_string(&agent.audit).unwrap_or_default();
     assert!(!said.contains("wrong-password-77") && !said.contains(PASSWORD));

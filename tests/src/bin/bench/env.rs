@@ -729,6 +729,28 @@ pub fn tree_cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
+/// Context switches (voluntary + involuntary) of every live thread of `pid` and of its live
+/// descendants, from /proc/P/task/T/status.
+pub fn tree_context_switches(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(descendants(pid))
+        .flat_map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// VmRSS of `pid` and its live descendants, in bytes.
 pub fn tree_rss_bytes(pid: u32) -> f64 {
     std::iter::once(pid)

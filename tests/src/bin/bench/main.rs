@@ -404,7 +404,9 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
          `MinProtocol = TLSv1.3`, `Ciphersuites = TLS_AES_128_GCM_SHA256`, `Groups = X25519` (all three)."
             .into(),
         format!(
-            "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`). \
+            "W1: oha open loop `-q {} --latency-correction`, {} s per run, keep-alive, POST 1 KiB → 1 KiB response (`/bytes/1024`); \
+             per answered request, the proxy's CPU (utime+stime of its process tree, in 10 ms ticks: a run's figure is ± 10 ms / requests) and its context switches \
+             (every thread of the tree, /proc/P/task/T/status: each time one went to sleep, voluntary, or was preempted, involuntary), on the request's path or beside it. \
              W2: `/bytes/N`, {} MiB total split over the streams; Gbit/s from oha's elapsed time; proxy CPU = utime+stime from /proc/PID/stat. \
              W3: `--disable-keepalive`, paced by `-q` without latency correction, ladder {:?} conn/s × {} s, 64 workers; a step passes with p99 (time to the whole 1 KiB response, ≈ TTFB) < 10 ms, \
              zero client and upstream errors and ≥ 90 % of the rate achieved; CPU µs/conn at the highest passing step (at the first step if none passes); a max rate of 0 means not even the first step passed \

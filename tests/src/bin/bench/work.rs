@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::{
     env::{
-        pin, slab_bytes, tree_cpu_seconds, tree_rss_bytes, Config, Env, Target, COLD_ZONE,
-        LOAD_CPU, PROXY_CPU,
+        pin, slab_bytes, tree_context_switches, tree_cpu_seconds, tree_rss_bytes, Config, Env,
+        Target, COLD_ZONE, LOAD_CPU, PROXY_CPU,
     },
     load::{self, Load},
     report::{Results, Vs},
@@ -70,6 +70,14 @@ pub fn w1(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
         for pct in ["p50", "p90", "p99", "max"] {
             r.metric(&format!("{name} · {pct}"), "µs", Vs::Delta);
         }
+        // What a request costs the proxy: its CPU, and how often its threads went to sleep or
+        // were preempted (each a trip through the scheduler, on the request's path or not).
+        r.metric(&format!("{name} · proxy CPU"), "µs/req", Vs::None);
+        r.metric(
+            &format!("{name} · proxy context switches"),
+            "per req",
+            Vs::None,
+        );
         for round in 0..p.rounds {
             for &c in configs {
                 if !https && !c.plain_http() {
@@ -91,9 +99,18 @@ pub fn w1(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
                     post_1k: true,
                     host_regex: None,
                 };
+                let switches0 = proxy.map(tree_context_switches);
                 let (o, cpu, up) = measured(env, c, &l);
+                let switches = proxy
+                    .zip(switches0)
+                    .map(|(pid, s0)| tree_context_switches(pid).saturating_sub(s0));
                 if let (true, Some(pid)) = (same_cpu, proxy) {
                     pin(pid, PROXY_CPU);
+                }
+                if let Some(s) = switches {
+                    let n = o.ok.max(1) as f64;
+                    r.add(&format!("{name} · proxy CPU"), c, cpu * 1e6 / n);
+                    r.add(&format!("{name} · proxy context switches"), c, s as f64 / n);
                 }
                 for (pct, v) in [
                     ("p50", o.p50),
@@ -106,7 +123,7 @@ pub fn w1(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
                 r.errors("W1", c, o.errors, up);
                 r.raw
                     .push(json!({"workload": "W1", "variant": name, "round": round,
-                    "config": c.name(), "outcome": o, "proxy_cpu_s": cpu, "upstream_errors": up}));
+                    "config": c.name(), "outcome": o, "proxy_cpu_s": cpu, "proxy_context_switches": switches, "upstream_errors": up}));
             }
         }
     }

@@ -175,7 +175,7 @@ fn podman_hook_enforces_the_first_instruction() {
     let _serial = serial();
     let topo = Topology::new("fi_podman");
     let _fake = topo.start_fakenet();
-    let agent = Agent::daemon_control(&topo, &test_policy(&[]), &[]);
+    let mut agent = Agent::daemon_control(&topo, &test_policy(&[]), &[]);
     let control = agent.control.clone().unwrap();
     let podman = Podman::new(&topo);
     install_hook(&podman.hooks_dir(), &control);
@@ -191,8 +191,23 @@ fn podman_hook_enforces_the_first_instruction() {
         let (c, r) = run(&podman, spec);
         assert_enforced("podman", &r);
         podman.remove(&c);
+        // runc under podman here can leave the container's cgroup behind, empty: the daemon
+        // keeps serving (and pinning) a cgroup that exists, so it goes as a runtime's would.
+        remove_cgroup(&c.cgroup);
     }
     print_latency("podman", &adoption_times(&agent));
+    // Stopping the daemon before its watcher has seen the last container go would leave that
+    // container's pins in place (a daemon keeps the pins of a cgroup that still exists), with
+    // no daemon left to remove them once the cgroup is gone.
+    let ids = adopted_ids(&agent);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    wait_attachments(&agent, 0);
+    agent.stop();
+    let left: Vec<u64> = ids
+        .into_iter()
+        .filter(|id| bpffs().join("egress-agent").join(id.to_string()).exists())
+        .collect();
+    assert!(left.is_empty(), "pins of exited containers left: {left:?}");
 }
 
 #[test]

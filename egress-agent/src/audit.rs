@@ -3,9 +3,9 @@
 //!
 //! The data path only pushes onto a bounded channel; a dedicated thread serialises and writes
 //! what arrived within [`LINGER`] of a record in one `write(2)`: a record is in the file at most
-//! about 10 ms after it was made, and the commands [`Audit::flush`] before they exit. If the disk is full or the channel overflows the
-//! record is counted as lost and the agent keeps enforcing: enforcement never
-//! waits on logging.
+//! about 10 ms after it was made, and the commands [`Audit::flush`] before they exit. If the
+//! disk is full or the channel overflows the record is counted as lost and the agent keeps
+//! enforcing: enforcement never waits on logging.
 
 use std::{
     collections::VecDeque,
@@ -180,13 +180,13 @@ impl Audit {
         }
     }
 
-    /// Waits (at most `within`) until every record made so far is in the file: called before
-    /// the process exits, so that the writer's linger loses nothing.
-    pub fn flush(&self, within: Duration) {
+    /// Waits (at most [`FLUSH_WITHIN`]) until every record made so far is in the file: called
+    /// before the process exits, so that the writer's linger loses nothing.
+    pub fn flush(&self) {
         let Some((_, thread)) = &self.inner.writer else {
             return;
         };
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + FLUSH_WITHIN;
         while self.inner.settled.load(Ordering::Acquire) < self.inner.queued.load(Ordering::Relaxed)
             && Instant::now() < deadline
         {
@@ -243,6 +243,9 @@ impl Audit {
 /// (at 500 requests a second a wake-up per record was the audit's main cost to the data path).
 const LINGER: Duration = Duration::from_millis(10);
 
+/// How long a command waits at exit for the audit log to take its last records.
+const FLUSH_WITHIN: Duration = Duration::from_secs(2);
+
 /// The audit thread: serialises records and appends them to the file in batches.
 struct Writer {
     rx: mpsc::Receiver<Record>,
@@ -292,9 +295,6 @@ impl Writer {
         }
     }
 }
-
-/// How long a command waits at exit for the audit log to take its last records.
-pub const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// A batch is written once it holds this much (a burst then takes several writes).
 const BATCH_BYTES: usize = 60 * 1024;
@@ -347,7 +347,7 @@ mod tests {
             audit.record(Record::default());
         }
         // Without the flush the writer would still be lingering (10 ms) with all of them.
-        audit.flush(Duration::from_secs(5));
+        audit.flush();
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert_eq!(lines, 6);
         assert_eq!(audit.written(), 6);

@@ -706,11 +706,7 @@ async fn attach_foreground(args: AttachArgs, sock: &Path) -> Result<ExitCode> {
         async {}
     })
     .await;
-    running
-        .attachment
-        .shared
-        .audit
-        .flush(crate::audit::FLUSH_AT_EXIT);
+    running.attachment.shared.audit.flush();
     // Leaving the pins in place: enforcement outlives the agent until `detach`.
     Ok(ExitCode::SUCCESS)
 }

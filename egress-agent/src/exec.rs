@@ -107,7 +107,7 @@ pub async fn run(args: ExecArgs, control: Option<&std::path::Path>) -> Result<Ex
     let cg = Cgroup::create("egress-agent.exec", &format!("{}", std::process::id()))?;
     let audit = shared.audit.clone();
     let result = run_in(&args, &target, shared, &cg, control).await;
-    audit.flush(crate::audit::FLUSH_AT_EXIT);
+    audit.flush();
     // Kill stragglers first (nothing may run unenforced), then the cgroup goes;
     // the pins go with `Running::detach` inside run_in or here on error.
     let removed = cg.kill_and_remove();

@@ -132,7 +132,7 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(control);
     daemon.shutdown().await;
-    shared.audit.flush(crate::audit::FLUSH_AT_EXIT);
+    shared.audit.flush();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -203,10 +203,7 @@ fn podman_hook_enforces_the_first_instruction() {
     assert_eq!(ids.len(), 3, "{ids:?}");
     wait_attachments(&agent, 0);
     agent.stop();
-    let left: Vec<u64> = ids
-        .into_iter()
-        .filter(|id| bpffs().join("egress-agent").join(id.to_string()).exists())
-        .collect();
+    let left: Vec<u64> = ids.into_iter().filter(|id| pin_dir(*id).exists()).collect();
     assert!(left.is_empty(), "pins of exited containers left: {left:?}");
 }
 
@@ -254,7 +251,7 @@ fn egress_agent_pins_of(rt: &dyn Runtime) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in walk(&parent) {
         if let Ok(id) = cgroup_id(&d) {
-            let pin = bpffs().join("egress-agent").join(id.to_string());
+            let pin = pin_dir(id);
             if pin.exists() {
                 out.push(pin);
             }
@@ -280,17 +277,11 @@ fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
-fn bpffs() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split_whitespace().next()? != "bpf" {
-                return None;
-            }
-            Some(PathBuf::from(left.split_whitespace().nth(4)?))
-        })
+/// The agent's pin directory of the cgroup with id `id`.
+fn pin_dir(id: u64) -> PathBuf {
+    egress_agent::bpf::pin_root()
         .expect("bpffs mounted")
+        .join(id.to_string())
 }
 
 #[test]
@@ -639,10 +630,7 @@ fn links_detached_from_outside_are_repaired_and_nothing_gets_out() {
     );
     assert_enforced("podman", &r);
     let id = cgroup_id(&a.cgroup).unwrap();
-    let links = bpffs()
-        .join("egress-agent")
-        .join(id.to_string())
-        .join("links");
+    let links = pin_dir(id).join("links");
 
     // Under traffic: a loop of metadata connects from the container while every link of its
     // attachment is detached from outside.
@@ -830,10 +818,7 @@ fn a_thousand_containers_through_the_hook_leave_nothing_behind() {
     let times = adoption_times(&agent);
     // What the churn's cgroups left: their pins, lock files and saved records.
     let ids = adopted_ids(&agent);
-    let pins_left = ids
-        .iter()
-        .filter(|id| bpffs().join("egress-agent").join(id.to_string()).exists())
-        .count();
+    let pins_left = ids.iter().filter(|id| pin_dir(**id).exists()).count();
     let locks_left = ids
         .iter()
         .filter(|id| Path::new(&format!("/run/egress-agent/locks/{id}.lock")).exists())

@@ -420,7 +420,8 @@ fn allowed_connections_go_through_squid_and_denied_ones_never_reach_it() {
 
     // Stopping the agent closes the tunnels its HTTP engine kept for reuse; Squid logs a
     // tunnel when it closes.
-    let recs = agent.audit_records(1);
+    let recs = agent
+        .audit_records_until(|r| r["code"] == "upstream_unreachable" && r["name"] == "alt.test");
     drop(agent);
     for target in [
         "api.allowed.test:443",

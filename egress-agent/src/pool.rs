@@ -1,13 +1,21 @@
-//! Below requests: upstream HTTP/2 connections shared by one container's inspected client connections.
+//! Below requests: upstream connections shared by one container's client connections — one
+//! HTTP/2 connection per name that its HTTP/2 clients multiplex over, and the idle HTTP/1.1
+//! connections its HTTP/1.1 clients left behind.
 //!
-//! Without this, every inspected client connection pays a second TLS handshake (and the
-//! upstream a connection) although the agent already holds a verified HTTP/2 connection to the
-//! same name: a client that opens a connection per request (most CLIs, `curl` in a loop)
-//! doubled the agent's handshake cost. A connection is reused only by the same container, for
-//! the same decided name and port, under the same policy snapshot it was dialed under (the
-//! snapshot is held, so a reload never reuses a connection whose address was checked against
-//! an older policy). Requests are still checked one by one by the per-request engine; only the
-//! transport is shared. Looked up once per client connection, never on the data path.
+//! Without this, every client connection pays a second TLS handshake (and the upstream a
+//! connection) although the agent already holds a verified connection to the same name: a
+//! client that opens a connection per request (most CLIs, `curl` in a loop) doubled the
+//! agent's handshake cost. A connection is reused only by the same container, for the same
+//! decided name and port (and, for HTTP/1.1, the same TLS or cleartext leg), under the same
+//! policy snapshot it was dialed under (the snapshot is held, so a reload never reuses a
+//! connection whose address was checked against an older policy). Requests are still checked
+//! one by one by the per-request engine; only the transport is shared. Looked up once per
+//! client connection, never on the data path.
+//!
+//! Each client keeps the HTTP version it speaks on the upstream leg too: an HTTP/1.1 request
+//! put on a shared HTTP/2 connection costs the agent's two tokio workers about three more
+//! wake-ups each (hyper's HTTP/2 client runs the connection as its own task), which made an
+//! inspected HTTP/1.1 request cost more CPU and latency than it does over HTTP/1.1 end to end.
 
 use std::{
     collections::HashMap,
@@ -19,11 +27,47 @@ use std::{
 use crate::policy::Policy;
 
 pub type H2 = hyper::client::conn::http2::SendRequest<crate::requests::UpBody>;
+pub type H1 = hyper::client::conn::http1::SendRequest<crate::requests::UpBody>;
 
 /// An unused shared connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(60);
 /// Entries kept per container (names × ports); beyond it the least recently used goes.
 const MAX: usize = 256;
+/// An idle HTTP/1.1 connection is not reused after this long: upstreams close idle
+/// keep-alive connections after a while (nginx 75 s, many balancers 60 s), and a request
+/// sent just as the upstream closes is lost.
+const H1_IDLE: Duration = Duration::from_secs(15);
+/// Idle HTTP/1.1 connections kept per container, all names together (each holds a
+/// descriptor); beyond it the oldest is closed.
+const H1_IDLE_MAX: usize = 64;
+
+/// An idle upstream HTTP/1.1 connection and the address it is connected to.
+pub type IdleH1 = (H1, Option<SocketAddr>);
+
+/// A connection another client connection of the container opened, for this one to use.
+pub enum Shared {
+    /// The name's HTTP/2 connection (for an HTTP/2 client), and its address.
+    H2(H2, Option<SocketAddr>),
+    /// An idle HTTP/1.1 connection (for an HTTP/1.1 client).
+    H1(IdleH1),
+}
+
+impl Shared {
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Shared::H2(_, peer) | Shared::H1((_, peer)) => *peer,
+        }
+    }
+}
+
+/// Which idle HTTP/1.1 connections a client connection may take: name, port, TLS or not.
+type H1Key = (String, u16, bool);
+
+struct ParkedH1 {
+    policy: Arc<Policy>,
+    idle: IdleH1,
+    since: Instant,
+}
 
 struct Entry {
     policy: Arc<Policy>,
@@ -35,6 +79,7 @@ struct Entry {
 #[derive(Default)]
 pub struct SharedUpstreams {
     map: Mutex<HashMap<(String, u16), Entry>>,
+    h1: Mutex<HashMap<H1Key, Vec<ParkedH1>>>,
 }
 
 impl SharedUpstreams {
@@ -87,6 +132,75 @@ impl SharedUpstreams {
             },
         );
     }
+}
+
+impl SharedUpstreams {
+    /// The most recently parked idle HTTP/1.1 connection to `name:port` (over TLS or not)
+    /// dialed under exactly `policy`, ready for a request. Those dialed under another
+    /// snapshot, closed or idle too long are dropped on the way.
+    pub fn take_h1(
+        &self,
+        policy: &Arc<Policy>,
+        name: &str,
+        port: u16,
+        tls: bool,
+    ) -> Option<IdleH1> {
+        let now = Instant::now();
+        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_string(), port, tls);
+        let parked = map.get_mut(&key)?;
+        parked.retain(|p| Arc::ptr_eq(&p.policy, policy) && live_h1(p, now));
+        let i = parked.iter().rposition(|p| p.idle.0.is_ready());
+        let taken = i.map(|i| parked.remove(i).idle);
+        if parked.is_empty() {
+            map.remove(&key);
+        }
+        taken
+    }
+
+    /// Parks the idle HTTP/1.1 connections a client connection leaves behind, for the
+    /// container's next client connection to the same name.
+    pub fn give_h1(
+        &self,
+        policy: &Arc<Policy>,
+        name: &str,
+        port: u16,
+        tls: bool,
+        idle: Vec<IdleH1>,
+    ) {
+        let now = Instant::now();
+        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let parked = map.entry((name.to_string(), port, tls)).or_default();
+        parked.retain(|p| live_h1(p, now));
+        parked.extend(
+            idle.into_iter()
+                .filter(|i| !i.0.is_closed())
+                .map(|idle| ParkedH1 {
+                    policy: policy.clone(),
+                    idle,
+                    since: now,
+                }),
+        );
+        let mut total: usize = map.values().map(Vec::len).sum();
+        while total > H1_IDLE_MAX {
+            let oldest = map
+                .iter()
+                .filter_map(|(k, v)| v.first().map(|p| (p.since, k.clone())))
+                .min_by_key(|(since, _)| *since);
+            let Some((_, k)) = oldest else { break };
+            if let Some(v) = map.get_mut(&k) {
+                v.remove(0);
+                if v.is_empty() {
+                    map.remove(&k);
+                }
+            }
+            total -= 1;
+        }
+    }
+}
+
+fn live_h1(p: &ParkedH1, now: Instant) -> bool {
+    !p.idle.0.is_closed() && now.duration_since(p.since) < H1_IDLE
 }
 
 fn live(e: &Entry, now: Instant) -> bool {

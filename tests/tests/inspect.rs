@@ -653,9 +653,11 @@ fn grease_ech_to_an_inspected_host_is_stripped_not_refused() {
     );
 }
 
-/// Inspected connections of one container to the same name share one verified upstream
-/// HTTP/2 connection (one TLS handshake upstream instead of one per client connection), every
-/// request on it still checked on its own; a policy reload starts a new one.
+/// Inspected connections of one container to the same name share verified upstream
+/// connections (one TLS handshake upstream instead of one per client connection): HTTP/2
+/// clients one HTTP/2 connection, HTTP/1.1 clients the HTTP/1.1 connection the previous one
+/// left idle. Each client's HTTP version is the one the upstream sees; every request is still
+/// checked on its own; a policy reload starts afresh.
 #[test]
 fn inspected_connections_share_an_upstream_until_the_policy_changes() {
     require_root!();
@@ -680,21 +682,35 @@ fn inspected_connections_share_an_upstream_until_the_policy_changes() {
 
     let agent = s.agent();
     let before = upstream_https(&s.net);
-    for i in 0..4 {
+    let mut peers: [Vec<String>; 2] = Default::default();
+    for i in 0..6 {
         // Separate curl processes: separate client connections (h1 and h2 clients alike).
-        let flag = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+        let (flag, upstream_version) = if i % 2 == 0 {
+            ("--http1.1", "HTTP/1.1")
+        } else {
+            ("--http2", "HTTP/2.0")
+        };
         let r = s.curl(&[flag, &format!("{API}/v1/items/{i}")]);
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.echoed_header("x-api-key").as_deref(), Some(SECRET));
+        let v = r.json();
+        assert_eq!(v["version"], upstream_version, "{flag}: {v}");
+        peers[i % 2].push(v["peer"].as_str().unwrap_or_default().to_string());
     }
-    // Per-request rules still apply on the shared connection.
+    // Per-request rules still apply on the shared connections.
     s.curl(&[&format!("{API}/admin")])
         .assert_denied(403, "path_not_allowed");
     assert_eq!(
         upstream_https(&s.net) - before,
-        1,
-        "one upstream connection for 4 inspected client connections"
+        2,
+        "one upstream connection per HTTP version for 6 inspected client connections"
     );
+    for p in &peers {
+        assert!(
+            p.iter().all(|x| x == &p[0]),
+            "one upstream per version: {peers:?}"
+        );
+    }
     let shared = wait_record(&agent, |r| r["path"] == "/v1/items/3");
     assert!(
         shared["upstream"]
@@ -726,5 +742,14 @@ fn inspected_connections_share_an_upstream_until_the_policy_changes() {
     assert!(
         fresh,
         "a request after the reload used the old snapshot's connection"
+    );
+    // Nor does an HTTP/1.1 client take the idle connection left under the old snapshot.
+    let n = upstream_https(&s.net);
+    let r = s.curl(&["--http1.1", &format!("{API}/v1/after-reload-h1")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        upstream_https(&s.net),
+        n + 1,
+        "an HTTP/1.1 request after the reload used the old snapshot's idle connection"
     );
 }

@@ -155,7 +155,7 @@ pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
     let tls = match handshake::terminate(inspector.server.clone(), client, peeked).await {
         Ok(tls) => tls,
         Err(failure) => {
-            let mut rec = conn.base;
+            let mut rec = std::mem::take(&mut conn.base);
             failure.describe(&mut rec, &conn.name, conn.att.trusts_ca());
             tracing::debug!(
                 name = conn.name.as_str(),
@@ -304,9 +304,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 /// The CA or the upstream trust could not be loaded: refuse with an internal-error alert.
-async fn unavailable(mut client: TcpStream, conn: Conn, reason: &str, started: Instant) {
+async fn unavailable(mut client: TcpStream, mut conn: Conn, reason: &str, started: Instant) {
     tracing::error!(%reason, "TLS inspection unavailable");
-    let mut rec = conn.base;
+    let mut rec = std::mem::take(&mut conn.base);
     rec.decision = "deny";
     rec.code = Some("inspection_unavailable".into());
     rec.reason = Some(format!("TLS inspection is not available: {reason}"));

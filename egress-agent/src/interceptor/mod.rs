@@ -27,7 +27,8 @@ use crate::{
     attachment::Attachment,
     peek::Peeked,
     policy::{Mode, Policy},
-    requests::{Conn, H2},
+    pool::Shared,
+    requests::Conn,
     rewind::Rewind,
 };
 pub use respond::{Refusal, Reply};
@@ -337,33 +338,40 @@ fn note_ech(s: &mut Session, peeked: &Peeked) {
     }
 }
 
-/// A verified HTTP/2 connection this container already holds to the same inspected name,
-/// dialed under this very policy snapshot: the connection's requests share it.
+/// A verified connection this container already holds to the same inspected name, dialed
+/// under this very policy snapshot: the HTTP/2 one for a client that offers HTTP/2 (the
+/// agent's TLS server then picks it), else an idle HTTP/1.1 one.
 fn shared_upstream(
     s: &Session,
     policy: &Arc<Policy>,
     peeked: &Peeked,
     wanted: &Wanted,
-) -> Option<(H2, Option<SocketAddr>)> {
-    if !matches!((peeked, wanted.reply), (Peeked::Tls(_), Reply::Tls)) {
+) -> Option<Shared> {
+    let Peeked::Tls(hello) = peeked else {
+        return None;
+    };
+    if wanted.reply != Reply::Tls {
         return None;
     }
-    s.att
-        .upstreams
-        .get(policy, wanted.name.as_str(), wanted.port)
+    let (name, port, shared) = (wanted.name.as_str(), wanted.port, &s.att.upstreams);
+    if hello.offers_alpn(b"h2") {
+        let (h2, peer) = shared.get(policy, name, port)?;
+        return Some(Shared::H2(h2, peer));
+    }
+    shared.take_h1(policy, name, port, true).map(Shared::H1)
 }
 
 async fn inspect_shared(
     mut s: Session,
     policy: Arc<Policy>,
     wanted: Wanted,
-    (h2, peer): (H2, Option<SocketAddr>),
+    shared: Shared,
     meter: Option<Arc<crate::budget::Meter>>,
 ) {
-    s.rec.upstream = peer.map(|a| a.to_string());
+    s.rec.upstream = shared.peer().map(|a| a.to_string());
     s.rec.protocol = "http";
     let conn = Conn::new(s.att, policy, wanted.name, wanted.port, s.rec, None)
-        .with_shared_h2(h2)
+        .with_shared(shared)
         .with_budget(meter);
     Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
 }

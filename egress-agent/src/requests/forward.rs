@@ -1,6 +1,8 @@
 //! Step 5 of the engine: the upstream connections of one client connection (all to the same
 //! decided name and port) — the seed the interceptor dialed, a shared or own HTTP/2
-//! connection, a few idle HTTP/1.1 ones — and the rewriting of each request for them.
+//! connection, a few idle HTTP/1.1 ones — and the rewriting of each request for them. An
+//! HTTP/1.1 client gets HTTP/1.1 upstream, an HTTP/2 client HTTP/2 where the upstream offers
+//! it (see [`crate::pool`] for why).
 
 use std::sync::Mutex;
 
@@ -14,6 +16,7 @@ use tokio::{
 
 use super::{metered::UpBody, response::strip_hop_by_hop, Conn};
 pub use crate::pool::H2;
+use crate::pool::{IdleH1, H1};
 
 /// Idle upstream HTTP/1.1 connections kept per client connection (an h2 client multiplexing
 /// over an h1-only upstream needs several).
@@ -40,10 +43,9 @@ pub fn splice_upgrade(
     });
 }
 
-type H1 = hyper::client::conn::http1::SendRequest<UpBody>;
-
 enum Sender {
-    H1(H1),
+    /// With the upstream's address, for sharing.
+    H1(H1, Option<std::net::SocketAddr>),
     /// With the upstream's address, for sharing.
     H2(H2, Option<std::net::SocketAddr>),
 }
@@ -52,7 +54,7 @@ pub struct Pool {
     /// The connection the interceptor dialed while deciding (used by the first request).
     seed: Mutex<Option<TcpStream>>,
     h2: Mutex<Option<H2>>,
-    h1: Mutex<Vec<H1>>,
+    h1: Mutex<Vec<IdleH1>>,
 }
 
 impl Pool {
@@ -69,6 +71,16 @@ impl Pool {
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2);
     }
 
+    /// Starts with an idle HTTP/1.1 connection another client connection left.
+    pub fn adopt_h1(&self, idle: IdleH1) {
+        self.park_h1(idle);
+    }
+
+    /// The idle HTTP/1.1 connections, taken out (to be left for other client connections).
+    pub fn take_idle_h1(&self) -> Vec<IdleH1> {
+        std::mem::take(&mut *self.h1.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub async fn send(
         &self,
         conn: &Conn,
@@ -76,10 +88,11 @@ impl Pool {
         websocket: bool,
     ) -> Result<Response<Incoming>, String> {
         // A pooled connection first; a request it did not take (closed meanwhile) goes on a
-        // fresh one.
+        // fresh one. An HTTP/1.1 client's requests stay HTTP/1.1.
         let mut req = req;
+        let h1_only = websocket || req.version() != http::Version::HTTP_2;
         if !websocket {
-            if let Some(h2) = self.pooled_h2() {
+            if let Some(h2) = self.pooled_h2().filter(|_| !h1_only) {
                 match h2_send(&h2, conn, req).await {
                     Ok(r) => return Ok(r),
                     Err(mut e) => match e.take_message() {
@@ -88,10 +101,10 @@ impl Pool {
                     },
                 }
             }
-            while let Some(mut h1) = self.pooled_h1() {
+            while let Some((mut h1, peer)) = self.pooled_h1() {
                 match h1_send(&mut h1, conn, req, false).await {
                     Ok(r) => {
-                        self.park_h1(h1);
+                        self.park_h1((h1, peer));
                         return Ok(r);
                     }
                     Err(mut e) => match e.take_message() {
@@ -101,7 +114,7 @@ impl Pool {
                 }
             }
         }
-        match self.dial(conn, websocket).await? {
+        match self.dial(conn, h1_only).await? {
             Sender::H2(h2, peer) => {
                 *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
                 conn.att
@@ -111,12 +124,12 @@ impl Pool {
                     .await
                     .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))
             }
-            Sender::H1(mut h1) => {
+            Sender::H1(mut h1, peer) => {
                 let r = h1_send(&mut h1, conn, req, websocket)
                     .await
                     .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))?;
                 if !websocket {
-                    self.park_h1(h1);
+                    self.park_h1((h1, peer));
                 }
                 Ok(r)
             }
@@ -135,21 +148,22 @@ impl Pool {
         }
     }
 
-    fn pooled_h1(&self) -> Option<H1> {
+    fn pooled_h1(&self) -> Option<IdleH1> {
         let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        g.retain(|h| !h.is_closed());
-        let i = g.iter().position(H1::is_ready)?;
+        g.retain(|(h, _)| !h.is_closed());
+        let i = g.iter().position(|(h, _)| h.is_ready())?;
         Some(g.swap_remove(i))
     }
 
-    fn park_h1(&self, h: H1) {
+    fn park_h1(&self, h: IdleH1) {
         let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         if g.len() < H1_IDLE_MAX {
             g.push(h);
         }
     }
 
-    async fn dial(&self, conn: &Conn, websocket: bool) -> Result<Sender, String> {
+    /// A new upstream connection; `h1_only`: offer the upstream HTTP/1.1 alone.
+    async fn dial(&self, conn: &Conn, h1_only: bool) -> Result<Sender, String> {
         let seed = self.seed.lock().unwrap_or_else(|e| e.into_inner()).take();
         let tcp = match seed {
             Some(s) => s,
@@ -163,11 +177,11 @@ impl Pool {
             .map_err(|(_, reason)| reason)?,
         };
         let tcp = crate::upstream::Lingering::new(tcp);
-        let Some(tls) = &conn.tls else {
-            return h1_handshake(tcp).await;
-        };
         let peer = tcp.peer_addr();
-        let config = if websocket { &tls.h1 } else { &tls.any };
+        let Some(tls) = &conn.tls else {
+            return h1_handshake(tcp, peer).await;
+        };
+        let config = if h1_only { &tls.h1 } else { &tls.any };
         let server_name = rustls_pki_types::ServerName::try_from(conn.name.as_str().to_string())
             .map_err(|e| format!("{}: {e}", conn.name))?;
         let stream = tokio_rustls::TlsConnector::from(config.clone())
@@ -191,12 +205,12 @@ impl Pool {
             });
             Ok(Sender::H2(send, peer))
         } else {
-            h1_handshake(stream).await
+            h1_handshake(stream, peer).await
         }
     }
 }
 
-async fn h1_handshake<S>(io: S) -> Result<Sender, String>
+async fn h1_handshake<S>(io: S, peer: Option<std::net::SocketAddr>) -> Result<Sender, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -207,7 +221,7 @@ where
     tokio::spawn(async move {
         let _ = c.with_upgrades().await;
     });
-    Ok(Sender::H1(send))
+    Ok(Sender::H1(send, peer))
 }
 
 /// The authority the upstream sees: the decided name, with the port when not the default.

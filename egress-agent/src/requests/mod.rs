@@ -94,10 +94,26 @@ impl Conn {
         self
     }
 
-    /// Starts with a shared upstream HTTP/2 connection ([`crate::pool`]) instead of dialing one.
-    pub fn with_shared_h2(self, h2: H2) -> Self {
-        self.upstream.adopt_h2(h2);
+    /// Starts with a shared upstream connection ([`crate::pool`]) instead of dialing one.
+    pub fn with_shared(self, shared: crate::pool::Shared) -> Self {
+        match shared {
+            crate::pool::Shared::H2(h2, _) => self.upstream.adopt_h2(h2),
+            crate::pool::Shared::H1(idle) => self.upstream.adopt_h1(idle),
+        }
         self
+    }
+}
+
+impl Drop for Conn {
+    /// The idle HTTP/1.1 upstream connections stay for the container's next client connection
+    /// to the same name.
+    fn drop(&mut self) {
+        let idle = self.upstream.take_idle_h1();
+        if !idle.is_empty() {
+            let (name, tls) = (self.name.as_str(), self.tls.is_some());
+            let shared = &self.att.upstreams;
+            shared.give_h1(&self.policy, name, self.port, tls, idle);
+        }
     }
 }
 

@@ -6,8 +6,7 @@
 //! connection) although the agent already holds a verified connection to the same name: a
 //! client that opens a connection per request (most CLIs, `curl` in a loop) doubled the
 //! agent's handshake cost. A connection is reused only by the same container, for the same
-//! decided name and port (and, for HTTP/1.1, the same TLS or cleartext leg), under the same
-//! policy snapshot it was dialed under (the snapshot is held, so a reload never reuses a
+//! decided name and port, under the same policy snapshot it was dialed under (the snapshot is held, so a reload never reuses a
 //! connection whose address was checked against an older policy). Requests are still checked
 //! one by one by the per-request engine; only the transport is shared. Looked up once per
 //! client connection, never on the data path.
@@ -38,7 +37,7 @@ const MAX: usize = 256;
 /// sent just as the upstream closes is lost.
 const H1_IDLE: Duration = Duration::from_secs(15);
 /// Idle HTTP/1.1 connections kept per container, all names together (each holds a
-/// descriptor); beyond it the oldest is closed.
+/// descriptor); beyond it the oldest is closed. Few enough to scan on each lookup.
 const H1_IDLE_MAX: usize = 64;
 
 /// An idle upstream HTTP/1.1 connection and the address it is connected to.
@@ -60,11 +59,10 @@ impl Shared {
     }
 }
 
-/// Which idle HTTP/1.1 connections a client connection may take: name, port, TLS or not.
-type H1Key = (String, u16, bool);
-
 struct ParkedH1 {
     policy: Arc<Policy>,
+    name: String,
+    port: u16,
     idle: IdleH1,
     since: Instant,
 }
@@ -79,7 +77,8 @@ struct Entry {
 #[derive(Default)]
 pub struct SharedUpstreams {
     map: Mutex<HashMap<(String, u16), Entry>>,
-    h1: Mutex<HashMap<H1Key, Vec<ParkedH1>>>,
+    /// Oldest first.
+    h1: Mutex<Vec<ParkedH1>>,
 }
 
 impl SharedUpstreams {
@@ -135,67 +134,37 @@ impl SharedUpstreams {
 }
 
 impl SharedUpstreams {
-    /// The most recently parked idle HTTP/1.1 connection to `name:port` (over TLS or not)
-    /// dialed under exactly `policy`, ready for a request. Those dialed under another
-    /// snapshot, closed or idle too long are dropped on the way.
-    pub fn take_h1(
-        &self,
-        policy: &Arc<Policy>,
-        name: &str,
-        port: u16,
-        tls: bool,
-    ) -> Option<IdleH1> {
+    /// The most recently parked idle inspected HTTP/1.1 connection to `name:port` dialed
+    /// under exactly `policy`, ready for a request. Closed ones and ones idle too long are
+    /// dropped on the way.
+    pub fn take_h1(&self, policy: &Arc<Policy>, name: &str, port: u16) -> Option<IdleH1> {
         let now = Instant::now();
-        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (name.to_string(), port, tls);
-        let parked = map.get_mut(&key)?;
-        parked.retain(|p| Arc::ptr_eq(&p.policy, policy) && live_h1(p, now));
-        let i = parked.iter().rposition(|p| p.idle.0.is_ready());
-        let taken = i.map(|i| parked.remove(i).idle);
-        if parked.is_empty() {
-            map.remove(&key);
-        }
-        taken
+        let mut parked = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        parked.retain(|p| live_h1(p, now));
+        let i = parked.iter().rposition(|p| {
+            p.name == name
+                && p.port == port
+                && Arc::ptr_eq(&p.policy, policy)
+                && p.idle.0.is_ready()
+        })?;
+        Some(parked.remove(i).idle)
     }
 
-    /// Parks the idle HTTP/1.1 connections a client connection leaves behind, for the
-    /// container's next client connection to the same name.
-    pub fn give_h1(
-        &self,
-        policy: &Arc<Policy>,
-        name: &str,
-        port: u16,
-        tls: bool,
-        idle: Vec<IdleH1>,
-    ) {
+    /// Parks the idle inspected HTTP/1.1 connections a client connection leaves behind, for
+    /// the container's next client connection to the same name.
+    pub fn give_h1(&self, policy: &Arc<Policy>, name: &str, port: u16, idle: Vec<IdleH1>) {
         let now = Instant::now();
-        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let parked = map.entry((name.to_string(), port, tls)).or_default();
+        let mut parked = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         parked.retain(|p| live_h1(p, now));
-        parked.extend(
-            idle.into_iter()
-                .filter(|i| !i.0.is_closed())
-                .map(|idle| ParkedH1 {
-                    policy: policy.clone(),
-                    idle,
-                    since: now,
-                }),
-        );
-        let mut total: usize = map.values().map(Vec::len).sum();
-        while total > H1_IDLE_MAX {
-            let oldest = map
-                .iter()
-                .filter_map(|(k, v)| v.first().map(|p| (p.since, k.clone())))
-                .min_by_key(|(since, _)| *since);
-            let Some((_, k)) = oldest else { break };
-            if let Some(v) = map.get_mut(&k) {
-                v.remove(0);
-                if v.is_empty() {
-                    map.remove(&k);
-                }
-            }
-            total -= 1;
-        }
+        parked.extend(idle.into_iter().map(|idle| ParkedH1 {
+            policy: policy.clone(),
+            name: name.to_string(),
+            port,
+            idle,
+            since: now,
+        }));
+        let over = parked.len().saturating_sub(H1_IDLE_MAX);
+        parked.drain(..over);
     }
 }
 

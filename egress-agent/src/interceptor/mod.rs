@@ -358,7 +358,7 @@ fn shared_upstream(
         let (h2, peer) = shared.get(policy, name, port)?;
         return Some(Shared::H2(h2, peer));
     }
-    shared.take_h1(policy, name, port, true).map(Shared::H1)
+    shared.take_h1(policy, name, port).map(Shared::H1)
 }
 
 async fn inspect_shared(

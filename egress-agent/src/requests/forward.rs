@@ -43,10 +43,9 @@ pub fn splice_upgrade(
     });
 }
 
+/// A new upstream connection, with the upstream's address (for sharing).
 enum Sender {
-    /// With the upstream's address, for sharing.
     H1(H1, Option<std::net::SocketAddr>),
-    /// With the upstream's address, for sharing.
     H2(H2, Option<std::net::SocketAddr>),
 }
 
@@ -92,7 +91,8 @@ impl Pool {
         let mut req = req;
         let h1_only = websocket || req.version() != http::Version::HTTP_2;
         if !websocket {
-            if let Some(h2) = self.pooled_h2().filter(|_| !h1_only) {
+            let h2 = if h1_only { None } else { self.pooled_h2() };
+            if let Some(h2) = h2 {
                 match h2_send(&h2, conn, req).await {
                     Ok(r) => return Ok(r),
                     Err(mut e) => match e.take_message() {

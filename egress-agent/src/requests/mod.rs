@@ -96,23 +96,26 @@ impl Conn {
 
     /// Starts with a shared upstream connection ([`crate::pool`]) instead of dialing one.
     pub fn with_shared(self, shared: crate::pool::Shared) -> Self {
+        use crate::pool::Shared;
         match shared {
-            crate::pool::Shared::H2(h2, _) => self.upstream.adopt_h2(h2),
-            crate::pool::Shared::H1(idle) => self.upstream.adopt_h1(idle),
+            Shared::H2(h2, _) => self.upstream.adopt_h2(h2),
+            Shared::H1(idle) => self.upstream.adopt_h1(idle),
         }
         self
     }
 }
 
 impl Drop for Conn {
-    /// The idle HTTP/1.1 upstream connections stay for the container's next client connection
-    /// to the same name.
+    /// An inspected connection's idle HTTP/1.1 upstream connections stay for the container's
+    /// next client connection to the same name (plain HTTP ones close with it, as before).
     fn drop(&mut self) {
+        if self.tls.is_none() {
+            return;
+        }
         let idle = self.upstream.take_idle_h1();
         if !idle.is_empty() {
-            let (name, tls) = (self.name.as_str(), self.tls.is_some());
             let shared = &self.att.upstreams;
-            shared.give_h1(&self.policy, name, self.port, tls, idle);
+            shared.give_h1(&self.policy, self.name.as_str(), self.port, idle);
         }
     }
 }

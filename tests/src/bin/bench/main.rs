@@ -262,7 +262,7 @@ fn main() {
             "W3" => work::w3(&env, &p, &configs, &mut r),
             "W4" => w4::w4(&env, &p, &mut r),
             "W5" => work::w5(&mut env, &p, &configs, &mut r),
-            "W6" => soak::w6(&env, &p, &configs, &mut r),
+            "W6" => soak::w6(&mut env, &p, &configs, &mut r),
             other => panic!("unknown workload {other}"),
         }
         for (peer, served) in env.dead_peers() {
@@ -436,7 +436,8 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
              {} req/s (half the W1 rate) plus a churn of new TLS connections, one 1 KiB GET each, at {} conn/s ({CH} workers); the agent for \
              {} s, each peer — and **direct**, the control: the same load with no proxy — for {} s. RSS of the process (and its helpers) sampled every 1–10 s; start = the first sample after the first \
              10 % (warm-up), slope = least squares over the rest, in KiB per 10 minutes. Upstream errors are the soak's (the group's \
-             configurations share them).",
+             configurations share them). The agent is restarted (same pins, adopted) before its soak, so its RSS is not W5's left-over heap; \
+             the peers carry W5's memory into theirs.",
             p.w6_keepalive_rate, p.w6_churn_rate, p.w6_seconds, p.w6_peer_seconds,
             KA = 4, CH = 16
         ),

@@ -41,9 +41,14 @@ fn groups(configs: &[Config]) -> Vec<Vec<Config>> {
         .collect()
 }
 
-pub fn w6(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
+pub fn w6(env: &mut Env, p: &Params, configs: &[Config], r: &mut Results) {
     for group in groups(configs) {
         let agent = group.contains(&Config::Passthrough) || group.contains(&Config::Inspect);
+        if agent {
+            // A fresh agent process: after W5's 9,000 connections its allocator keeps hundreds
+            // of MiB that a leak could grow into without moving RSS at all.
+            env.restart_agent();
+        }
         // Direct (the control) and the peers soak for the peers' time.
         let seconds = if agent {
             p.w6_seconds

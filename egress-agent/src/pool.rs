@@ -15,6 +15,8 @@
 //! put on a shared HTTP/2 connection costs the agent's two tokio workers about three more
 //! wake-ups each (hyper's HTTP/2 client runs the connection as its own task), which made an
 //! inspected HTTP/1.1 request cost more CPU and latency than it does over HTTP/1.1 end to end.
+//! An upstream that refuses HTTP/1.1 (ALPN `h2` alone) is the exception: its HTTP/2 connection
+//! is marked so, and serves the name's HTTP/1.1 clients too.
 
 use std::{
     collections::HashMap,
@@ -72,6 +74,8 @@ struct Entry {
     h2: H2,
     peer: Option<SocketAddr>,
     used: Instant,
+    /// Dialed because the upstream refused HTTP/1.1: HTTP/1.1 clients use it too.
+    refuses_h1: bool,
 }
 
 #[derive(Default)]
@@ -89,24 +93,46 @@ impl SharedUpstreams {
         name: &str,
         port: u16,
     ) -> Option<(H2, Option<SocketAddr>)> {
+        self.get_where(policy, name, port, |_| true)
+    }
+
+    /// Like [`Self::get`], for an HTTP/1.1 client: only a connection to an upstream that
+    /// refused HTTP/1.1.
+    pub fn get_refusing_h1(
+        &self,
+        policy: &Arc<Policy>,
+        name: &str,
+        port: u16,
+    ) -> Option<(H2, Option<SocketAddr>)> {
+        self.get_where(policy, name, port, |e| e.refuses_h1)
+    }
+
+    fn get_where(
+        &self,
+        policy: &Arc<Policy>,
+        name: &str,
+        port: u16,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> Option<(H2, Option<SocketAddr>)> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let e = map.get_mut(&(name.to_string(), port))?;
-        if !Arc::ptr_eq(&e.policy, policy) || !live(e, now) {
+        if !Arc::ptr_eq(&e.policy, policy) || !live(e, now) || !wanted(e) {
             return None;
         }
         e.used = now;
         Some((e.h2.clone(), e.peer))
     }
 
-    /// Offers a freshly dialed connection for sharing (replaces a closed or older one).
+    /// Offers a freshly dialed connection for sharing (replaces a closed or older one);
+    /// `refuses_h1`: the upstream refused HTTP/1.1.
     pub fn put(
         &self,
         policy: &Arc<Policy>,
         name: &str,
         port: u16,
-        h2: &H2,
-        peer: Option<SocketAddr>,
+        (h2, peer): (&H2, Option<SocketAddr>),
+        refuses_h1: bool,
     ) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,6 +154,7 @@ impl SharedUpstreams {
                 h2: h2.clone(),
                 peer,
                 used: now,
+                refuses_h1,
             },
         );
     }

@@ -29,6 +29,9 @@ pub const PRIVATE_V6: Ipv6Addr = Ipv6Addr::new(0xfd66, 0, 0, 0, 0, 0, 0, 0x10);
 pub const HTTP_PORTS: [u16; 2] = [80, 8080];
 /// HTTPS ports of the echo servers.
 pub const HTTPS_PORTS: [u16; 2] = [443, 8443];
+/// An HTTPS echo server that speaks HTTP/2 alone (ALPN `h2` only, on WEB1 and WEB1_V6): a client
+/// that offers only `http/1.1` gets the `no_application_protocol` alert.
+pub const H2_ONLY_PORT: u16 = 9443;
 /// TCP echo (on WEB1 and WEB1_V6).
 pub const TCP_ECHO_PORT: u16 = 7;
 /// Banner-first server, `220 fake smtp` (on WEB1 and WEB1_V6).

@@ -144,7 +144,6 @@ struct Resp {
     version: String,
     headers: Vec<(String, String)>,
     body: String,
-    #[allow(dead_code)] // shown through Debug in failure messages
     stderr: String,
 }
 
@@ -752,4 +751,53 @@ fn inspected_connections_share_an_upstream_until_the_policy_changes() {
         n + 1,
         "an HTTP/1.1 request after the reload used the old snapshot's idle connection"
     );
+}
+
+/// An upstream that speaks HTTP/2 alone answers an offer of `http/1.1` alone with the
+/// `no_application_protocol` alert. An HTTP/1.1 client's requests then go over HTTP/2, and
+/// that connection serves the name's next HTTP/1.1 client connections too.
+#[test]
+fn http1_clients_reach_an_upstream_that_speaks_http2_alone() {
+    require_root!();
+    use egress_tests::addrs::H2_ONLY_PORT;
+    let s = setup("inspect_h2only");
+    let url = format!("{API}:{H2_ONLY_PORT}/v1/items");
+    let resolve = format!("api.allowed.test:{H2_ONLY_PORT}:198.51.100.10");
+    // Without the enforcer: the server refuses a client that offers HTTP/1.1 alone.
+    let d = s.curl_direct(&["--http1.1", "--resolve", &resolve, &url]);
+    assert!(
+        !d.ok && d.stderr.contains("no application protocol"),
+        "{d:?}"
+    );
+    let d = s.curl_direct(&["--http2", "--resolve", &resolve, &url]);
+    assert_eq!(d.status, 200, "{d:?}");
+
+    let policy = s.policy().replace(
+        r#"inspect = ["api.allowed.test"]"#,
+        &format!(r#"inspect = ["api.allowed.test", "api.allowed.test:{H2_ONLY_PORT}"]"#),
+    );
+    let state = s.state.display().to_string();
+    let agent = Agent::attach_with_env(
+        &s.topo,
+        &policy,
+        &[("EGRESS_STATE_DIR", &state), ("TEST_API_TOKEN", SECRET)],
+    );
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        let r = s.curl(&["--http1.1", &format!("{url}/{i}")]);
+        assert_eq!((r.status, r.version.as_str()), (200, "HTTP/1.1"), "{r:?}");
+        let v = r.json();
+        assert_eq!(v["version"], "HTTP/2.0", "{v}");
+        assert_eq!(v["alpn"], "h2", "{v}");
+        assert_eq!(r.echoed_header("x-api-key").as_deref(), Some(SECRET));
+        peers.push(v["peer"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        peers.iter().all(|p| p == &peers[0]),
+        "the HTTP/1.1 clients after the first share its HTTP/2 connection: {peers:?}"
+    );
+    s.curl(&["--http1.1", &format!("{API}:{H2_ONLY_PORT}/admin")])
+        .assert_denied(403, "path_not_allowed");
+    let rec = wait_record(&agent, |r| r["path"] == "/v1/items/2");
+    assert_eq!(rec["decision"], "allow", "{rec}");
 }

@@ -340,7 +340,8 @@ fn note_ech(s: &mut Session, peeked: &Peeked) {
 
 /// A verified connection this container already holds to the same inspected name, dialed
 /// under this very policy snapshot: the HTTP/2 one for a client that offers HTTP/2 (the
-/// agent's TLS server then picks it), else an idle HTTP/1.1 one.
+/// agent's TLS server then picks it), else an idle HTTP/1.1 one, or the HTTP/2 one of an
+/// upstream that refused HTTP/1.1.
 fn shared_upstream(
     s: &Session,
     policy: &Arc<Policy>,
@@ -358,7 +359,11 @@ fn shared_upstream(
         let (h2, peer) = shared.get(policy, name, port)?;
         return Some(Shared::H2(h2, peer));
     }
-    shared.take_h1(policy, name, port).map(Shared::H1)
+    if let Some(idle) = shared.take_h1(policy, name, port) {
+        return Some(Shared::H1(idle));
+    }
+    let (h2, peer) = shared.get_refusing_h1(policy, name, port)?;
+    Some(Shared::H2(h2, peer))
 }
 
 async fn inspect_shared(

@@ -1,8 +1,9 @@
 //! Step 5 of the engine: the upstream connections of one client connection (all to the same
 //! decided name and port) — the seed the interceptor dialed, a shared or own HTTP/2
 //! connection, a few idle HTTP/1.1 ones — and the rewriting of each request for them. An
-//! HTTP/1.1 client gets HTTP/1.1 upstream, an HTTP/2 client HTTP/2 where the upstream offers
-//! it (see [`crate::pool`] for why).
+//! HTTP/1.1 client gets HTTP/1.1 upstream (HTTP/2 only from an upstream that refuses
+//! HTTP/1.1), an HTTP/2 client HTTP/2 where the upstream offers it (see [`crate::pool`] for
+//! why).
 
 use std::sync::Mutex;
 
@@ -49,6 +50,30 @@ enum Sender {
     H2(H2, Option<std::net::SocketAddr>),
 }
 
+/// What a new inspected upstream connection offers in ALPN.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// `h2` and `http/1.1`: an HTTP/2 client's request.
+    Any,
+    /// `http/1.1`, then both on a new connection if the upstream refuses it with the
+    /// `no_application_protocol` alert: an HTTP/1.1 client's request.
+    H1First,
+    /// `http/1.1` alone: a WebSocket upgrade, which HTTP/2 cannot carry here.
+    H1Only,
+}
+
+impl Offer {
+    fn of(req: &Request<UpBody>, websocket: bool) -> Self {
+        if websocket {
+            Offer::H1Only
+        } else if req.version() == http::Version::HTTP_2 {
+            Offer::Any
+        } else {
+            Offer::H1First
+        }
+    }
+}
+
 pub struct Pool {
     /// The connection the interceptor dialed while deciding (used by the first request).
     seed: Mutex<Option<TcpStream>>,
@@ -87,12 +112,12 @@ impl Pool {
         websocket: bool,
     ) -> Result<Response<Incoming>, String> {
         // A pooled connection first; a request it did not take (closed meanwhile) goes on a
-        // fresh one. An HTTP/1.1 client's requests stay HTTP/1.1.
+        // fresh one. An HTTP/1.1 client's requests stay HTTP/1.1: its pool holds an HTTP/2
+        // connection only from an upstream that refused HTTP/1.1.
         let mut req = req;
-        let h1_only = websocket || req.version() != http::Version::HTTP_2;
+        let offer = Offer::of(&req, websocket);
         if !websocket {
-            let h2 = if h1_only { None } else { self.pooled_h2() };
-            if let Some(h2) = h2 {
+            if let Some(h2) = self.pooled_h2() {
                 match h2_send(&h2, conn, req).await {
                     Ok(r) => return Ok(r),
                     Err(mut e) => match e.take_message() {
@@ -114,12 +139,13 @@ impl Pool {
                 }
             }
         }
-        match self.dial(conn, h1_only).await? {
+        match self.dial(conn, offer).await? {
             Sender::H2(h2, peer) => {
                 *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
-                conn.att
-                    .upstreams
-                    .put(&conn.policy, conn.name.as_str(), conn.port, &h2, peer);
+                let refuses_h1 = offer == Offer::H1First;
+                let (name, port) = (conn.name.as_str(), conn.port);
+                let shared = &conn.att.upstreams;
+                shared.put(&conn.policy, name, port, (&h2, peer), refuses_h1);
                 h2_send(&h2, conn, req)
                     .await
                     .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))
@@ -162,32 +188,33 @@ impl Pool {
         }
     }
 
-    /// A new upstream connection; `h1_only`: offer the upstream HTTP/1.1 alone.
-    async fn dial(&self, conn: &Conn, h1_only: bool) -> Result<Sender, String> {
+    /// A new upstream connection, offering what `offer` says.
+    async fn dial(&self, conn: &Conn, offer: Offer) -> Result<Sender, String> {
         let seed = self.seed.lock().unwrap_or_else(|e| e.into_inner()).take();
         let tcp = match seed {
-            Some(s) => s,
-            None => crate::upstream::connect(
-                &conn.att.shared.resolver.load(),
-                &conn.policy,
-                &conn.name,
-                conn.port,
-            )
-            .await
-            .map_err(|(_, reason)| reason)?,
+            Some(s) => crate::upstream::Lingering::new(s),
+            None => connect(conn).await?,
         };
-        let tcp = crate::upstream::Lingering::new(tcp);
         let peer = tcp.peer_addr();
         let Some(tls) = &conn.tls else {
             return h1_handshake(tcp, peer).await;
         };
-        let config = if h1_only { &tls.h1 } else { &tls.any };
-        let server_name = rustls_pki_types::ServerName::try_from(conn.name.as_str().to_string())
-            .map_err(|e| format!("{}: {e}", conn.name))?;
-        let stream = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| format!("TLS to upstream {}: {e}", conn.name))?;
+        let config = if offer == Offer::Any {
+            &tls.any
+        } else {
+            &tls.h1
+        };
+        let (stream, peer) = match tls_connect(conn, config, tcp).await {
+            // An HTTP/2-only upstream: the request goes over HTTP/2 on a new connection
+            // (h2_send rewrites it; hyper's server answers the client in HTTP/1.1).
+            Err(e) if offer == Offer::H1First && refuses_alpn(&e) => {
+                let tcp = connect(conn).await?;
+                let peer = tcp.peer_addr();
+                (tls_connect(conn, &tls.any, tcp).await, peer)
+            }
+            r => (r, peer),
+        };
+        let stream = stream.map_err(|e| format!("TLS to upstream {}: {e}", conn.name))?;
         if conn.policy.allows_revocation(&conn.att.profile) {
             if let Some(chain) = stream.get_ref().1.peer_certificates() {
                 let learned = &conn.att.shared.revocation;
@@ -208,6 +235,35 @@ impl Pool {
             h1_handshake(stream, peer).await
         }
     }
+}
+
+/// A new TCP connection to the decided name (resolved, screened, dialed).
+async fn connect(conn: &Conn) -> Result<crate::upstream::Lingering, String> {
+    let resolver = conn.att.shared.resolver.load();
+    crate::upstream::connect(&resolver, &conn.policy, &conn.name, conn.port)
+        .await
+        .map(crate::upstream::Lingering::new)
+        .map_err(|(_, reason)| reason)
+}
+
+async fn tls_connect(
+    conn: &Conn,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    tcp: crate::upstream::Lingering,
+) -> std::io::Result<tokio_rustls::client::TlsStream<crate::upstream::Lingering>> {
+    let server_name = rustls_pki_types::ServerName::try_from(conn.name.as_str().to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(server_name, tcp)
+        .await
+}
+
+/// The upstream answered our ALPN offer with the `no_application_protocol` alert.
+fn refuses_alpn(e: &std::io::Error) -> bool {
+    let alert = rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol);
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| *r == alert)
 }
 
 async fn h1_handshake<S>(io: S, peer: Option<std::net::SocketAddr>) -> Result<Sender, String>

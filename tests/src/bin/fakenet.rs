@@ -1031,6 +1031,9 @@ async fn run(args: Args) -> Result<()> {
             .with_protocol_versions(versions)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(certs));
+        let mut h2_only = cfg.clone();
+        h2_only.alpn_protocols = vec![b"h2".to_vec()];
+        let h2_only = tokio_rustls::TlsAcceptor::from(Arc::new(h2_only));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
 
@@ -1076,6 +1079,12 @@ async fn run(args: Args) -> Result<()> {
             tokio::spawn(silent(
                 st.clone(),
                 tcp(SocketAddr::new(ip, SILENT_PORT)).await?,
+            ));
+            tokio::spawn(http_listener(
+                st.clone(),
+                tcp(SocketAddr::new(ip, H2_ONLY_PORT)).await?,
+                Kind::Echo,
+                Some(h2_only.clone()),
             ));
             for port in UDP_ECHO_PORTS {
                 tokio::spawn(udp_echo(st.clone(), udp(SocketAddr::new(ip, port)).await?));

@@ -15,6 +15,7 @@ mod env;
 mod floor;
 mod idle;
 mod load;
+mod mint;
 mod peers;
 mod report;
 mod soak;
@@ -427,7 +428,7 @@ fn method_notes(p: &Params, env: &Env) -> Vec<String> {
             .into(),
         "W3 cold: every connection uses a never-seen name `c<random>.cold.exfil.test` (one certificate mint each) in the same proxy process; \
          inspect resolves it through the agent's DNS, squid inspect and mitmproxy through the fake internet's. **haproxy inspect** has no cold \
-         row: it is reached by address (`--connect-to`), which cannot follow a new name per connection. Warm uses one name. \
+         row: it is reached by address (`--connect-to`), which cannot follow a new name per connection. Warm uses one name. The mint row is the agent's own minter (its code, a CA of its own) asked for 1000 never-seen names in the bench process on the proxy CPU: the certificate alone, without the DNS answer and the upstream handshake a cold connection also pays. \
          The plain-HTTP rows of **haproxy inspect** and **squid inspect** are `—`: plain HTTP takes the same frontend as their passthrough column."
             .into(),
         format!(

@@ -238,6 +238,9 @@ pub fn w3(env: &Env, p: &Params, configs: &[Config], r: &mut Results) {
             r.errors("W3", c, 0, 0);
         }
     }
+    if with_cold && configs.contains(&Config::Inspect) {
+        crate::mint::mint_cost(p, r, cold);
+    }
 }
 
 fn capacity_metrics(r: &mut Results, name: &str) {

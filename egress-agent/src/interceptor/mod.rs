@@ -43,7 +43,8 @@ use wanted::{Unnamed, Wanted};
 /// its budget cannot make accept() fail (EMFILE) for the others.
 const MAX_CONNECTIONS: usize = 16_384;
 /// Descriptors kept for everything else: other containers' first connections,
-/// listeners, DNS sockets, upstream resolver sockets, the audit log, bpf maps.
+/// listeners, DNS sockets, upstream resolver sockets, the audit log, bpf maps, and the
+/// passthrough copy's splice pipes (at most 64, two descriptors each).
 const FD_RESERVE: u64 = 1024;
 
 /// The per-container connection cap for this process's descriptor limit.

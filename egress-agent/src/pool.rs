@@ -1,6 +1,7 @@
 //! Below requests: upstream connections shared by one container's client connections — one
-//! HTTP/2 connection per name that its HTTP/2 clients multiplex over, and the idle HTTP/1.1
-//! connections its HTTP/1.1 clients left behind.
+//! HTTP/2 connection per name that its HTTP/2 clients multiplex over, and its inspected
+//! HTTP/1.1 connections between requests (each goes back as soon as its request is answered,
+//! so an idle client connection holds none, as in HAProxy's `http-reuse`).
 //!
 //! Without this, every client connection pays a second TLS handshake (and the upstream a
 //! connection) although the agent already holds a verified connection to the same name: a
@@ -38,9 +39,10 @@ const MAX: usize = 256;
 /// keep-alive connections after a while (nginx 75 s, many balancers 60 s), and a request
 /// sent just as the upstream closes is lost.
 const H1_IDLE: Duration = Duration::from_secs(15);
-/// Idle HTTP/1.1 connections kept per container, all names together (each holds a
-/// descriptor); beyond it the oldest is closed. Few enough to scan on each lookup.
-const H1_IDLE_MAX: usize = 64;
+/// HTTP/1.1 connections parked per container, all names together (each holds a
+/// descriptor; those whose response is still on the way count too); beyond it the oldest is
+/// closed (after its response). Few enough to scan on each request.
+const H1_IDLE_MAX: usize = 128;
 
 /// An idle upstream HTTP/1.1 connection and the address it is connected to.
 pub type IdleH1 = (H1, Option<SocketAddr>);
@@ -169,27 +171,28 @@ impl SharedUpstreams {
         let mut parked = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         parked.retain(|p| live_h1(p, now));
         let i = parked.iter().rposition(|p| {
-            p.name == name
-                && p.port == port
+            p.port == port
                 && Arc::ptr_eq(&p.policy, policy)
+                && p.name == name
                 && p.idle.0.is_ready()
         })?;
         Some(parked.remove(i).idle)
     }
 
-    /// Parks the idle inspected HTTP/1.1 connections a client connection leaves behind, for
-    /// the container's next client connection to the same name.
-    pub fn give_h1(&self, policy: &Arc<Policy>, name: &str, port: u16, idle: Vec<IdleH1>) {
+    /// Parks an inspected HTTP/1.1 connection as soon as its request is answered (its
+    /// response body may still be on the way: [`Self::take_h1`] takes only a ready one), for
+    /// any client connection of the container to the same name.
+    pub fn give_h1(&self, policy: &Arc<Policy>, name: &str, port: u16, idle: IdleH1) {
         let now = Instant::now();
         let mut parked = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         parked.retain(|p| live_h1(p, now));
-        parked.extend(idle.into_iter().map(|idle| ParkedH1 {
+        parked.push(ParkedH1 {
             policy: policy.clone(),
             name: name.to_string(),
             port,
             idle,
             since: now,
-        }));
+        });
         let over = parked.len().saturating_sub(H1_IDLE_MAX);
         parked.drain(..over);
     }

@@ -753,6 +753,51 @@ fn inspected_connections_share_an_upstream_until_the_policy_changes() {
     );
 }
 
+/// An inspected HTTP/1.1 upstream connection goes back to the container's shared ones as soon
+/// as its request is answered: a client connection that stays open after its request holds
+/// none, and the next client connection to the name uses it.
+#[test]
+fn an_idle_client_connection_holds_no_upstream_connection() {
+    require_root!();
+    use std::io::BufRead;
+    let s = setup("inspect_idle_up");
+    let _agent = s.agent();
+    // Client A: one request, then it stays connected, idle, until its stdin closes.
+    let script = r#"
+import http.client, json, ssl, sys
+c = http.client.HTTPSConnection("api.allowed.test", context=ssl.create_default_context())
+c.request("GET", "/v1/items/a")
+print(json.loads(c.getresponse().read())["peer"], flush=True)
+sys.stdin.read()
+c.close()
+"#;
+    let mut a = s
+        .topo
+        .ctr_command("python3")
+        .args(["-c", script])
+        .envs(s.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(a.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let a_peer = line.trim().to_string();
+    assert!(a_peer.contains(':'), "client A's request: {line:?}");
+    // Client B, while A is still connected: A's upstream connection serves it.
+    let r = s.curl(&["--http1.1", &format!("{API}/v1/items/b")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json()["peer"].as_str(),
+        Some(a_peer.as_str()),
+        "the idle client connection A kept its upstream connection"
+    );
+    drop(a.stdin.take());
+    assert!(a.wait().unwrap().success());
+}
+
 /// An upstream that speaks HTTP/2 alone answers an offer of `http/1.1` alone with the
 /// `no_application_protocol` alert. An HTTP/1.1 client's requests then go over HTTP/2, and
 /// that connection serves the name's next HTTP/1.1 client connections too.

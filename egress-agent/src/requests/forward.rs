@@ -97,7 +97,7 @@ impl Pool {
 
     /// Starts with an idle HTTP/1.1 connection another client connection left.
     pub fn adopt_h1(&self, idle: IdleH1) {
-        self.park_h1(idle);
+        self.h1.lock().unwrap_or_else(|e| e.into_inner()).push(idle);
     }
 
     /// The idle HTTP/1.1 connections, taken out (to be left for other client connections).
@@ -126,10 +126,10 @@ impl Pool {
                     },
                 }
             }
-            while let Some((mut h1, peer)) = self.pooled_h1() {
+            while let Some((mut h1, peer)) = self.pooled_h1(conn, offer) {
                 match h1_send(&mut h1, conn, req, false).await {
                     Ok(r) => {
-                        self.park_h1((h1, peer));
+                        self.park_h1(conn, offer, (h1, peer));
                         return Ok(r);
                     }
                     Err(mut e) => match e.take_message() {
@@ -155,7 +155,7 @@ impl Pool {
                     .await
                     .map_err(|e| format!("upstream {}: {}", conn.name, e.into_error()))?;
                 if !websocket {
-                    self.park_h1((h1, peer));
+                    self.park_h1(conn, offer, (h1, peer));
                 }
                 Ok(r)
             }
@@ -174,14 +174,43 @@ impl Pool {
         }
     }
 
-    fn pooled_h1(&self) -> Option<IdleH1> {
-        let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        g.retain(|(h, _)| !h.is_closed());
-        let i = g.iter().position(|(h, _)| h.is_ready())?;
-        Some(g.swap_remove(i))
+    /// An HTTP/1.1 connection ready for a request: this client connection's own, else (an
+    /// inspected HTTP/1.1 request) one the container's client connections left.
+    fn pooled_h1(&self, conn: &Conn, offer: Offer) -> Option<IdleH1> {
+        let own = {
+            let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+            g.retain(|(h, _)| !h.is_closed());
+            g.iter()
+                .position(|(h, _)| h.is_ready())
+                .map(|i| g.swap_remove(i))
+        };
+        own.or_else(|| {
+            // The interceptor's seed goes first: left unused, it would close before its TLS
+            // handshake, which the upstream sees as a failed connection.
+            if !shares_h1(conn, offer) || self.has_seed() {
+                return None;
+            }
+            let shared = &conn.att.upstreams;
+            shared.take_h1(&conn.policy, conn.name.as_str(), conn.port)
+        })
     }
 
-    fn park_h1(&self, h: IdleH1) {
+    fn has_seed(&self) -> bool {
+        self.seed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// A connection that took a request goes back: an inspected HTTP/1.1 request's to the
+    /// container's shared ones at once (an idle client connection then holds no upstream
+    /// connection, and the container's other client connections can use it), others (plain
+    /// HTTP; an HTTP/2 client's over an upstream without HTTP/2) to this client connection's.
+    fn park_h1(&self, conn: &Conn, offer: Offer, h: IdleH1) {
+        if shares_h1(conn, offer) {
+            let shared = &conn.att.upstreams;
+            return shared.give_h1(&conn.policy, conn.name.as_str(), conn.port, h);
+        }
         let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         if g.len() < H1_IDLE_MAX {
             g.push(h);
@@ -235,6 +264,13 @@ impl Pool {
             h1_handshake(stream, peer).await
         }
     }
+}
+
+/// Whether this request's HTTP/1.1 upstream connections are the container's shared ones: an
+/// inspected HTTP/1.1 request's (an HTTP/2 client's stay its own, and the shared ones are
+/// only ever taken for HTTP/1.1 clients).
+fn shares_h1(conn: &Conn, offer: Offer) -> bool {
+    conn.tls.is_some() && offer != Offer::Any
 }
 
 /// A new TCP connection to the decided name (resolved, screened, dialed).

@@ -106,15 +106,15 @@ impl Conn {
 }
 
 impl Drop for Conn {
-    /// An inspected connection's idle HTTP/1.1 upstream connections stay for the container's
-    /// next client connection to the same name (plain HTTP ones close with it, as before).
+    /// An inspected connection that ends before its first request gives back the idle
+    /// HTTP/1.1 upstream connection it adopted (the ones it used went back after each
+    /// request; plain-HTTP ones close with it, as before).
     fn drop(&mut self) {
         if self.tls.is_none() {
             return;
         }
-        let idle = self.upstream.take_idle_h1();
-        if !idle.is_empty() {
-            let shared = &self.att.upstreams;
+        let shared = &self.att.upstreams;
+        for idle in self.upstream.take_idle_h1() {
             shared.give_h1(&self.policy, self.name.as_str(), self.port, idle);
         }
     }

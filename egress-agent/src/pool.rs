@@ -65,7 +65,7 @@ impl Shared {
 
 struct ParkedH1 {
     policy: Arc<Policy>,
-    name: String,
+    name: Arc<str>,
     port: u16,
     idle: IdleH1,
     since: Instant,
@@ -89,37 +89,18 @@ pub struct SharedUpstreams {
 
 impl SharedUpstreams {
     /// A live connection to `name:port` dialed under exactly `policy`, and its peer address.
+    /// An HTTP/1.1 client (`h1_client`) gets one only from an upstream that refused HTTP/1.1.
     pub fn get(
         &self,
         policy: &Arc<Policy>,
         name: &str,
         port: u16,
-    ) -> Option<(H2, Option<SocketAddr>)> {
-        self.get_where(policy, name, port, |_| true)
-    }
-
-    /// Like [`Self::get`], for an HTTP/1.1 client: only a connection to an upstream that
-    /// refused HTTP/1.1.
-    pub fn get_refusing_h1(
-        &self,
-        policy: &Arc<Policy>,
-        name: &str,
-        port: u16,
-    ) -> Option<(H2, Option<SocketAddr>)> {
-        self.get_where(policy, name, port, |e| e.refuses_h1)
-    }
-
-    fn get_where(
-        &self,
-        policy: &Arc<Policy>,
-        name: &str,
-        port: u16,
-        wanted: impl Fn(&Entry) -> bool,
+        h1_client: bool,
     ) -> Option<(H2, Option<SocketAddr>)> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let e = map.get_mut(&(name.to_string(), port))?;
-        if !Arc::ptr_eq(&e.policy, policy) || !live(e, now) || !wanted(e) {
+        if !Arc::ptr_eq(&e.policy, policy) || !live(e, now) || (h1_client && !e.refuses_h1) {
             return None;
         }
         e.used = now;
@@ -164,17 +145,17 @@ impl SharedUpstreams {
 
 impl SharedUpstreams {
     /// The most recently parked idle inspected HTTP/1.1 connection to `name:port` dialed
-    /// under exactly `policy`, ready for a request. Closed ones and ones idle too long are
-    /// dropped on the way.
+    /// under exactly `policy`, ready for a request and not idle too long (those are dropped
+    /// by the next [`Self::give_h1`]).
     pub fn take_h1(&self, policy: &Arc<Policy>, name: &str, port: u16) -> Option<IdleH1> {
         let now = Instant::now();
         let mut parked = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        parked.retain(|p| live_h1(p, now));
         let i = parked.iter().rposition(|p| {
             p.port == port
                 && Arc::ptr_eq(&p.policy, policy)
-                && p.name == name
+                && &*p.name == name
                 && p.idle.0.is_ready()
+                && live_h1(p, now)
         })?;
         Some(parked.remove(i).idle)
     }
@@ -182,13 +163,14 @@ impl SharedUpstreams {
     /// Parks an inspected HTTP/1.1 connection as soon as its request is answered (its
     /// response body may still be on the way: [`Self::take_h1`] takes only a ready one), for
     /// any client connection of the container to the same name.
-    pub fn give_h1(&self, policy: &Arc<Policy>, name: &str, port: u16, idle: IdleH1) {
+    /// Closed and expired ones are dropped here, once per request.
+    pub fn give_h1(&self, policy: &Arc<Policy>, name: &Arc<str>, port: u16, idle: IdleH1) {
         let now = Instant::now();
         let mut parked = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         parked.retain(|p| live_h1(p, now));
         parked.push(ParkedH1 {
             policy: policy.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             port,
             idle,
             since: now,

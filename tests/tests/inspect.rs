@@ -55,10 +55,14 @@ inject = {{ header = "X-Api-Key", env = "TEST_API_TOKEN" }}
     }
 
     fn agent(&self) -> Agent {
+        self.agent_with(&self.policy())
+    }
+
+    fn agent_with(&self, policy: &str) -> Agent {
         let state = self.state.display().to_string();
         Agent::attach_with_env(
             &self.topo,
-            &self.policy(),
+            policy,
             &[("EGRESS_STATE_DIR", &state), ("TEST_API_TOKEN", SECRET)],
         )
     }
@@ -821,12 +825,7 @@ fn http1_clients_reach_an_upstream_that_speaks_http2_alone() {
         r#"inspect = ["api.allowed.test"]"#,
         &format!(r#"inspect = ["api.allowed.test", "api.allowed.test:{H2_ONLY_PORT}"]"#),
     );
-    let state = s.state.display().to_string();
-    let agent = Agent::attach_with_env(
-        &s.topo,
-        &policy,
-        &[("EGRESS_STATE_DIR", &state), ("TEST_API_TOKEN", SECRET)],
-    );
+    let agent = s.agent_with(&policy);
     let mut peers = Vec::new();
     for i in 0..3 {
         let r = s.curl(&["--http1.1", &format!("{url}/{i}")]);

@@ -356,14 +356,13 @@ fn shared_upstream(
         return None;
     }
     let (name, port, shared) = (wanted.name.as_str(), wanted.port, &s.att.upstreams);
-    if hello.offers_alpn(b"h2") {
-        let (h2, peer) = shared.get(policy, name, port)?;
-        return Some(Shared::H2(h2, peer));
+    let h1_client = !hello.offers_alpn(b"h2");
+    if h1_client {
+        if let Some(idle) = shared.take_h1(policy, name, port) {
+            return Some(Shared::H1(idle));
+        }
     }
-    if let Some(idle) = shared.take_h1(policy, name, port) {
-        return Some(Shared::H1(idle));
-    }
-    let (h2, peer) = shared.get_refusing_h1(policy, name, port)?;
+    let (h2, peer) = shared.get(policy, name, port, h1_client)?;
     Some(Shared::H2(h2, peer))
 }
 

@@ -209,7 +209,7 @@ impl Pool {
     fn park_h1(&self, conn: &Conn, offer: Offer, h: IdleH1) {
         if shares_h1(conn, offer) {
             let shared = &conn.att.upstreams;
-            return shared.give_h1(&conn.policy, conn.name.as_str(), conn.port, h);
+            return shared.give_h1(&conn.policy, &conn.shared_name, conn.port, h);
         }
         let mut g = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         if g.len() < H1_IDLE_MAX {

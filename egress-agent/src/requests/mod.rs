@@ -56,6 +56,9 @@ pub struct Conn {
     /// The snapshot the connection was decided with.
     pub policy: Arc<Policy>,
     pub name: CanonicalName,
+    /// `name` again, as the key its upstream HTTP/1.1 connections are parked under in
+    /// [`crate::pool`]: cloned for each request without allocating.
+    pub shared_name: Arc<str>,
     pub port: u16,
     /// Upstream TLS (inspected HTTPS); `None` for plain HTTP.
     pub tls: Option<Arc<crate::upstream::tls::UpstreamTls>>,
@@ -79,6 +82,7 @@ impl Conn {
         Self {
             att,
             policy,
+            shared_name: name.as_str().into(),
             name,
             port,
             tls: None,
@@ -115,7 +119,7 @@ impl Drop for Conn {
         }
         let shared = &self.att.upstreams;
         for idle in self.upstream.take_idle_h1() {
-            shared.give_h1(&self.policy, self.name.as_str(), self.port, idle);
+            shared.give_h1(&self.policy, &self.shared_name, self.port, idle);
         }
     }
 }

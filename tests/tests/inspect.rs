@@ -845,3 +845,31 @@ fn http1_clients_reach_an_upstream_that_speaks_http2_alone() {
     let rec = wait_record(&agent, |r| r["path"] == "/v1/items/2");
     assert_eq!(rec["decision"], "allow", "{rec}");
 }
+
+#[test]
+fn a_client_without_alpn_is_served_as_its_first_bytes_speak() {
+    require_root!();
+    let s = setup("inspect_no_alpn");
+    let url = format!("{API}/v1/plain");
+    // Without the enforcer: the fake internet answers a client that offers no ALPN.
+    let d = s.curl_direct(&[
+        "--no-alpn",
+        "--resolve",
+        "api.allowed.test:443:198.51.100.10",
+        &url,
+    ]);
+    assert_eq!((d.status, d.version.as_str()), (200, "HTTP/1.1"), "{d:?}");
+
+    let _agent = s.agent();
+    // The agent's TLS server chose no protocol, so it tells HTTP/1.1 from HTTP/2 by the
+    // client's first bytes; an ALPN-negotiated client gets the server of its protocol alone.
+    let r = s.curl(&["--no-alpn", &url]);
+    assert_eq!((r.status, r.version.as_str()), (200, "HTTP/1.1"), "{r:?}");
+    assert_eq!(r.echoed_header("x-api-key").as_deref(), Some(SECRET));
+    for (flag, version) in [("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2")] {
+        let r = s.curl(&[flag, &url]);
+        assert_eq!((r.status, r.version.as_str()), (200, version), "{r:?}");
+    }
+    s.curl(&["--no-alpn", &format!("{API}/admin")])
+        .assert_denied(403, "path_not_allowed");
+}

@@ -9,6 +9,7 @@ mod handshake;
 pub mod mint;
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -140,17 +141,26 @@ impl Inspector {
 }
 
 /// Terminates TLS on an allowed, inspected connection (the ClientHello in `peeked` is
-/// replayed into rustls) and serves its requests with the per-request engine. `conn.base` is
-/// the connection's record; per-request records are cloned from it. A connection that ends
-/// without any request gets a record of its own (every accepted connection has one).
-pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
+/// replayed into rustls) and returns what serves its requests with the per-request engine
+/// for the rest of the connection; `None` when it ended in the handshake (recorded).
+/// `conn.base` is the connection's record; per-request records are cloned from it. A
+/// connection that ends without any request gets a record of its own (every accepted
+/// connection has one).
+pub async fn serve(
+    client: TcpStream,
+    peeked: Vec<u8>,
+    mut conn: Conn,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let started = Instant::now();
     conn.base.protocol = "https";
     let setup = Inspector::get(&conn.policy)
         .and_then(|i| crate::upstream::tls::for_policy(&conn.policy).map(|u| (i, u)));
     let (inspector, upstream) = match setup {
         Ok(x) => x,
-        Err(reason) => return unavailable(client, conn, &reason, started).await,
+        Err(reason) => {
+            unavailable(client, conn, &reason, started).await;
+            return None;
+        }
     };
     let tls = match handshake::terminate(inspector.server.clone(), client, peeked).await {
         Ok(tls) => tls,
@@ -164,18 +174,21 @@ pub async fn serve(client: TcpStream, peeked: Vec<u8>, mut conn: Conn) {
                 "inspection handshake failed"
             );
             conn.att.finish(rec, started);
-            return;
+            return None;
         }
     };
     conn.tls = Some(upstream);
     let handshaken = Instant::now();
+    let speaks = crate::requests::Speaks::by_alpn(tls.get_ref().1.alpn_protocol());
     let (tls, spoke) = Watched::new(tls);
     let conn = Arc::new(conn);
-    // ALPN chose h2 or http/1.1 (or nothing); the server detects which from the preface.
-    crate::requests::serve(tls, conn.clone(), true).await;
-    if !spoke.load(Ordering::Relaxed) {
-        silent_close(&conn, handshaken.elapsed(), started);
-    }
+    let serving = crate::requests::serve(tls, conn.clone(), speaks);
+    Some(async move {
+        serving.await;
+        if !spoke.load(Ordering::Relaxed) {
+            silent_close(&conn, handshaken.elapsed(), started);
+        }
+    })
 }
 
 /// Closed right after the handshake: taken as a client that checks the certificate after

@@ -13,7 +13,9 @@ mod tunnel;
 mod wanted;
 
 use std::{
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -28,7 +30,7 @@ use crate::{
     peek::Peeked,
     policy::{Mode, Policy},
     pool::Shared,
-    requests::Conn,
+    requests::{Conn, Speaks},
     rewind::Rewind,
 };
 pub use respond::{Refusal, Reply};
@@ -93,41 +95,56 @@ pub async fn serve(listener: TcpListener, att: Arc<Attachment>) {
         };
         let att = att.clone();
         tokio::spawn(async move {
-            handle(stream, peer, &att).await;
+            let _active = att.shared.audit.metrics().connection();
+            // The stages run in a box of their own, freed before the room serves the
+            // connection for the rest of its life (see [`Room`]).
+            if let Some(room) = Box::pin(handle(stream, peer, &att)).await {
+                room.await;
+            }
             drop(permit);
         });
     }
 }
 
+/// What serves an allowed connection for the rest of its life: its copy loop or its request
+/// engine. The stages return it instead of awaiting it, so that their own state (sized by
+/// their largest step: the peek, the dial, a refusal) is freed first and an idle
+/// connection holds only its room.
+type Room = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// One connection, stage by stage. Each stage's result is the next one's input; a stage
-/// that ends the connection records it and returns. The sub-futures are boxed: inline, the
-/// largest of them would size every connection's task, spliced ones included.
-async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) {
-    let _active = att.shared.audit.metrics().connection();
-    let Some(mut s) = Session::attribute(client, peer, att) else {
-        return;
-    };
+/// that ends the connection records it and returns `None`. The sub-futures are boxed:
+/// inline, the largest of them would size every connection's stages.
+async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) -> Option<Room> {
+    let mut s = Session::attribute(client, peer, att)?;
     if s.dst.port() == DNS_PORT && !s.service {
         s.rec.protocol = "dns-tcp";
-        return Box::pin(crate::dns::serve_tcp(s.client, &s.att, s.rec)).await;
+        Box::pin(crate::dns::serve_tcp(s.client, &s.att, s.rec)).await;
+        return None;
     }
     let policy = s.snapshot();
     let peeked = match s.peek(&policy).await {
         Ok(p) => p,
-        Err(stop) => return Box::pin(s.stop(&policy, stop)).await,
+        Err(stop) => return ended(Box::pin(s.stop(&policy, stop))).await,
     };
     let wanted = match wanted::of(&peeked, s.dst, s.service, &s.att, &policy) {
         Ok(w) => w,
-        Err(unnamed) => return Box::pin(unnamed_connection(s, &policy, unnamed)).await,
+        Err(unnamed) => return ended(Box::pin(unnamed_connection(s, &policy, unnamed))).await,
     };
     let inspect = match s.decide(&policy, &wanted) {
         Ok(inspect) => inspect,
         Err(r) => match Box::pin(held(&mut s, &policy, &wanted, r)).await {
             Ok(()) => false,
-            Err(r) => return Box::pin(s.refuse(&policy, r)).await,
+            Err(r) => return ended(Box::pin(s.refuse(&policy, r))).await,
         },
     };
-    Box::pin(hand_off(s, policy, peeked, wanted, inspect)).await;
+    Box::pin(hand_off(s, policy, peeked, wanted, inspect)).await
+}
+
+/// A stage that ends the connection itself: no room follows.
+async fn ended(stage: impl Future<Output = ()>) -> Option<Room> {
+    stage.await;
+    None
 }
 
 const DNS_PORT: u16 = 53;
@@ -281,10 +298,10 @@ async fn hand_off(
     peeked: Peeked,
     wanted: Wanted,
     inspect: bool,
-) {
+) -> Option<Room> {
     let meter = match s.admit(&policy, &wanted) {
         Ok(m) => m,
-        Err(r) => return s.refuse(&policy, r).await,
+        Err(r) => return ended(s.refuse(&policy, r)).await,
     };
     if inspect {
         note_ech(&mut s, &peeked);
@@ -303,7 +320,7 @@ async fn hand_off(
                 reason,
             );
             r.rule = s.rec.rule.clone();
-            return s.refuse(&policy, r).await;
+            return ended(s.refuse(&policy, r)).await;
         }
     };
     s.rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
@@ -311,8 +328,11 @@ async fn hand_off(
         let att = s.att.clone();
         match tunnel::open(&mut s.client, &mut s.buf, &peeked, &wanted, &policy, &att).await {
             Opened::Inner(inner) => inner,
-            Opened::Closed => return s.finish(),
-            Opened::Refused(r) => return s.refuse(&policy, r).await,
+            Opened::Closed => {
+                s.finish();
+                return None;
+            }
+            Opened::Refused(r) => return ended(s.refuse(&policy, r)).await,
         }
     } else {
         peeked
@@ -320,10 +340,7 @@ async fn hand_off(
     match first {
         Peeked::Tls(_) if inspect => serve_requests(s, policy, wanted, upstream, true, meter).await,
         Peeked::Http(_) => serve_requests(s, policy, wanted, upstream, false, meter).await,
-        _ => {
-            drop((first, wanted, policy));
-            s.splice(upstream, meter).await
-        }
+        _ => Some(Box::pin(s.splice(upstream, meter))),
     }
 }
 
@@ -372,17 +389,18 @@ async fn inspect_shared(
     wanted: Wanted,
     shared: Shared,
     meter: Option<Arc<crate::budget::Meter>>,
-) {
+) -> Option<Room> {
     s.rec.upstream = shared.peer().map(|a| a.to_string());
     s.rec.protocol = "http";
     let conn = Conn::new(s.att, policy, wanted.name, wanted.port, s.rec, None)
         .with_shared(shared)
         .with_budget(meter);
-    Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
+    let room = crate::inspect::serve(s.client, s.buf, conn).await?;
+    Some(Box::pin(room))
 }
 
-/// Inspected TLS (`tls`) and plain HTTP are served request by request: every request's Host,
-/// method and path is checked on its own.
+/// Inspected TLS (`tls`, once its handshake is done) and plain HTTP are served request by
+/// request: every request's Host, method and path is checked on its own.
 async fn serve_requests(
     mut s: Session,
     policy: Arc<Policy>,
@@ -390,7 +408,7 @@ async fn serve_requests(
     upstream: TcpStream,
     tls: bool,
     meter: Option<Arc<crate::budget::Meter>>,
-) {
+) -> Option<Room> {
     s.rec.protocol = "http";
     let conn = Conn::new(
         s.att,
@@ -402,9 +420,10 @@ async fn serve_requests(
     )
     .with_budget(meter);
     if tls {
-        Box::pin(crate::inspect::serve(s.client, s.buf, conn)).await;
+        let room = crate::inspect::serve(s.client, s.buf, conn).await?;
+        Some(Box::pin(room))
     } else {
         let io = Rewind::new(s.buf, s.client);
-        Box::pin(crate::requests::serve(io, Arc::new(conn), false)).await;
+        Some(crate::requests::serve(io, Arc::new(conn), Speaks::Http1))
     }
 }

@@ -254,7 +254,8 @@ impl Session {
     }
 
     /// Hands the connection to passthrough: replay what was peeked, copy both ways. The
-    /// record says why it ended early, unless it already explains a monitor-mode pass.
+    /// record says why it ended early, unless it already explains a monitor-mode pass. This
+    /// is a spliced connection's whole room: the record and the copy loop, nothing else.
     pub async fn splice(self, upstream: TcpStream, meter: Option<Arc<crate::budget::Meter>>) {
         let Session {
             client,
@@ -265,7 +266,7 @@ impl Session {
             ..
         } = self;
         rec.upstream = upstream.peer_addr().ok().map(|a| a.to_string());
-        let out = Box::pin(crate::passthrough::splice(client, buf, upstream, meter)).await;
+        let out = crate::passthrough::splice(client, buf, upstream, meter).await;
         rec.bytes_up = out.transferred.up;
         rec.bytes_down = out.transferred.down;
         match out.ended_by {

@@ -24,7 +24,9 @@ mod inject;
 mod metered;
 mod response;
 
-use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
+use std::{
+    convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration, time::Instant,
+};
 
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -124,37 +126,105 @@ impl Drop for Conn {
     }
 }
 
-/// Serves `io` (the client, after TLS termination if any) request by request until it closes.
-/// `h2`: offer HTTP/2 (inspected TLS with ALPN); plain HTTP is HTTP/1.x only.
-pub async fn serve<I>(io: I, conn: Arc<Conn>, h2: bool)
+/// What a client connection speaks, as far as its TLS handshake said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaks {
+    /// Plain HTTP, or inspected TLS whose ALPN chose http/1.1.
+    Http1,
+    /// Inspected TLS whose ALPN chose h2.
+    Http2,
+    /// Inspected TLS without ALPN: told apart by the HTTP/2 preface.
+    Either,
+}
+
+impl Speaks {
+    /// From the protocol ALPN chose (the agent's TLS server offers only h2 and http/1.1).
+    pub fn by_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Speaks::Http2,
+            Some(_) => Speaks::Http1,
+            None => Speaks::Either,
+        }
+    }
+}
+
+/// A client connection's request engine, to be awaited until the client closes.
+pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves `io` (the client, after TLS termination if any) request by request until it closes,
+/// with the HTTP server for what it speaks. Each is boxed on its own, sized for that
+/// protocol's connection state alone: an idle HTTP/1.1 connection does not carry room for
+/// an HTTP/2 one.
+pub fn serve<I>(io: I, conn: Arc<Conn>, speaks: Speaks) -> Serving
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
+    match speaks {
+        Speaks::Http1 => Box::pin(serve_http1(TokioIo::new(io), conn)),
+        Speaks::Http2 => Box::pin(serve_http2(TokioIo::new(io), conn)),
+        Speaks::Either => Box::pin(serve_either(TokioIo::new(io), conn)),
+    }
+}
+
+/// The per-request service of `conn`. Each request's future is boxed while it runs:
+/// hyper's HTTP/1.1 server keeps a slot the size of the service's future for the whole
+/// connection, idle or not.
+fn service(
+    conn: Arc<Conn>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+       + Send {
+    hyper::service::service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    let io = TokioIo::new(io);
-    let res = if h2 {
-        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // half_close: a client that shuts down writing after its request still gets the
-        // answer (HTTP/1.0-style clients, `printf | nc`).
-        b.http1()
-            .half_close(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        b.http2().timer(TokioTimer::new());
-        b.serve_connection_with_upgrades(io, svc).await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .half_close(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await
-            .map_err(Into::into)
-    };
+        async move { Ok::<_, Infallible>(Box::pin(conn.handle(req)).await) }
+    })
+}
+
+async fn serve_http1<I>(io: TokioIo<I>, conn: Arc<Conn>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // half_close: a client that shuts down writing after its request still gets the
+    // answer (HTTP/1.0-style clients, `printf | nc`).
+    let res = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service(conn))
+        .with_upgrades()
+        .await;
+    log_end(res);
+}
+
+async fn serve_http2<I>(io: TokioIo<I>, conn: Arc<Conn>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let res = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(io, service(conn))
+        .await;
+    log_end(res);
+}
+
+async fn serve_either<I>(io: TokioIo<I>, conn: Arc<Conn>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http2().timer(TokioTimer::new());
+    log_end(b.serve_connection_with_upgrades(io, service(conn)).await);
+}
+
+fn log_end<E: std::fmt::Display>(res: Result<(), E>) {
     if let Err(e) = res {
         tracing::debug!(error = %e, "client connection ended with an error");
     }

@@ -9,7 +9,6 @@ mod handshake;
 pub mod mint;
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -142,7 +141,8 @@ impl Inspector {
 
 /// Terminates TLS on an allowed, inspected connection (the ClientHello in `peeked` is
 /// replayed into rustls) and returns what serves its requests with the per-request engine
-/// for the rest of the connection; `None` when it ended in the handshake (recorded).
+/// for the rest of the connection (the request engine's own box, awaited inside one that
+/// records a silent close); `None` when it ended in the handshake (recorded).
 /// `conn.base` is the connection's record; per-request records are cloned from it. A
 /// connection that ends without any request gets a record of its own (every accepted
 /// connection has one).
@@ -150,7 +150,7 @@ pub async fn serve(
     client: TcpStream,
     peeked: Vec<u8>,
     mut conn: Conn,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+) -> Option<crate::requests::Serving> {
     let started = Instant::now();
     conn.base.protocol = "https";
     let setup = Inspector::get(&conn.policy)
@@ -183,12 +183,12 @@ pub async fn serve(
     let (tls, spoke) = Watched::new(tls);
     let conn = Arc::new(conn);
     let serving = crate::requests::serve(tls, conn.clone(), speaks);
-    Some(async move {
+    Some(Box::pin(async move {
         serving.await;
         if !spoke.load(Ordering::Relaxed) {
             silent_close(&conn, handshaken.elapsed(), started);
         }
-    })
+    }))
 }
 
 /// Closed right after the handshake: taken as a client that checks the certificate after

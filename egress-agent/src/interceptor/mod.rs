@@ -15,7 +15,6 @@ mod wanted;
 use std::{
     future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -109,8 +108,8 @@ pub async fn serve(listener: TcpListener, att: Arc<Attachment>) {
 /// What serves an allowed connection for the rest of its life: its copy loop or its request
 /// engine. The stages return it instead of awaiting it, so that their own state (sized by
 /// their largest step: the peek, the dial, a refusal) is freed first and an idle
-/// connection holds only its room.
-type Room = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// connection holds only its room. (A request engine is already one: [`crate::requests::serve`].)
+type Room = crate::requests::Serving;
 
 /// One connection, stage by stage. Each stage's result is the next one's input; a stage
 /// that ends the connection records it and returns `None`. The sub-futures are boxed:
@@ -119,8 +118,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, att: &Arc<Attachment>) -> O
     let mut s = Session::attribute(client, peer, att)?;
     if s.dst.port() == DNS_PORT && !s.service {
         s.rec.protocol = "dns-tcp";
-        Box::pin(crate::dns::serve_tcp(s.client, &s.att, s.rec)).await;
-        return None;
+        return ended(Box::pin(crate::dns::serve_tcp(s.client, &s.att, s.rec))).await;
     }
     let policy = s.snapshot();
     let peeked = match s.peek(&policy).await {
@@ -395,8 +393,7 @@ async fn inspect_shared(
     let conn = Conn::new(s.att, policy, wanted.name, wanted.port, s.rec, None)
         .with_shared(shared)
         .with_budget(meter);
-    let room = crate::inspect::serve(s.client, s.buf, conn).await?;
-    Some(Box::pin(room))
+    crate::inspect::serve(s.client, s.buf, conn).await
 }
 
 /// Inspected TLS (`tls`, once its handshake is done) and plain HTTP are served request by
@@ -420,8 +417,7 @@ async fn serve_requests(
     )
     .with_budget(meter);
     if tls {
-        let room = crate::inspect::serve(s.client, s.buf, conn).await?;
-        Some(Box::pin(room))
+        crate::inspect::serve(s.client, s.buf, conn).await
     } else {
         let io = Rewind::new(s.buf, s.client);
         Some(crate::requests::serve(io, Arc::new(conn), Speaks::Http1))

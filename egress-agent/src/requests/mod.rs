@@ -127,7 +127,7 @@ impl Drop for Conn {
 }
 
 /// What a client connection speaks, as far as its TLS handshake said.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Speaks {
     /// Plain HTTP, or inspected TLS whose ALPN chose http/1.1.
     Http1,
